@@ -1,0 +1,281 @@
+"""Op and OpGraph: the operator DAG every scheduler and the simulator work on.
+
+An OpGraph checks itself on construction (unique names, no dangling input, no cycle,
+every declared shape equal to what the op's inputs imply) so that nothing downstream
+has to guess. Its JSON form is versioned and round-trips losslessly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from simgpu.errors import FormatError, GraphError
+from simgpu.ops import DTYPE_BYTES, Counts, Shape, kind_of, numel
+
+FORMAT = "simgpu.opgraph"
+VERSION = 1
+
+
+def _freeze(v: Any) -> Any:
+    """Lists become tuples (recursively) so attrs compare equal after a JSON round trip."""
+    if isinstance(v, list | tuple):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, Mapping):
+        return {str(k): _freeze(x) for k, x in v.items()}
+    return v
+
+
+def _thaw(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _thaw(x) for k, x in v.items()}
+    return v
+
+
+@dataclass(frozen=True, eq=True)
+class Op:
+    """One operator: a node of the graph. ``inputs`` name the ops it reads."""
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    output_shape: Shape
+    dtype: str = "fp32"
+    attrs: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "output_shape", tuple(int(d) for d in self.output_shape))
+        object.__setattr__(self, "attrs", _freeze(dict(self.attrs)))
+        if not self.name or not isinstance(self.name, str):
+            raise GraphError(f"op name must be a non-empty string, got {self.name!r}")
+        if self.dtype not in DTYPE_BYTES:
+            raise GraphError(
+                f"op '{self.name}': unknown dtype {self.dtype!r} (known: {', '.join(DTYPE_BYTES)})"
+            )
+        if not self.output_shape or any(d <= 0 for d in self.output_shape):
+            raise GraphError(
+                f"op '{self.name}': shape {list(self.output_shape)} must be non-empty and positive"
+            )
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "inputs": list(self.inputs),
+            "shape": list(self.output_shape),
+            "dtype": self.dtype,
+        }
+        if self.attrs:
+            d["attrs"] = _thaw(self.attrs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Op:
+        try:
+            return cls(
+                name=d["name"],
+                kind=d["kind"],
+                inputs=tuple(d.get("inputs", ())),
+                output_shape=tuple(d["shape"]),
+                dtype=d.get("dtype", "fp32"),
+                attrs=dict(d.get("attrs", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            name = d.get("name", "?") if isinstance(d, Mapping) else "?"
+            raise FormatError(f"op '{name}': malformed entry ({type(e).__name__}: {e})") from None
+
+
+@dataclass(frozen=True)
+class OpStats:
+    """Derived per-op figures: work counts plus the bytes the op must move."""
+
+    macs: int
+    flops: int
+    params: int
+    bytes_read: int
+    bytes_written: int
+
+
+class OpGraph:
+    """A validated DAG of ops. Iteration order is the order ops were given."""
+
+    def __init__(self, ops: Iterable[Op], name: str = "graph") -> None:
+        self.name = name
+        self.ops: dict[str, Op] = {}
+        for op in ops:
+            if op.name in self.ops:
+                raise GraphError(f"op '{op.name}' is defined twice")
+            self.ops[op.name] = op
+        if not self.ops:
+            raise GraphError(f"graph '{name}' has no ops")
+        g = nx.DiGraph()
+        g.add_nodes_from(self.ops)
+        for op in self.ops.values():
+            k = kind_of(op)
+            lo, hi = k.arity
+            if len(op.inputs) < lo or (hi is not None and len(op.inputs) > hi):
+                want = f"{lo}" if lo == hi else f"{lo}..{hi if hi is not None else 'n'}"
+                raise GraphError(
+                    f"op '{op.name}' ({op.kind}): takes {want} inputs, got {len(op.inputs)}"
+                )
+            for src in op.inputs:
+                if src not in self.ops:
+                    raise GraphError(f"op '{op.name}': input '{src}' is not an op of the graph")
+                g.add_edge(src, op.name)
+        try:
+            cycle = nx.find_cycle(g)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+            raise GraphError(f"graph '{name}' has a cycle: {path}")
+        self.nx = g
+        for op in self.ops.values():
+            implied = kind_of(op).infer(op, self.input_shapes(op.name))
+            if tuple(implied) != op.output_shape:
+                raise GraphError(
+                    f"op '{op.name}' ({op.kind}): declared shape {list(op.output_shape)} but "
+                    f"inputs imply {list(implied)}"
+                )
+
+    # -- structure ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.ops
+
+    def __getitem__(self, name: str) -> Op:
+        return self.ops[name]
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, OpGraph)
+            and self.name == other.name
+            and list(self.ops.values()) == list(other.ops.values())
+        )
+
+    def __repr__(self) -> str:
+        return f"OpGraph({self.name!r}, {len(self)} ops)"
+
+    def input_shapes(self, name: str) -> list[Shape]:
+        return [self.ops[i].output_shape for i in self.ops[name].inputs]
+
+    def predecessors(self, name: str) -> list[str]:
+        return list(dict.fromkeys(self.ops[name].inputs))
+
+    def successors(self, name: str) -> list[str]:
+        return list(self.nx.successors(name))
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.ops)}
+
+    @cached_property
+    def topo_order(self) -> list[str]:
+        """A topological order, ties broken by definition order: deterministic."""
+        idx = self.index
+        return list(nx.lexicographical_topological_sort(self.nx, key=idx.__getitem__))
+
+    def edges(self) -> list[tuple[str, str]]:
+        return list(self.nx.edges())
+
+    # -- figures ------------------------------------------------------------------------
+
+    def stats(self, name: str) -> OpStats:
+        return self._stats[name]
+
+    @cached_property
+    def _stats(self) -> dict[str, OpStats]:
+        out = {}
+        for op in self.ops.values():
+            k = kind_of(op)
+            ins = self.input_shapes(op.name)
+            c: Counts = k.count(op, ins)
+            b = op.dtype_bytes
+            if k.view:
+                read = written = 0
+            else:
+                read = sum(numel(s) for s in ins) * b + c.params * b
+                written = numel(op.output_shape) * b
+            out[op.name] = OpStats(c.macs, c.flops, c.params, read, written)
+        return out
+
+    @property
+    def macs(self) -> int:
+        return sum(s.macs for s in self._stats.values())
+
+    @property
+    def flops(self) -> int:
+        return sum(s.flops for s in self._stats.values())
+
+    @property
+    def params(self) -> int:
+        return sum(s.params for s in self._stats.values())
+
+    @property
+    def inputs(self) -> list[Op]:
+        return [op for op in self.ops.values() if op.kind == "input"]
+
+    # -- JSON ---------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "ops": [op.to_dict() for op in self.ops.values()],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "<json>") -> OpGraph:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise FormatError(f"{source}: not a simgpu op graph (missing \"format\": \"{FORMAT}\")")
+        if data.get("version") != VERSION:
+            raise FormatError(
+                f"{source}: op graph version {data.get('version')!r} not supported "
+                f"(this simgpu reads version {VERSION})"
+            )
+        ops = data.get("ops")
+        if not isinstance(ops, list):
+            raise FormatError(f"{source}: \"ops\" must be a list")
+        return cls((Op.from_dict(o) for o in ops), name=str(data.get("name", "graph")))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> OpGraph:
+        return cls.from_json(read_json(path), source=str(path))
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, turning every way it can fail into a one-line FormatError."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise FormatError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(f"{p}: cannot read ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{p}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None

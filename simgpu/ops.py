@@ -1,0 +1,316 @@
+"""Operator kinds: shape inference and work counts.
+
+Each kind knows two things: what output shape its inputs and attributes imply (so a
+graph can check itself), and how much work it is (MACs, FLOPs, parameters). Kernels
+and costs live in :mod:`simgpu.kernels`; this module is only the arithmetic of the op.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from simgpu.errors import GraphError
+
+if TYPE_CHECKING:
+    from simgpu.graph import Op
+
+Shape = tuple[int, ...]
+
+DTYPE_BYTES: dict[str, int] = {"fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+
+
+def numel(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Work of one op. ``flops`` counts a multiply-add as two FLOPs; ``macs`` as one MAC."""
+
+    macs: int
+    flops: int
+    params: int
+
+
+@dataclass(frozen=True)
+class OpKind:
+    """How one kind of op infers its shape and counts its work."""
+
+    name: str
+    arity: tuple[int, int | None]  # (min inputs, max inputs or None for any)
+    infer: Callable[[Op, list[Shape]], Shape]
+    count: Callable[[Op, list[Shape]], Counts]
+    view: bool = False  # no device work: a reshape of the same bytes
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+def _fail(op: Op, msg: str) -> GraphError:
+    return GraphError(f"op '{op.name}' ({op.kind}): {msg}")
+
+
+def _need_rank(op: Op, shape: Shape, rank: int, what: str = "input") -> None:
+    if len(shape) != rank:
+        raise _fail(op, f"{what} must have rank {rank}, got shape {list(shape)}")
+
+
+def _window_out(op: Op, size: int, k: int, s: int, p: int, d: int = 1, ceil: bool = False) -> int:
+    span = d * (k - 1) + 1
+    if size + 2 * p < span:
+        raise _fail(op, f"window {k} (dilation {d}) larger than padded input {size}+2*{p}")
+    num = size + 2 * p - span
+    out = (-(-num // s) if ceil else num // s) + 1
+    if ceil and (out - 1) * s >= size + p:  # PyTorch: last window must start inside input
+        out -= 1
+    return out
+
+
+# --- conv -----------------------------------------------------------------------------
+
+
+def _conv_infer(op: Op, ins: list[Shape]) -> Shape:
+    x = ins[0]
+    _need_rank(op, x, 4)
+    n, c, h, w = x
+    a = op.attrs
+    kh, kw = _pair(a["kernel"])
+    sh, sw = _pair(a.get("stride", 1))
+    ph, pw = _pair(a.get("padding", 0))
+    dh, dw = _pair(a.get("dilation", 1))
+    groups = int(a.get("groups", 1))
+    cout = int(a["out_channels"])
+    if min(kh, kw, sh, sw, dh, dw, groups, cout) <= 0 or min(ph, pw) < 0:
+        raise _fail(op, "kernel, stride, dilation, groups and out_channels must be positive")
+    if c % groups or cout % groups:
+        raise _fail(op, f"channels in {c} / out {cout} not divisible by groups {groups}")
+    return (n, cout, _window_out(op, h, kh, sh, ph, dh), _window_out(op, w, kw, sw, pw, dw))
+
+
+def _conv_count(op: Op, ins: list[Shape]) -> Counts:
+    n, c, _, _ = ins[0]
+    _, cout, ho, wo = op.output_shape
+    kh, kw = _pair(op.attrs["kernel"])
+    groups = int(op.attrs.get("groups", 1))
+    per_out = (c // groups) * kh * kw
+    macs = n * cout * ho * wo * per_out
+    has_bias = bool(op.attrs.get("bias", False)) or bool(op.attrs.get("folded_bn", False))
+    params = cout * per_out + (cout if has_bias else 0)
+    epilogue = numel(op.output_shape) * (int(has_bias) + int(bool(op.attrs.get("activation"))))
+    return Counts(macs, 2 * macs + epilogue, params)
+
+
+# --- linear / matmul ------------------------------------------------------------------
+
+
+def _linear_infer(op: Op, ins: list[Shape]) -> Shape:
+    x = ins[0]
+    if len(x) < 1:
+        raise _fail(op, "input must have at least one dimension")
+    out = int(op.attrs["out_features"])
+    if out <= 0:
+        raise _fail(op, "out_features must be positive")
+    return (*x[:-1], out)
+
+
+def _linear_count(op: Op, ins: list[Shape]) -> Counts:
+    x = ins[0]
+    k, out = x[-1], int(op.attrs["out_features"])
+    macs = numel(x[:-1]) * k * out
+    bias = bool(op.attrs.get("bias", True))
+    act = int(bool(op.attrs.get("activation")))
+    return Counts(
+        macs, 2 * macs + numel(op.output_shape) * (int(bias) + act), k * out + (out if bias else 0)
+    )
+
+
+def _matmul_infer(op: Op, ins: list[Shape]) -> Shape:
+    a, b = ins
+    if len(a) < 2 or len(b) < 2:
+        raise _fail(op, f"matmul needs rank >= 2 inputs, got {list(a)} and {list(b)}")
+    if a[-1] != b[-2]:
+        raise _fail(op, f"inner dimensions differ: {list(a)} @ {list(b)}")
+    try:
+        batch = _broadcast(a[:-2], b[:-2])
+    except ValueError:
+        raise _fail(op, f"batch dimensions do not broadcast: {list(a)} @ {list(b)}") from None
+    return (*batch, a[-2], b[-1])
+
+
+def _matmul_count(op: Op, ins: list[Shape]) -> Counts:
+    a, _ = ins
+    macs = numel(op.output_shape) * a[-1]
+    return Counts(macs, 2 * macs, 0)
+
+
+# --- elementwise ----------------------------------------------------------------------
+
+
+def _broadcast(*shapes: Shape) -> Shape:
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = {s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0} - {1}
+        if len(dims) > 1:
+            raise ValueError
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def _same_infer(op: Op, ins: list[Shape]) -> Shape:
+    try:
+        return _broadcast(*ins)
+    except ValueError:
+        raise _fail(op, f"input shapes do not broadcast: {[list(s) for s in ins]}") from None
+
+
+def _per_element(cost: int) -> Callable[[Op, list[Shape]], Counts]:
+    def count(op: Op, ins: list[Shape]) -> Counts:
+        return Counts(0, cost * numel(op.output_shape) * max(1, len(ins) - 1), 0)
+
+    return count
+
+
+def _norm_count(cost: int) -> Callable[[Op, list[Shape]], Counts]:
+    def count(op: Op, ins: list[Shape]) -> Counts:
+        axis = op.attrs.get("axis", 1 if op.kind == "batchnorm" else -1)
+        return Counts(0, cost * numel(op.output_shape), 2 * op.output_shape[axis])
+
+    return count
+
+
+# --- pooling --------------------------------------------------------------------------
+
+
+def _pool_infer(op: Op, ins: list[Shape]) -> Shape:
+    x = ins[0]
+    _need_rank(op, x, 4)
+    n, c, h, w = x
+    kh, kw = _pair(op.attrs["kernel"])
+    sh, sw = _pair(op.attrs.get("stride", op.attrs["kernel"]))
+    ph, pw = _pair(op.attrs.get("padding", 0))
+    if op.attrs.get("pool_type", "max") not in ("max", "avg"):
+        raise _fail(op, f"unknown pool_type {op.attrs.get('pool_type')!r} (max or avg)")
+    if min(kh, kw, sh, sw) <= 0 or min(ph, pw) < 0:
+        raise _fail(op, "kernel and stride must be positive")
+    ceil = bool(op.attrs.get("ceil_mode", False))
+    return (n, c, _window_out(op, h, kh, sh, ph, ceil=ceil), _window_out(op, w, kw, sw, pw, ceil=ceil))
+
+
+def _pool_count(op: Op, ins: list[Shape]) -> Counts:
+    kh, kw = _pair(op.attrs["kernel"])
+    return Counts(0, numel(op.output_shape) * kh * kw, 0)
+
+
+def _gpool_infer(op: Op, ins: list[Shape]) -> Shape:
+    x = ins[0]
+    _need_rank(op, x, 4)
+    return (x[0], x[1], 1, 1)
+
+
+def _gpool_count(op: Op, ins: list[Shape]) -> Counts:
+    return Counts(0, numel(ins[0]), 0)
+
+
+# --- data movement --------------------------------------------------------------------
+
+
+def _concat_infer(op: Op, ins: list[Shape]) -> Shape:
+    axis = int(op.attrs.get("axis", 1))
+    rank = len(ins[0])
+    ax = axis % rank if -rank <= axis < rank else None
+    if ax is None or any(len(s) != rank for s in ins):
+        raise _fail(op, f"axis {axis} invalid or ranks differ: {[list(s) for s in ins]}")
+    for s in ins[1:]:
+        if any(s[i] != ins[0][i] for i in range(rank) if i != ax):
+            raise _fail(op, f"inputs differ outside axis {axis}: {[list(s) for s in ins]}")
+    return tuple(sum(s[i] for s in ins) if i == ax else ins[0][i] for i in range(rank))
+
+
+def _slice_infer(op: Op, ins: list[Shape]) -> Shape:
+    x = ins[0]
+    axis = int(op.attrs.get("axis", 1)) % len(x)
+    begin, end = int(op.attrs["begin"]), int(op.attrs["end"])
+    if not 0 <= begin < end <= x[axis]:
+        raise _fail(op, f"slice [{begin}, {end}) outside dimension {axis} of size {x[axis]}")
+    return tuple(end - begin if i == axis else d for i, d in enumerate(x))
+
+
+def _reshape_infer(op: Op, ins: list[Shape]) -> Shape:
+    if numel(op.output_shape) != numel(ins[0]):
+        raise _fail(
+            op, f"reshape {list(ins[0])} -> {list(op.output_shape)} changes the element count"
+        )
+    return op.output_shape
+
+
+def _flatten_infer(op: Op, ins: list[Shape]) -> Shape:
+    x = ins[0]
+    start = int(op.attrs.get("start_dim", 1))
+    return (*x[:start], numel(x[start:]))
+
+
+def _transpose_infer(op: Op, ins: list[Shape]) -> Shape:
+    perm = tuple(op.attrs["perm"])
+    if sorted(perm) != list(range(len(ins[0]))):
+        raise _fail(op, f"perm {list(perm)} is not a permutation of {len(ins[0])} axes")
+    return tuple(ins[0][p] for p in perm)
+
+
+def _input_infer(op: Op, ins: list[Shape]) -> Shape:
+    return op.output_shape
+
+
+def _zero(op: Op, ins: list[Shape]) -> Counts:
+    return Counts(0, 0, 0)
+
+
+KINDS: dict[str, OpKind] = {}
+
+
+def register_kind(kind: OpKind) -> OpKind:
+    KINDS[kind.name] = kind
+    return kind
+
+
+for _k in (
+    OpKind("input", (0, 0), _input_infer, _zero, view=True),
+    OpKind("conv", (1, 1), _conv_infer, _conv_count),
+    OpKind("linear", (1, 1), _linear_infer, _linear_count),
+    OpKind("matmul", (2, 2), _matmul_infer, _matmul_count),
+    OpKind("pool", (1, 1), _pool_infer, _pool_count),
+    OpKind("global_pool", (1, 1), _gpool_infer, _gpool_count),
+    OpKind("concat", (1, None), _concat_infer, _zero),
+    OpKind("slice", (1, 1), _slice_infer, _zero),
+    OpKind("add", (2, None), _same_infer, _per_element(1)),
+    OpKind("mul", (2, None), _same_infer, _per_element(1)),
+    OpKind("relu", (1, 1), _same_infer, _per_element(1)),
+    OpKind("sigmoid", (1, 1), _same_infer, _per_element(4)),
+    OpKind("tanh", (1, 1), _same_infer, _per_element(4)),
+    OpKind("gelu", (1, 1), _same_infer, _per_element(8)),
+    OpKind("silu", (1, 1), _same_infer, _per_element(5)),
+    OpKind("clip", (1, 1), _same_infer, _per_element(2)),
+    OpKind("batchnorm", (1, 1), _same_infer, _norm_count(2)),
+    OpKind("layernorm", (1, 1), _same_infer, _norm_count(8)),
+    OpKind("softmax", (1, 1), _same_infer, _per_element(5)),
+    OpKind("transpose", (1, 1), _transpose_infer, _zero),
+    OpKind("reshape", (1, 1), _reshape_infer, _zero, view=True),
+    OpKind("flatten", (1, 1), _flatten_infer, _zero, view=True),
+    OpKind("identity", (1, 1), _same_infer, _zero, view=True),
+):
+    register_kind(_k)
+
+
+def kind_of(op: Op) -> OpKind:
+    try:
+        return KINDS[op.kind]
+    except KeyError:
+        known = ", ".join(sorted(KINDS))
+        raise _fail(op, f"unknown op kind (known: {known})") from None
