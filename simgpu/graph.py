@@ -247,7 +247,7 @@ class OpGraph:
     @classmethod
     def from_json(cls, data: Any, source: str = "<json>") -> OpGraph:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise FormatError(f"{source}: not a simgpu op graph (missing \"format\": \"{FORMAT}\")")
+            raise FormatError(f'{source}: not a simgpu op graph (missing "format": "{FORMAT}")')
         if data.get("version") != VERSION:
             raise FormatError(
                 f"{source}: op graph version {data.get('version')!r} not supported "
@@ -255,7 +255,7 @@ class OpGraph:
             )
         ops = data.get("ops")
         if not isinstance(ops, list):
-            raise FormatError(f"{source}: \"ops\" must be a list")
+            raise FormatError(f'{source}: "ops" must be a list')
         return cls((Op.from_dict(o) for o in ops), name=str(data.get("name", "graph")))
 
     def save(self, path: str | Path) -> None:
@@ -278,4 +278,6 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise FormatError(f"{p}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise FormatError(
+            f"{p}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None

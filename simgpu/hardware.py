@@ -66,12 +66,18 @@ class GPUSpec:
     dram_efficiency: float = 0.85  # fraction of peak DRAM bandwidth achievable
     warps_to_saturate: int = 8  # resident warps an SM needs to reach its peak rate
     dram_saturation_fraction: float = 0.5  # fraction of SMs that can saturate DRAM
+    # measured kernels by op signature (simgpu.kernels.signature) -> list of
+    # {"name", "grid", "threads", "regs", "smem", "duration_us"}; filled by calibration
+    kernel_table: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peak_tflops", dict(self.peak_tflops))
+        if not isinstance(self.kernel_table, Mapping):
+            raise SpecError(f"GPU '{self.name}': kernel_table must be an object")
+        object.__setattr__(self, "kernel_table", dict(self.kernel_table))
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("name", "compute_capability", "peak_tflops"):
+            if f.name in ("name", "compute_capability", "peak_tflops", "kernel_table"):
                 continue
             if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
                 raise SpecError(f"GPU '{self.name}': field {f.name} must be a number, got {v!r}")
@@ -116,6 +122,7 @@ class GPUSpec:
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["peak_tflops"] = dict(self.peak_tflops)
+        d["kernel_table"] = dict(self.kernel_table)
         return d
 
 
@@ -250,8 +257,13 @@ PRESETS: dict[str, GPUSpec] = {
             regs_per_sm=65536,
             smem_per_sm=64 * KB,
             max_smem_per_block=64 * KB,
-            peak_tflops={"fp64": 0.25, "fp32": 8.1, "fp16": 16.2, "fp16_tensor": 65.0,
-                         "int8_tensor": 130.0},
+            peak_tflops={
+                "fp64": 0.25,
+                "fp32": 8.1,
+                "fp16": 16.2,
+                "fp16_tensor": 65.0,
+                "int8_tensor": 130.0,
+            },
             dram_gbps=320,
             memory_gb=16,
             l2_mb=4,
@@ -267,8 +279,15 @@ PRESETS: dict[str, GPUSpec] = {
             smem_per_sm=100 * KB,
             max_smem_per_block=99 * KB,
             smem_reserved_per_block=1 * KB,
-            peak_tflops={"fp64": 0.47, "fp32": 29.8, "fp16": 29.8, "tf32_tensor": 29.8,
-                         "fp16_tensor": 59.5, "bf16_tensor": 59.5, "int8_tensor": 238.0},
+            peak_tflops={
+                "fp64": 0.47,
+                "fp32": 29.8,
+                "fp16": 29.8,
+                "tf32_tensor": 29.8,
+                "fp16_tensor": 59.5,
+                "bf16_tensor": 59.5,
+                "int8_tensor": 238.0,
+            },
             dram_gbps=760,
             memory_gb=10,
             l2_mb=5,
@@ -316,7 +335,6 @@ def gpu_from_json(data: Any, source: str = "<json>") -> GPUSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a GPU spec must be a JSON object")
     data = dict(data)
-    data.pop("kernel_table", None)  # read separately by simgpu.kernels
     base_name = data.pop("base", None)
     try:
         if base_name is not None:
@@ -326,11 +344,12 @@ def gpu_from_json(data: Any, source: str = "<json>") -> GPUSpec:
         missing = [
             f.name
             for f in fields(GPUSpec)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
             and f.name not in data
         ]
         if missing:
-            raise SpecError(f"GPU spec lacks {', '.join(missing)} (or give \"base\": a preset)")
+            raise SpecError(f'GPU spec lacks {", ".join(missing)} (or give "base": a preset)')
         unknown = set(data) - {f.name for f in fields(GPUSpec)}
         if unknown:
             raise SpecError(f"unknown field(s) {', '.join(sorted(unknown))}")

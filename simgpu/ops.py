@@ -201,7 +201,12 @@ def _pool_infer(op: Op, ins: list[Shape]) -> Shape:
     if min(kh, kw, sh, sw) <= 0 or min(ph, pw) < 0:
         raise _fail(op, "kernel and stride must be positive")
     ceil = bool(op.attrs.get("ceil_mode", False))
-    return (n, c, _window_out(op, h, kh, sh, ph, ceil=ceil), _window_out(op, w, kw, sw, pw, ceil=ceil))
+    return (
+        n,
+        c,
+        _window_out(op, h, kh, sh, ph, ceil=ceil),
+        _window_out(op, w, kw, sw, pw, ceil=ceil),
+    )
 
 
 def _pool_count(op: Op, ins: list[Shape]) -> Counts:

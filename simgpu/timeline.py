@@ -64,9 +64,23 @@ class Timeline:
     makespan_us: float = 0.0
     # per device: change points (time_us, busy SMs, DRAM GB/s in use)
     counters: list[list[tuple[float, int, float]]] = field(default_factory=list)
-    # per device: microseconds each SM had at least one resident block
+    # per device: microseconds each SM had at least one resident block. A simulator
+    # fills ``sm_transitions`` (time, +1 busy / -1 idle, SM indices) instead, and the
+    # array is derived on first use: most runs (a scheduler's search) never ask for it.
     sm_busy_us: list[np.ndarray] = field(default_factory=list)
-    events: int = 0  # SimPy events processed, for the throughput benchmark
+    sm_transitions: list[list[tuple[float, int, list[int]]]] = field(default_factory=list)
+    events: int = 0  # SimPy events scheduled, for the throughput benchmark
+
+    def sm_busy(self, device: int = 0) -> np.ndarray:
+        """Microseconds each SM of ``device`` had a resident block."""
+        if not self.sm_busy_us and self.sm_transitions:
+            self.sm_busy_us = [
+                _busy_from_transitions(tr, n, self.makespan_us)
+                for tr, n in zip(self.sm_transitions, self.sm_counts, strict=True)
+            ]
+        if not self.sm_busy_us:
+            return np.zeros(self.sm_counts[device])
+        return self.sm_busy_us[device]
 
     @property
     def latency_ms(self) -> float:
@@ -93,7 +107,7 @@ class Timeline:
         """Per SM, the fraction of the makespan it had at least one resident block."""
         if self.makespan_us <= 0:
             return np.zeros(self.sm_counts[device])
-        return self.sm_busy_us[device] / self.makespan_us
+        return self.sm_busy(device) / self.makespan_us
 
     def mean_sm_utilisation(self, device: int = 0) -> float:
         return float(self.sm_utilisation(device).mean())
@@ -101,3 +115,19 @@ class Timeline:
     def kernel_time_us(self) -> float:
         """Sum of kernel durations: the time a fully serial GPU would spend in kernels."""
         return float(sum(k.end_us - k.start_us for k in self.kernels))
+
+
+def _busy_from_transitions(
+    transitions: list[tuple[float, int, list[int]]], n: int, end: float
+) -> np.ndarray:
+    """Per-SM busy time: each SM's busy periods start and end at logged transitions."""
+    acc = np.zeros(n)
+    if not transitions:
+        return acc
+    idx = np.fromiter((i for _, _, sms in transitions for i in sms), dtype=np.int64)
+    sign = np.fromiter((sg for _, sg, sms in transitions for _ in sms), dtype=np.float64)
+    when = np.fromiter((t for t, _, sms in transitions for _ in sms), dtype=np.float64)
+    np.add.at(acc, idx, -sign * when)
+    still = np.zeros(n)
+    np.add.at(still, idx, sign)
+    return acc + still * end

@@ -1,0 +1,436 @@
+"""Ops to kernels, occupancy, and the analytic per-block cost model.
+
+A kernel here is what a GPU's block scheduler sees: a grid of blocks, each with its
+thread count, registers and shared memory, and the time one block takes. The kernel's
+standalone time is never computed directly: it *emerges* in the simulator from blocks
+placed in waves on the SMs, so a small kernel leaves SMs idle that a concurrent one can
+use. A table of measured kernels (from calibration) replaces the analytic estimate for
+the ops it knows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from simgpu.errors import LoweringError
+from simgpu.graph import OpGraph
+from simgpu.hardware import GPUSpec
+from simgpu.ops import kind_of, numel
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """Resident blocks per SM and the resource that limits them (CUDA occupancy rules)."""
+
+    blocks: int
+    limiter: str  # "threads" | "registers" | "shared memory" | "blocks"
+    warps: int  # warps per block
+    regs_alloc: int  # registers one block holds (allocated per warp)
+    smem_alloc: int  # shared memory one block holds, granularity and reservation included
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel launch, bound to a GPU: launch configuration plus per-block cost."""
+
+    name: str
+    op: str
+    grid: int
+    threads: int
+    regs: int  # per thread
+    smem: int  # bytes per block
+    block_flops: float
+    block_bytes: float  # DRAM traffic per block
+    block_us: float  # time of one block at the kernel's own residency, full bandwidth
+    occupancy: Occupancy
+    measured: bool = False  # block_us comes from a measured kernel table
+
+    @property
+    def waves(self) -> int:
+        return -(-self.grid // self.occupancy.blocks)  # per-SM; divide by SMs for the GPU
+
+
+def occupancy(threads: int, regs: int, smem: int, gpu: GPUSpec, what: str = "kernel") -> Occupancy:
+    """Blocks of one kernel an SM can hold, by the CUDA occupancy calculator's rules."""
+    if not 1 <= threads <= gpu.max_threads_per_block:
+        raise LoweringError(
+            f"{what}: {threads} threads per block (GPU {gpu.name} allows 1..{gpu.max_threads_per_block})"
+        )
+    if not 1 <= regs <= gpu.max_regs_per_thread:
+        raise LoweringError(
+            f"{what}: {regs} registers per thread (GPU {gpu.name} allows {gpu.max_regs_per_thread})"
+        )
+    if not 0 <= smem <= gpu.max_smem_per_block:
+        raise LoweringError(
+            f"{what}: {smem} bytes of shared memory per block "
+            f"(GPU {gpu.name} allows {gpu.max_smem_per_block})"
+        )
+    warps = -(-threads // gpu.warp_size)
+    regs_per_warp = -(-regs * gpu.warp_size // gpu.reg_alloc_unit) * gpu.reg_alloc_unit
+    unit = gpu.smem_alloc_unit
+    smem_alloc = -(-(smem + gpu.smem_reserved_per_block) // unit) * unit
+    limits = {
+        "threads": gpu.max_warps_per_sm // warps,
+        "registers": (gpu.regs_per_sm // regs_per_warp) // warps,
+        "shared memory": gpu.smem_per_sm // smem_alloc if smem_alloc else gpu.max_blocks_per_sm,
+        "blocks": gpu.max_blocks_per_sm,
+    }
+    limiter = min(limits, key=lambda k: (limits[k], k != "blocks"))
+    blocks = limits[limiter]
+    if blocks < 1:
+        raise LoweringError(f"{what}: one block does not fit on an SM of {gpu.name} ({limiter})")
+    return Occupancy(blocks, limiter, warps, warps * regs_per_warp, smem_alloc)
+
+
+def block_time_us(
+    block_flops: float,
+    block_bytes: float,
+    grid: int,
+    occ: Occupancy,
+    gpu: GPUSpec,
+    peak_flops: float,
+) -> float:
+    """Time of one block when the kernel runs alone at its own residency.
+
+    Compute: a block gets the share ``min(warps / warps_to_saturate, 1 / resident)`` of
+    its SM's sustained rate — few warps cannot hide latency, many blocks split the SM.
+    Memory: the kernel's wave draws DRAM bandwidth in proportion to the SMs it covers,
+    saturating at ``dram_saturation_fraction`` of them; resident blocks share it.
+    """
+    n_sm = gpu.sm_count
+    resident = min(occ.blocks, -(-grid // n_sm))
+    share = min(occ.warps / gpu.warps_to_saturate, 1.0 / resident)
+    sm_rate = peak_flops * gpu.compute_efficiency / n_sm / 1e6  # flop per us
+    t_compute = block_flops / (sm_rate * share) if block_flops else 0.0
+    wave_blocks = min(grid, occ.blocks * n_sm)
+    sms_used = min(n_sm, grid)
+    bw = gpu.dram_bytes_per_us * gpu.dram_efficiency
+    bw *= min(1.0, sms_used / (gpu.dram_saturation_fraction * n_sm))
+    t_memory = block_bytes * wave_blocks / bw if block_bytes else 0.0
+    return gpu.block_setup_us + max(t_compute, t_memory)
+
+
+def standalone_time_us(k: Kernel, gpu: GPUSpec) -> float:
+    """Analytic wave time of a kernel alone on an idle GPU: waves x block time.
+
+    The simulator must reproduce this for a lone kernel (plus launch latency); it is the
+    cost model's promise, tested, not a shortcut the simulator takes.
+    """
+    waves = -(-k.grid // (k.occupancy.blocks * gpu.sm_count))
+    return waves * k.block_us
+
+
+# --- lowering -------------------------------------------------------------------------
+
+TENSOR_DTYPES = ("fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class _Tile:
+    name: str
+    m: int
+    n: int
+    threads: int
+    regs: int
+
+
+GEMM_TILES = (
+    _Tile("128x128", 128, 128, 256, 128),
+    _Tile("128x64", 128, 64, 128, 122),
+    _Tile("64x64", 64, 64, 128, 80),
+    _Tile("64x32", 64, 32, 128, 64),
+    _Tile("32x32", 32, 32, 128, 48),
+)
+
+
+def _gemm(
+    op_name: str,
+    kind: str,
+    batch: int,
+    m: int,
+    n: int,
+    k: int,
+    dtype: str,
+    nbytes: float,
+    extra_flops: float,
+    gpu: GPUSpec,
+) -> Kernel:
+    """An implicit-GEMM kernel: the largest tile that still fills one wave of SMs."""
+    tensor = dtype in TENSOR_DTYPES and any(key.endswith("_tensor") for key in gpu.peak_tflops)
+    size = 1 if dtype == "int8" else 2 if dtype in ("fp16", "bf16") else 4
+    tk, stages = (32, 3) if tensor else (8, 2)
+    chosen = GEMM_TILES[-1]
+    for tile in GEMM_TILES:
+        if batch * -(-m // tile.m) * -(-n // tile.n) >= gpu.sm_count:
+            chosen = tile
+            break
+    smem = min((chosen.m + chosen.n) * tk * size * stages, gpu.max_smem_per_block)
+    grid = batch * -(-m // chosen.m) * -(-n // chosen.n)
+    occ = occupancy(chosen.threads, chosen.regs, smem, gpu, what=f"op '{op_name}'")
+    block_flops = 2.0 * chosen.m * chosen.n * k + extra_flops / grid
+    block_bytes = nbytes / grid
+    peak = gpu.peak_flops(dtype, tensor)
+    name = f"{'tensorop' if tensor else 'simt'}_{kind}_{chosen.name}"
+    return Kernel(
+        name,
+        op_name,
+        grid,
+        chosen.threads,
+        chosen.regs,
+        smem,
+        block_flops,
+        block_bytes,
+        block_time_us(block_flops, block_bytes, grid, occ, gpu, peak),
+        occ,
+    )
+
+
+def _streaming(
+    op_name: str,
+    name: str,
+    elements: int,
+    flops: float,
+    nbytes: float,
+    dtype: str,
+    gpu: GPUSpec,
+    threads: int = 128,
+    per_thread: int = 4,
+    regs: int = 32,
+) -> Kernel:
+    """An elementwise-style kernel: each thread handles a few elements, no shared memory."""
+    grid = max(1, -(-elements // (threads * per_thread)))
+    occ = occupancy(threads, regs, 0, gpu, what=f"op '{op_name}'")
+    bf, bb = flops / grid, nbytes / grid
+    peak = gpu.peak_flops(dtype, False)
+    return Kernel(
+        name,
+        op_name,
+        grid,
+        threads,
+        regs,
+        0,
+        bf,
+        bb,
+        block_time_us(bf, bb, grid, occ, gpu, peak),
+        occ,
+    )
+
+
+def _rowwise(
+    op_name: str,
+    name: str,
+    rows: int,
+    row_len: int,
+    flops: float,
+    nbytes: float,
+    dtype: str,
+    gpu: GPUSpec,
+) -> Kernel:
+    """A reduction over rows (softmax, norms, global pooling): one block per row."""
+    threads = min(1024, max(32, 1 << max(0, (row_len // 4 - 1).bit_length())))
+    occ = occupancy(threads, 32, threads * 4 // 32 * 4, gpu, what=f"op '{op_name}'")
+    bf, bb = flops / rows, nbytes / rows
+    peak = gpu.peak_flops(dtype, False)
+    smem = threads * 4 // 32 * 4
+    return Kernel(
+        name,
+        op_name,
+        rows,
+        threads,
+        32,
+        smem,
+        bf,
+        bb,
+        block_time_us(bf, bb, rows, occ, gpu, peak),
+        occ,
+    )
+
+
+def signature(graph: OpGraph, name: str) -> str:
+    """The key a measured kernel table uses: everything that determines an op's kernels."""
+    op = graph[name]
+    return json.dumps(
+        [
+            op.kind,
+            op.dtype,
+            [list(s) for s in graph.input_shapes(name)],
+            list(op.output_shape),
+            {k: op.attrs[k] for k in sorted(op.attrs) if k != "replaces"},
+        ],
+        separators=(",", ":"),
+        default=list,
+    )
+
+
+def _measured(graph: OpGraph, name: str, entries: Any, gpu: GPUSpec) -> list[Kernel]:
+    """Kernels from a measured table: launch configs as recorded, block time from duration."""
+    st = graph.stats(name)
+    out = []
+    total_bytes = st.bytes_read + st.bytes_written
+    for e in entries:
+        try:
+            grid, threads = int(e["grid"]), int(e["threads"])
+            regs, smem = int(e.get("regs", 32)), int(e.get("smem", 0))
+            duration = float(e["duration_us"])
+            kname = str(e.get("name", "measured"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise LoweringError(f"op '{name}': bad kernel table entry {e!r} ({err})") from None
+        if grid < 1 or duration <= 0:
+            raise LoweringError(f"op '{name}': kernel table entry needs grid >= 1, duration > 0")
+        occ = occupancy(threads, regs, smem, gpu, what=f"op '{name}' (measured)")
+        waves = -(-grid // (occ.blocks * gpu.sm_count))
+        out.append(
+            Kernel(
+                kname,
+                name,
+                grid,
+                threads,
+                regs,
+                smem,
+                st.flops / len(entries) / grid,
+                total_bytes / len(entries) / grid,
+                duration / waves,
+                occ,
+                measured=True,
+            )
+        )
+    return out
+
+
+def lower_op(graph: OpGraph, name: str, gpu: GPUSpec) -> list[Kernel]:
+    """The kernels an op launches on ``gpu``; an empty list for views (no device work)."""
+    op = graph[name]
+    k = kind_of(op)
+    if k.view:
+        return []
+    table = gpu.kernel_table
+    if table:
+        entries = table.get(signature(graph, name))
+        if entries:
+            return _measured(graph, name, entries, gpu)
+    st = graph.stats(name)
+    ins = graph.input_shapes(name)
+    out_n = numel(op.output_shape)
+    nbytes = float(st.bytes_read + st.bytes_written)
+    dt = op.dtype
+    if op.kind == "conv":
+        n, c, _, _ = ins[0]
+        _, cout, ho, wo = op.output_shape
+        kh, kw = (
+            (op.attrs["kernel"],) * 2 if isinstance(op.attrs["kernel"], int) else op.attrs["kernel"]
+        )
+        groups = int(op.attrs.get("groups", 1))
+        cin_g = c // groups
+        epilogue = st.flops - 2 * st.macs
+        if groups > 1 and cin_g <= 4:  # depthwise-like: a direct, memory-bound kernel
+            return [
+                _streaming(
+                    name,
+                    "direct_conv_depthwise",
+                    out_n,
+                    st.flops,
+                    nbytes,
+                    dt,
+                    gpu,
+                    threads=256,
+                    per_thread=1,
+                    regs=40,
+                )
+            ]
+        return [
+            _gemm(
+                name,
+                "conv",
+                groups,
+                n * ho * wo,
+                cout // groups,
+                cin_g * kh * kw,
+                dt,
+                nbytes,
+                epilogue,
+                gpu,
+            )
+        ]
+    if op.kind == "linear":
+        x = ins[0]
+        rows = numel(x[:-1])
+        return [
+            _gemm(
+                name,
+                "gemm",
+                1,
+                rows,
+                op.output_shape[-1],
+                x[-1],
+                dt,
+                nbytes,
+                st.flops - 2 * st.macs,
+                gpu,
+            )
+        ]
+    if op.kind == "matmul":
+        a, _ = ins
+        out = op.output_shape
+        return [_gemm(name, "bmm", numel(out[:-2]), out[-2], out[-1], a[-1], dt, nbytes, 0, gpu)]
+    if op.kind in ("softmax", "layernorm"):
+        row = op.output_shape[-1]
+        return [_rowwise(name, f"{op.kind}_rows", out_n // row, row, st.flops, nbytes, dt, gpu)]
+    if op.kind == "global_pool":
+        n, c, h, w = ins[0]
+        return [_rowwise(name, "global_avg_pool", n * c, h * w, st.flops, nbytes, dt, gpu)]
+    if op.kind in ("concat", "slice", "transpose"):
+        # a copy: read and write every output element once
+        size = op.dtype_bytes
+        return [_streaming(name, f"{op.kind}_copy", out_n, 0, 2.0 * out_n * size, dt, gpu)]
+    if op.kind == "pool":
+        return [
+            _streaming(
+                name,
+                f"{op.attrs.get('pool_type', 'max')}_pool",
+                out_n,
+                st.flops,
+                nbytes,
+                dt,
+                gpu,
+                per_thread=1,
+            )
+        ]
+    # every remaining kind is elementwise
+    return [_streaming(name, f"elementwise_{op.kind}", out_n, st.flops, nbytes, dt, gpu)]
+
+
+class KernelCache:
+    """Lowers each distinct op signature once per GPU (models repeat shapes a lot)."""
+
+    def __init__(self, gpu: GPUSpec) -> None:
+        self.gpu = gpu
+        self._by_sig: dict[str, list[Kernel]] = {}
+
+    def lower(self, graph: OpGraph, name: str) -> list[Kernel]:
+        sig = signature(graph, name)
+        hit = self._by_sig.get(sig)
+        if hit is None:
+            hit = self._by_sig[sig] = lower_op(graph, name, self.gpu)
+            return hit
+        return [k if k.op == name else _renamed(k, name) for k in hit]
+
+
+def _renamed(k: Kernel, op: str) -> Kernel:
+    from dataclasses import replace
+
+    return replace(k, op=op)
+
+
+def lower_graph(graph: OpGraph, gpu: GPUSpec) -> dict[str, list[Kernel]]:
+    cache = KernelCache(gpu)
+    return {name: cache.lower(graph, name) for name in graph.ops}
+
+
+def sequential_kernel_time_us(graph: OpGraph, gpu: GPUSpec) -> float:
+    """Sum of standalone kernel times: a floor for a one-stream run without overheads."""
+    return math.fsum(
+        standalone_time_us(k, gpu) for ks in lower_graph(graph, gpu).values() for k in ks
+    )

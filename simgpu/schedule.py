@@ -1,0 +1,163 @@
+"""Schedules: what a scheduler returns, in the two shapes the published ones use.
+
+*Stages* (IOS, HIOS, greedy): a list of stages, a stage a list of groups, a group an
+ordered list of ops on one stream; a barrier after each stage. *Stream assignment*
+(Nimble, LIOS): each stream an ordered list of ops; dependencies across streams become
+events when lowered. A scheduler that rewrites the graph (IOS's conv merge) returns the
+rewritten graph with the schedule; its merged ops name the ops they replace.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from simgpu.errors import FormatError, ScheduleError
+from simgpu.graph import OpGraph
+
+
+@dataclass
+class StageSchedule:
+    """Stages of concurrent groups. ``barrier``: "sync" (host synchronise, as IOS) or
+    "events" (every stream of a stage waits for every group of the previous one)."""
+
+    stages: list[list[list[str]]]
+    graph: OpGraph | None = None
+    barrier: str = "sync"
+    graph_mode: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def ops(self) -> list[str]:
+        return [op for stage in self.stages for group in stage for op in group]
+
+    @property
+    def width(self) -> int:
+        return max((len(s) for s in self.stages), default=0)
+
+
+@dataclass
+class StreamSchedule:
+    """Per stream, its ops in order. ``devices[i]`` is stream i's GPU (default all 0)."""
+
+    streams: list[list[str]]
+    graph: OpGraph | None = None
+    graph_mode: bool = False
+    devices: list[int] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def ops(self) -> list[str]:
+        return [op for s in self.streams for op in s]
+
+    def device_of(self, stream: int) -> int:
+        return self.devices[stream] if self.devices else 0
+
+
+Schedule = StageSchedule | StreamSchedule
+
+
+def _check_cover(ops: list[str], graph: OpGraph) -> None:
+    counts = Counter(ops)
+    unknown = sorted(n for n in counts if n not in graph)
+    if unknown:
+        raise ScheduleError(
+            f"schedule names op(s) not in graph '{graph.name}': {', '.join(unknown[:5])}"
+        )
+    dup = sorted(n for n, c in counts.items() if c > 1)
+    if dup:
+        raise ScheduleError(f"schedule runs op(s) more than once: {', '.join(dup[:5])}")
+    missing = [n for n in graph.ops if n not in counts]
+    if missing:
+        more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ScheduleError(f"schedule misses op(s): {', '.join(missing[:5])}{more}")
+
+
+def validate_schedule(schedule: Schedule, graph: OpGraph) -> None:
+    """Every op exactly once, and no order the schedule fixes contradicts a dependency."""
+    _check_cover(schedule.ops(), graph)
+    if isinstance(schedule, StageSchedule):
+        if schedule.barrier not in ("sync", "events"):
+            raise ScheduleError(f"unknown stage barrier {schedule.barrier!r} (sync or events)")
+        where: dict[str, tuple[int, int, int]] = {}
+        for si, stage in enumerate(schedule.stages):
+            for gi, group in enumerate(stage):
+                for pi, op in enumerate(group):
+                    where[op] = (si, gi, pi)
+        for u, v in graph.edges():
+            su, gu, pu = where[u]
+            sv, gv, pv = where[v]
+            if su > sv or (su == sv and (gu != gv or pu > pv)):
+                raise ScheduleError(
+                    f"op '{v}' (stage {sv}, group {gv}) must run after its input '{u}' "
+                    f"(stage {su}, group {gu})"
+                )
+        return
+    if schedule.devices is not None and len(schedule.devices) != len(schedule.streams):
+        raise ScheduleError("stream schedule: devices must list one device per stream")
+    order = nx.DiGraph(graph.nx)
+    stream_of = {}
+    for si, ops in enumerate(schedule.streams):
+        for a, b in zip(ops, ops[1:], strict=False):
+            order.add_edge(a, b)
+        for op in ops:
+            stream_of[op] = si
+    try:
+        cycle = nx.find_cycle(order)
+    except nx.NetworkXNoCycle:
+        return
+    ops = [u for u, _ in cycle]
+    desc = ", ".join(f"'{o}' (stream {stream_of[o]})" for o in ops[:6])
+    raise ScheduleError(f"stream order contradicts dependencies around {desc}")
+
+
+# --- JSON -------------------------------------------------------------------------------
+
+SCHEDULE_FORMAT = "simgpu.schedule"
+
+
+def schedule_to_json(schedule: Schedule) -> dict[str, Any]:
+    d: dict[str, Any] = {"format": SCHEDULE_FORMAT, "version": 1, "graph_mode": schedule.graph_mode}
+    if isinstance(schedule, StageSchedule):
+        d.update(kind="stages", stages=schedule.stages, barrier=schedule.barrier)
+    else:
+        d.update(kind="streams", streams=schedule.streams)
+        if schedule.devices is not None:
+            d["devices"] = schedule.devices
+    if schedule.graph is not None:
+        d["graph"] = schedule.graph.to_json()
+    return d
+
+
+def schedule_from_json(data: Any, source: str = "<json>") -> Schedule:
+    if not isinstance(data, dict) or data.get("format") != SCHEDULE_FORMAT:
+        raise FormatError(
+            f'{source}: not a simgpu schedule (missing "format": "{SCHEDULE_FORMAT}")'
+        )
+    graph = OpGraph.from_json(data["graph"], source) if "graph" in data else None
+    mode = bool(data.get("graph_mode", False))
+
+    def names(x: Any, depth: int) -> Any:
+        if depth == 0:
+            if not isinstance(x, str):
+                raise FormatError(f"{source}: op names must be strings, got {x!r}")
+            return x
+        if not isinstance(x, list):
+            raise FormatError(f"{source}: expected a list, got {type(x).__name__}")
+        return [names(v, depth - 1) for v in x]
+
+    kind = data.get("kind")
+    if kind == "stages":
+        return StageSchedule(
+            names(data.get("stages"), 3), graph, str(data.get("barrier", "sync")), mode
+        )
+    if kind == "streams":
+        devs = data.get("devices")
+        return StreamSchedule(
+            names(data.get("streams"), 2),
+            graph,
+            mode,
+            [int(x) for x in devs] if devs is not None else None,
+        )
+    raise FormatError(f'{source}: schedule kind must be "stages" or "streams", got {kind!r}')

@@ -1,0 +1,381 @@
+"""One GPU: hardware queues, streams, the block dispatcher and DRAM sharing.
+
+The device reacts to three things: a command becoming visible at the head of a hardware
+queue, a batch of blocks finishing, and an event being recorded. It schedules SimPy
+timeouts only when time must pass (a batch's end, a command not yet visible), so a
+kernel costs about one event per wave, not one per block.
+
+Simultaneous-event rule: SimPy runs events of equal time in the order they were
+scheduled; batches that end at the same instant share one timeout and are released
+together, in placement order, before the dispatcher runs once. Same inputs, same
+timeline, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import simpy
+
+from simgpu.hardware import GPUSpec
+from simgpu.kernels import Kernel
+from simgpu.sim.sms import Need, SMPool
+
+if TYPE_CHECKING:
+    from simgpu.sim.engine import Simulation
+
+LAUNCH, RECORD, WAIT, NOOP = 0, 1, 2, 3
+
+
+class Stream:
+    __slots__ = ("busy", "id", "queue", "ready_at")
+
+    def __init__(self, sid: int, queue: HwQueue) -> None:
+        self.id = sid
+        self.queue = queue
+        self.busy = False  # a kernel of this stream is in flight
+        self.ready_at = 0.0  # earliest start of its next command (event latency)
+
+
+class EventSlot:
+    """One recording of a CUDA event: done once its stream reached it."""
+
+    __slots__ = ("done", "name", "stream", "time", "waiters")
+
+    def __init__(self, name: str, stream: int) -> None:
+        self.name = name
+        self.stream = stream
+        self.done = False
+        self.time = 0.0
+        self.waiters: list[HwQueue] = []
+
+
+class Entry:
+    """A command in a hardware queue, as issued by the host."""
+
+    __slots__ = ("available", "event", "index", "issue", "kernel", "kind", "op", "stream")
+
+    def __init__(self, kind, stream, available, issue, index, kernel=None, op=None, event=None):
+        self.kind = kind
+        self.stream = stream
+        self.available = available
+        self.issue = issue
+        self.index = index
+        self.kernel = kernel
+        self.op = op
+        self.event = event
+
+
+class HwQueue:
+    """A hardware work queue: commands leave in issue order, each only once its own
+    stream and events allow — so streams aliased onto one queue block each other."""
+
+    __slots__ = ("id", "items", "wake_at")
+
+    def __init__(self, qid: int) -> None:
+        self.id = qid
+        self.items: deque[Entry] = deque()
+        self.wake_at = -1.0
+
+
+class KernelRun:
+    """A kernel between dispatch and its last block."""
+
+    __slots__ = (
+        "entry",
+        "first_start",
+        "kernel",
+        "n_batches",
+        "need",
+        "not_before",
+        "remaining",
+        "unplaced",
+    )
+
+    def __init__(self, entry: Entry, kernel: Kernel, need: Need, not_before: float) -> None:
+        self.entry = entry
+        self.kernel = kernel
+        self.need = need
+        self.not_before = not_before
+        self.unplaced = kernel.grid
+        self.remaining = kernel.grid
+        self.first_start = -1.0
+        self.n_batches = 0
+
+
+class Batch:
+    """Blocks of one kernel placed at one instant: they end together (one event)."""
+
+    __slots__ = (
+        "blocks",
+        "demand",
+        "finish",
+        "last_t",
+        "rate",
+        "run",
+        "start",
+        "uid",
+        "where",
+        "work",
+    )
+
+    def __init__(self, uid: int, run: KernelRun, where: list, blocks: int, start: float) -> None:
+        k = run.kernel
+        self.uid = uid
+        self.run = run
+        self.where = where
+        self.blocks = blocks
+        self.start = start
+        self.work = k.block_us  # full-speed microseconds still to run
+        self.demand = blocks * k.block_bytes / k.block_us if k.block_us > 0 else 0.0
+        self.rate = 1.0
+        self.last_t = start
+        self.finish = start + k.block_us
+
+
+class Device:
+    """SMs, queues and DRAM of one GPU inside a Simulation."""
+
+    def __init__(self, sim: Simulation, index: int, gpu: GPUSpec, record_batches: bool) -> None:
+        self.sim = sim
+        self.env: simpy.Environment = sim.env
+        self.index = index
+        self.gpu = gpu
+        self.queues = [HwQueue(q) for q in range(gpu.hw_queues)]
+        self.streams: dict[int, Stream] = {}
+        self.pool = SMPool(gpu)
+        self.next_uid = 0
+        self.fifo: deque[KernelRun] = deque()
+        self.active: list[Batch] = []
+        self.timers: dict[float, list[Batch]] = {}
+        self.dram_capacity = gpu.dram_bytes_per_us * gpu.dram_efficiency
+        self.demand = 0.0
+        self.contended = False
+        self.pending = 0  # commands issued and not yet complete
+        self.idle_waiters: list[simpy.Event] = []
+        self.gap = gpu.kernel_gap_us
+        # accounting
+        self.counters: list[tuple[float, int, float]] = [(0.0, 0, 0.0)]
+        self.kernel_log: list[tuple] = []
+        self.command_log: list[tuple] = []
+        # (start, end, op, [(SM indices, blocks each)], Need) per batch, for invariant tests
+        self.batch_log: list[list] | None = [] if record_batches else None
+        self._open_logs: dict[int, list] = {}
+        self._needs: dict[int, Need] = {}
+
+    # -- host side ----------------------------------------------------------------------
+
+    def stream(self, sid: int) -> Stream:
+        s = self.streams.get(sid)
+        if s is None:
+            s = self.streams[sid] = Stream(sid, self.queues[sid % len(self.queues)])
+        return s
+
+    def enqueue(self, entry: Entry) -> None:
+        """Host issued a command; it becomes visible at ``entry.available``."""
+        self.pending += 1
+        q = entry.stream.queue
+        q.items.append(entry)
+        if len(q.items) == 1:
+            self.advance(q)
+
+    def wait_idle(self) -> simpy.Event:
+        ev = self.env.event()
+        if self.pending == 0:
+            ev.succeed()
+        else:
+            self.idle_waiters.append(ev)
+        return ev
+
+    def _complete_one(self) -> None:
+        self.pending -= 1
+        if self.pending == 0 and self.idle_waiters:
+            waiters, self.idle_waiters = self.idle_waiters, []
+            for ev in waiters:
+                ev.succeed()
+
+    # -- queues -------------------------------------------------------------------------
+
+    def advance(self, q: HwQueue) -> None:
+        """Move commands off the head of ``q`` while their stream and events allow."""
+        items = q.items
+        env = self.env
+        while items:
+            e = items[0]
+            now = env.now
+            if e.available > now:
+                if q.wake_at != e.available:
+                    q.wake_at = e.available
+                    self.sim.call_at(e.available, self.advance, q)
+                return
+            s = e.stream
+            if s.busy:
+                return  # the stream's running kernel wakes this queue when it ends
+            kind = e.kind
+            if kind == LAUNCH:
+                items.popleft()
+                s.busy = True
+                k = e.kernel
+                start = now if now > s.ready_at else s.ready_at
+                run = KernelRun(e, k, self._need(k), start + self.gap)
+                self.fifo.append(run)
+                if len(self.fifo) == 1:
+                    self.dispatch()
+                continue
+            if kind == WAIT:
+                slot = e.event
+                if not slot.done:
+                    if q not in slot.waiters:
+                        slot.waiters.append(q)
+                    return
+                t = slot.time + self.gpu.event_latency_us
+                if t > s.ready_at:
+                    s.ready_at = t
+                done = now if now > s.ready_at else s.ready_at
+            elif kind == RECORD:
+                slot = e.event
+                slot.done = True
+                slot.time = done = now if now > s.ready_at else s.ready_at
+            else:  # NOOP: an op with no device work, in stream order
+                done = now if now > s.ready_at else s.ready_at
+            items.popleft()
+            self.command_log.append((e, done))
+            self._complete_one()
+            if kind == RECORD and slot.waiters:
+                waiters, slot.waiters = slot.waiters, []
+                for wq in waiters:
+                    if wq is not q:
+                        self.advance(wq)
+
+    # -- block dispatch (left-over policy) ----------------------------------------------
+
+    def _need(self, k: Kernel) -> Need:
+        key = id(k.occupancy)
+        need = self._needs.get(key)
+        if need is None:
+            o = k.occupancy
+            need = self._needs[key] = Need(o.warps, o.regs_alloc, o.smem_alloc)
+        return need
+
+    def dispatch(self) -> None:
+        """Place blocks of the FIFO head; the next kernel only gets what is left over
+        once every block of the head is placed."""
+        fifo = self.fifo
+        pool = self.pool
+        placed_any = False
+        now = self.env.now
+        while fifo:
+            run = fifo[0]
+            uid = self.next_uid
+            blocks, where = pool.place(uid, run.need, run.unplaced, now)
+            if not blocks:
+                break
+            self.next_uid = uid + 1
+            run.unplaced -= blocks
+            start = now if now > run.not_before else run.not_before
+            if run.first_start < 0:
+                run.first_start = start
+            run.n_batches += 1
+            b = Batch(uid, run, where, blocks, start)
+            self.active.append(b)
+            self._arm(b)
+            self._add_demand(b)
+            placed_any = True
+            if self.batch_log is not None:
+                rec = [start, -1.0, run.kernel.op, where, run.need]
+                self.batch_log.append(rec)
+                self._open_logs[uid] = rec
+            if run.unplaced:
+                break
+            fifo.popleft()
+        if placed_any:
+            self._account()
+
+    # -- batch timing and DRAM sharing --------------------------------------------------
+
+    def _arm(self, b: Batch) -> None:
+        t = b.finish
+        bucket = self.timers.get(t)
+        if bucket is None:
+            self.timers[t] = [b]
+            self.sim.call_at(t, self._on_timer, t)
+        else:
+            bucket.append(b)
+
+    def _on_timer(self, t: float) -> None:
+        due = self.timers.pop(t)
+        finished = list(dict.fromkeys(b for b in due if b.finish == t and b.blocks))
+        if not finished:
+            return
+        pool = self.pool
+        for b in finished:
+            pool.release(b.uid, b.run.need, t)
+            self.active.remove(b)
+            self.demand -= b.demand
+            if self.batch_log is not None:
+                self._open_logs.pop(b.uid)[1] = t
+        for b in finished:
+            run = b.run
+            run.remaining -= b.blocks
+            b.blocks = 0
+            if run.remaining == 0:
+                self._kernel_done(run, t)
+        if self.contended or self.demand > self.dram_capacity:
+            self._reshare()
+        self._account()
+        self.dispatch()
+
+    def _kernel_done(self, run: KernelRun, t: float) -> None:
+        e = run.entry
+        self.kernel_log.append((e, run.first_start, t, run.n_batches))
+        s = e.stream
+        s.busy = False
+        self._complete_one()
+        self.advance(s.queue)
+
+    def _add_demand(self, b: Batch) -> None:
+        self.demand += b.demand
+        if self.contended or self.demand > self.dram_capacity:
+            self._reshare()
+
+    def _reshare(self) -> None:
+        """Max-min fair split of DRAM bandwidth among running batches (processor
+        sharing): a batch demanding less than its fair share runs at full speed; the
+        rest slow down in proportion. Re-arms every batch whose end moved."""
+        now = self.env.now
+        active = self.active
+        cap = self.dram_capacity
+        for b in active:
+            if now > b.last_t:
+                b.work -= (now - b.last_t) * b.rate
+                b.last_t = now
+        self.contended = self.demand > cap
+        rates: dict[int, float] = {}
+        if self.contended:
+            left, pool = cap, sorted(active, key=lambda x: x.demand)
+            for i, b in enumerate(pool):
+                fair = left / (len(pool) - i)
+                give = b.demand if b.demand <= fair else fair
+                rates[id(b)] = give / b.demand if b.demand > 0 else 1.0
+                left -= give
+        for b in active:
+            r = rates.get(id(b), 1.0)
+            if r == b.rate:
+                continue
+            b.rate = r
+            base = b.last_t if b.last_t > now else now
+            b.finish = base + max(0.0, b.work) / r
+            self._arm(b)
+
+    def _account(self) -> None:
+        """Log the SMs-busy and DRAM counters at a change point."""
+        now = self.env.now
+        busy = self.pool.busy
+        bw = min(self.demand, self.dram_capacity) / 1e3  # bytes/us -> GB/s
+        last = self.counters[-1]
+        if last[1] != busy or last[2] != bw:
+            if last[0] == now:
+                self.counters[-1] = (now, busy, bw)
+            else:
+                self.counters.append((now, busy, bw))

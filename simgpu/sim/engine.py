@@ -1,0 +1,225 @@
+"""The simulation: a host thread issuing a StreamProgram to one or more Devices.
+
+The host runs ahead of the GPU: between synchronisations its issue times are pure
+arithmetic (each API call costs CPU time), so issuing costs no SimPy event; the host
+process only yields to wait for a device to go idle. Everything on the GPU side lives
+in :mod:`simgpu.sim.device`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import simpy
+
+from simgpu.errors import DeadlockError, ProgramError
+from simgpu.hardware import GPUSpec, Machine
+from simgpu.program import Launch, Record, StreamProgram, Synchronize, Wait
+from simgpu.sim.device import LAUNCH, NOOP, RECORD, WAIT, Device, Entry, EventSlot
+from simgpu.timeline import CommandRecord, HostRecord, KernelRecord, Timeline
+
+
+class Simulation:
+    """One run of one program on one machine. Use :func:`simulate`."""
+
+    def __init__(self, machine: Machine, record_batches: bool = False) -> None:
+        self.env = simpy.Environment()
+        self.machine = machine
+        self.devices = [Device(self, i, g, record_batches) for i, g in enumerate(machine.devices)]
+        self.host_log: list[tuple[str, int, float, float, str | None]] = []
+        self.scheduled = 0
+        self.host_done = False
+
+    def call_at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` at simulated time ``t`` (one SimPy timeout)."""
+        ev = self.env.timeout(t - self.env.now)
+        ev.callbacks.append(lambda _ev: fn(*args))
+        self.scheduled += 1
+
+    # -- host thread ---------------------------------------------------------------------
+
+    def host(self, program: StreamProgram):
+        env = self.env
+        log = self.host_log
+        devices = self.devices
+        t = env.now
+        events: dict[tuple[int, str], EventSlot] = {}
+        graph = program.graph_mode
+        avail_base = 0.0
+        if graph:
+            g0 = devices[0].gpu
+            log.append(("graph_launch", 0, t, t + g0.graph_launch_api_us, None))
+            t += g0.graph_launch_api_us
+            avail_base = t + g0.launch_latency_us
+            for d in devices:
+                d.gap = d.gpu.graph_node_us
+        for i, c in enumerate(program.commands):
+            if isinstance(c, Synchronize):
+                dev = self._device(c.device, i)
+                if t > env.now:
+                    yield env.timeout(t - env.now)
+                start = env.now
+                yield dev.wait_idle()
+                t = env.now + dev.gpu.sync_api_us
+                log.append(("synchronize", c.device, start, t, None))
+                continue
+            dev = self._device(c.device, i)
+            gpu = dev.gpu
+            stream = dev.stream(c.stream)
+            if isinstance(c, Launch):
+                if c.kernel is None:
+                    kind, cost, api = NOOP, gpu.framework_dispatch_us, "dispatch"
+                else:
+                    kind, cost, api = (
+                        LAUNCH,
+                        gpu.launch_api_us + gpu.framework_dispatch_us,
+                        "launch",
+                    )
+                entry_args: dict[str, Any] = {"kernel": c.kernel, "op": c.op}
+            elif isinstance(c, Record):
+                kind, cost, api = RECORD, gpu.event_record_api_us, "event_record"
+                slot = events[(c.device, c.event)] = EventSlot(c.event, c.stream)
+                entry_args = {"event": slot}
+            elif isinstance(c, Wait):
+                kind, cost, api = WAIT, gpu.event_wait_api_us, "stream_wait_event"
+                slot = events.get((c.device, c.event))
+                if slot is None:
+                    raise ProgramError(
+                        f"command {i}: stream {c.stream} waits on event '{c.event}' that was "
+                        f"never recorded before it"
+                    )
+                entry_args = {"event": slot}
+            else:
+                raise ProgramError(f"command {i}: unknown command {c!r}")
+            if graph:
+                available = avail_base
+                issue = t
+            else:
+                log.append((api, c.device, t, t + cost, getattr(c, "op", None)))
+                t += cost
+                issue = t
+                available = t + gpu.launch_latency_us
+            dev.enqueue(Entry(kind, stream, available, issue, i, **entry_args))
+        # the program ends with the host waiting for every device
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        for dev in devices:
+            yield dev.wait_idle()
+        self.host_done = True
+
+    def _device(self, index: int, cmd: int) -> Device:
+        if not 0 <= index < len(self.devices):
+            raise ProgramError(
+                f"command {cmd}: device {index} does not exist (machine has {len(self.devices)})"
+            )
+        return self.devices[index]
+
+    # -- run -----------------------------------------------------------------------------
+
+    def run(self, program: StreamProgram) -> Timeline:
+        proc = self.env.process(self.host(program))
+        self.env.run()
+        if not proc.triggered:
+            raise self._deadlock()
+        if not proc.ok:  # pragma: no cover - errors inside the host re-raise in env.run
+            raise proc.value
+        return self._timeline()
+
+    def _deadlock(self) -> DeadlockError:
+        """Nothing can move but work is pending: name who waits for what."""
+        parts = []
+        for d in self.devices:
+            for q in d.queues:
+                if not q.items:
+                    continue
+                e = q.items[0]
+                dev = f"device {d.index} " if len(self.devices) > 1 else ""
+                if e.kind == WAIT and not e.event.done:
+                    rec = e.event.stream
+                    blocker = self._blocker_of(d, rec)
+                    parts.append(
+                        f"{dev}stream {e.stream.id} waits for event '{e.event.name}' recorded on "
+                        f"stream {rec}{blocker}"
+                    )
+                else:
+                    parts.append(f"{dev}stream {e.stream.id} is stuck behind hardware queue {q.id}")
+        detail = "; ".join(parts) or "work pending but no stream can run"
+        return DeadlockError(f"deadlock at t={self.env.now:.3f} us: {detail}")
+
+    @staticmethod
+    def _blocker_of(d: Device, stream: int) -> str:
+        for q in d.queues:
+            for pos, e in enumerate(q.items):
+                if e.stream.id == stream:
+                    if pos == 0 and e.kind == WAIT:
+                        return f" (itself waiting for event '{e.event.name}')"
+                    if pos > 0:
+                        head = q.items[0]
+                        return f" (queued behind stream {head.stream.id} in hardware queue {q.id})"
+                    return ""
+        return ""
+
+    def _timeline(self) -> Timeline:
+        kernels: list[KernelRecord] = []
+        commands: list[CommandRecord] = []
+        end = 0.0
+        for d in self.devices:
+            for e, start, stop, batches in d.kernel_log:
+                k = e.kernel
+                kernels.append(
+                    KernelRecord(
+                        e.op,
+                        k.name,
+                        d.index,
+                        e.stream.id,
+                        e.stream.queue.id,
+                        e.issue,
+                        start,
+                        stop,
+                        k.grid,
+                        k.threads,
+                        batches,
+                    )
+                )
+                end = max(end, stop)
+            for e, done in d.command_log:
+                kind = {RECORD: "record", WAIT: "wait", NOOP: "noop"}[e.kind]
+                ev = e.event.name if e.event is not None else None
+                commands.append(CommandRecord(kind, d.index, e.stream.id, e.issue, done, ev, e.op))
+                end = max(end, done)
+            d._account()
+        kernels.sort(key=lambda k: (k.start_us, k.device, k.stream, k.end_us))
+        host = [HostRecord(api, dev, s, e, op) for api, dev, s, e, op in self.host_log]
+        return Timeline(
+            gpu_names=[d.gpu.name for d in self.devices],
+            sm_counts=[d.gpu.sm_count for d in self.devices],
+            kernels=kernels,
+            commands=commands,
+            host=host,
+            makespan_us=end,
+            counters=[d.counters for d in self.devices],
+            sm_transitions=[d.pool.transitions for d in self.devices],
+            events=self.scheduled,
+        )
+
+
+def simulate(
+    program: StreamProgram,
+    machine: Machine | GPUSpec | Sequence[GPUSpec],
+    record_batches: bool = False,
+) -> Timeline:
+    """Run ``program`` and return its timeline. Raises DeadlockError if it cannot finish.
+
+    The makespan runs from the host's first API call to the end of the last command on
+    any device. ``record_batches`` keeps every block batch (for invariant tests).
+    """
+    if isinstance(machine, GPUSpec):
+        machine = Machine.single(machine)
+    elif not isinstance(machine, Machine):
+        machine = Machine("machine", tuple(machine))
+    sim = Simulation(machine, record_batches)
+    tl = sim.run(program)
+    if record_batches:
+        tl.batches = [d.batch_log for d in sim.devices]  # type: ignore[attr-defined]
+    return tl

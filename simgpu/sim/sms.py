@@ -1,0 +1,150 @@
+"""The SMs of one GPU, kept as groups of identical SMs.
+
+SMs holding exactly the same resident blocks are interchangeable, so they form one group
+(a list of SM indices plus their free threads, registers, shared memory and block
+slots). A full wave touches every group once; a partial one splits a group in two; a
+release merges groups whose residents became equal again. Real models keep a handful of
+groups, so placing or releasing a batch costs a few Python operations instead of one per
+SM — the difference between simulating tens and hundreds of thousands of kernels per
+second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simgpu.hardware import GPUSpec
+
+
+class Group:
+    __slots__ = ("fb", "fr", "fs", "fw", "res", "sms")
+
+    def __init__(self, sms: list[int], res: tuple, fw: int, fr: int, fs: int, fb: int) -> None:
+        self.sms = sms  # SM indices, all in the same state
+        self.res = res  # resident batches: ((batch uid, blocks per SM), ...) by uid
+        self.fw = fw  # free warps
+        self.fr = fr  # free registers
+        self.fs = fs  # free shared memory (bytes)
+        self.fb = fb  # free block slots
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one block of a kernel holds on its SM."""
+
+    warps: int
+    regs: int
+    smem: int
+
+
+class SMPool:
+    """Block placement and release over the SMs of one GPU."""
+
+    def __init__(self, gpu: GPUSpec) -> None:
+        self.cap = (gpu.max_warps_per_sm, gpu.regs_per_sm, gpu.smem_per_sm, gpu.max_blocks_per_sm)
+        self.n = gpu.sm_count
+        self.groups: list[Group] = [Group(list(range(self.n)), (), *self.cap)]
+        self.busy = 0  # SMs with at least one resident block
+        # (time, +1 busy / -1 idle, SM indices): per-SM busy time is derived from it lazily
+        self.transitions: list[tuple[float, int, list[int]]] = []
+
+    def place(
+        self, uid: int, need: Need, n: int, now: float
+    ) -> tuple[int, list[tuple[list[int], int]]]:
+        """Place up to ``n`` blocks breadth-first on the least-loaded SMs (most free warps
+        first, then lowest SM index): one block on every SM that fits before a second on
+        any. Returns the blocks placed and where: [(SM indices, blocks each)]."""
+        w, r, s = need.warps, need.regs, need.smem
+        groups = self.groups
+        if len(groups) > 1:
+            groups.sort(key=_load_key)
+        caps = []
+        total = 0
+        for g in groups:
+            c = g.fb
+            if w and g.fw // w < c:
+                c = g.fw // w
+            if r and g.fr // r < c:
+                c = g.fr // r
+            if s and g.fs // s < c:
+                c = g.fs // s
+            caps.append(c)
+            total += c * len(g.sms)
+        if total == 0:
+            return 0, []
+        where: list[tuple[list[int], int]] = []
+        if n >= total:
+            for g, c in zip(groups, caps, strict=True):
+                if c:
+                    self._add(g, uid, c, w, r, s, now)
+                    where.append((g.sms, c))
+            return total, where
+        level = 1
+        while sum(min(c, level) * len(g.sms) for g, c in zip(groups, caps, strict=True)) < n:
+            level += 1
+        rem = n - sum(min(c, level - 1) * len(g.sms) for g, c in zip(groups, caps, strict=True))
+        out: list[Group] = []
+        for g, c in zip(groups, caps, strict=True):
+            base = c if c < level else level - 1
+            extra = 0
+            if c >= level and rem:
+                extra = min(rem, len(g.sms))
+                rem -= extra
+            if extra and extra < len(g.sms):  # split: the first SMs take one block more
+                head = Group(g.sms[:extra], g.res, g.fw, g.fr, g.fs, g.fb)
+                g.sms = g.sms[extra:]
+                self._add(head, uid, base + 1, w, r, s, now)
+                where.append((head.sms, base + 1))
+                out.append(head)
+                if base:
+                    self._add(g, uid, base, w, r, s, now)
+                    where.append((g.sms, base))
+            elif base + (1 if extra else 0):
+                k = base + (1 if extra else 0)
+                self._add(g, uid, k, w, r, s, now)
+                where.append((g.sms, k))
+            out.append(g)
+        self.groups = out
+        return n, where
+
+    def _add(self, g: Group, uid: int, k: int, w: int, r: int, s: int, now: float) -> None:
+        if not g.res:
+            self.busy += len(g.sms)
+            self.transitions.append((now, 1, g.sms))
+        g.res = (*g.res, (uid, k))
+        g.fw -= k * w
+        g.fr -= k * r
+        g.fs -= k * s
+        g.fb -= k
+
+    def release(self, uid: int, need: Need, now: float) -> None:
+        """Free every block of batch ``uid``; merge groups that became identical."""
+        w, r, s = need.warps, need.regs, need.smem
+        touched = False
+        for g in self.groups:
+            for i, (u, k) in enumerate(g.res):
+                if u == uid:
+                    g.res = g.res[:i] + g.res[i + 1 :]
+                    g.fw += k * w
+                    g.fr += k * r
+                    g.fs += k * s
+                    g.fb += k
+                    touched = True
+                    if not g.res:
+                        self.busy -= len(g.sms)
+                        self.transitions.append((now, -1, g.sms))
+                    break
+        if touched and len(self.groups) > 1:
+            merged: dict[tuple, Group] = {}
+            for g in self.groups:
+                m = merged.get(g.res)
+                if m is None:
+                    merged[g.res] = g
+                else:
+                    m.sms = m.sms + g.sms
+            if len(merged) != len(self.groups):
+                self.groups = list(merged.values())
+
+
+def _load_key(g: Group) -> tuple[int, int]:
+    return (-g.fw, g.sms[0])
