@@ -144,7 +144,13 @@ class OpGraph:
             raise GraphError(f"graph '{name}' has a cycle: {path}")
         self.nx = g
         for op in self.ops.values():
-            implied = kind_of(op).infer(op, self.input_shapes(op.name))
+            try:
+                implied = kind_of(op).infer(op, self.input_shapes(op.name))
+            except (KeyError, TypeError, ValueError) as e:
+                what = (
+                    f"missing attribute {e}" if isinstance(e, KeyError) else f"bad attribute ({e})"
+                )
+                raise GraphError(f"op '{op.name}' ({op.kind}): {what}") from None
             if tuple(implied) != op.output_shape:
                 raise GraphError(
                     f"op '{op.name}' ({op.kind}): declared shape {list(op.output_shape)} but "

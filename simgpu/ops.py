@@ -241,7 +241,10 @@ def _concat_infer(op: Op, ins: list[Shape]) -> Shape:
 
 def _slice_infer(op: Op, ins: list[Shape]) -> Shape:
     x = ins[0]
-    axis = int(op.attrs.get("axis", 1)) % len(x)
+    axis = int(op.attrs.get("axis", 1))
+    if not -len(x) <= axis < len(x):
+        raise _fail(op, f"axis {axis} out of range for rank {len(x)}")
+    axis %= len(x)
     begin, end = int(op.attrs["begin"]), int(op.attrs["end"])
     if not 0 <= begin < end <= x[axis]:
         raise _fail(op, f"slice [{begin}, {end}) outside dimension {axis} of size {x[axis]}")
@@ -259,6 +262,8 @@ def _reshape_infer(op: Op, ins: list[Shape]) -> Shape:
 def _flatten_infer(op: Op, ins: list[Shape]) -> Shape:
     x = ins[0]
     start = int(op.attrs.get("start_dim", 1))
+    if not 0 <= start < len(x):
+        raise _fail(op, f"start_dim {start} out of range for rank {len(x)}")
     return (*x[:start], numel(x[start:]))
 
 

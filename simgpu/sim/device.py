@@ -43,9 +43,9 @@ class EventSlot:
 
     __slots__ = ("done", "name", "stream", "time", "waiters")
 
-    def __init__(self, name: str, stream: int) -> None:
+    def __init__(self, name: str, stream: int | None) -> None:
         self.name = name
-        self.stream = stream
+        self.stream = stream  # None while only waits have named it (no record issued yet)
         self.done = False
         self.time = 0.0
         self.waiters: list[HwQueue] = []
@@ -197,6 +197,9 @@ class Device:
 
     # -- queues -------------------------------------------------------------------------
 
+    def _wake(self, ev: simpy.Event) -> None:
+        self.advance(ev._value)
+
     def advance(self, q: HwQueue) -> None:
         """Move commands off the head of ``q`` while their stream and events allow."""
         items = q.items
@@ -207,7 +210,7 @@ class Device:
             if e.available > now:
                 if q.wake_at != e.available:
                     q.wake_at = e.available
-                    self.sim.call_at(e.available, self.advance, q)
+                    self.sim.call_at(e.available, self._wake, q)
                 return
             s = e.stream
             if s.busy:
@@ -303,7 +306,8 @@ class Device:
         else:
             bucket.append(b)
 
-    def _on_timer(self, t: float) -> None:
+    def _on_timer(self, ev: simpy.Event) -> None:
+        t = ev._value
         due = self.timers.pop(t)
         finished = list(dict.fromkeys(b for b in due if b.finish == t and b.blocks))
         if not finished:

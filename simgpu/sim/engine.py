@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import simpy
+from simpy.core import NORMAL
+from simpy.events import Event
 
 from simgpu.errors import DeadlockError, ProgramError
 from simgpu.hardware import GPUSpec, Machine
@@ -31,10 +33,15 @@ class Simulation:
         self.scheduled = 0
         self.host_done = False
 
-    def call_at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` at simulated time ``t`` (one SimPy timeout)."""
-        ev = self.env.timeout(t - self.env.now)
-        ev.callbacks.append(lambda _ev: fn(*args))
+    def call_at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
+        """Run ``fn(arg)`` at simulated time ``t``: one bare SimPy event carrying ``arg``
+        (a Timeout plus a closure costs twice as much, and this is the hot path)."""
+        env = self.env
+        ev = Event(env)
+        ev._ok = True
+        ev._value = arg
+        ev.callbacks.append(fn)
+        env.schedule(ev, NORMAL, t - env.now)
         self.scheduled += 1
 
     # -- host thread ---------------------------------------------------------------------
@@ -79,16 +86,19 @@ class Simulation:
                 entry_args: dict[str, Any] = {"kernel": c.kernel, "op": c.op}
             elif isinstance(c, Record):
                 kind, cost, api = RECORD, gpu.event_record_api_us, "event_record"
-                slot = events[(c.device, c.event)] = EventSlot(c.event, c.stream)
+                slot = events.get((c.device, c.event))
+                if slot is None or slot.stream is not None:
+                    slot = events[(c.device, c.event)] = EventSlot(c.event, c.stream)
+                else:  # earlier waits named this event before any record: bind them here
+                    slot.stream = c.stream
                 entry_args = {"event": slot}
             elif isinstance(c, Wait):
+                # binds to the latest record issued before it, or else to the next one; a
+                # record that never comes leaves the stream stuck and is reported as a deadlock
                 kind, cost, api = WAIT, gpu.event_wait_api_us, "stream_wait_event"
                 slot = events.get((c.device, c.event))
                 if slot is None:
-                    raise ProgramError(
-                        f"command {i}: stream {c.stream} waits on event '{c.event}' that was "
-                        f"never recorded before it"
-                    )
+                    slot = events[(c.device, c.event)] = EventSlot(c.event, None)
                 entry_args = {"event": slot}
             else:
                 raise ProgramError(f"command {i}: unknown command {c!r}")
@@ -137,6 +147,12 @@ class Simulation:
                 dev = f"device {d.index} " if len(self.devices) > 1 else ""
                 if e.kind == WAIT and not e.event.done:
                     rec = e.event.stream
+                    if rec is None:
+                        parts.append(
+                            f"{dev}stream {e.stream.id} waits for event '{e.event.name}', "
+                            f"which is never recorded"
+                        )
+                        continue
                     blocker = self._blocker_of(d, rec)
                     parts.append(
                         f"{dev}stream {e.stream.id} waits for event '{e.event.name}' recorded on "

@@ -56,7 +56,30 @@ class SMPool:
         any. Returns the blocks placed and where: [(SM indices, blocks each)]."""
         w, r, s = need.warps, need.regs, need.smem
         groups = self.groups
-        if len(groups) > 1:
+        if len(groups) == 1:  # every SM alike: the common case, without the general loop
+            g = groups[0]
+            c = min(g.fb, g.fw // w, g.fr // r, g.fs // s if s else g.fb)
+            m = len(g.sms)
+            if c == 0:
+                return 0, []
+            if n >= c * m:
+                self._add(g, uid, c, w, r, s, now)
+                return c * m, [(g.sms, c)]
+            level = -(-n // m)  # breadth-first: every SM gets level-1, the first few level
+            extra = n - (level - 1) * m
+            if extra == m:
+                self._add(g, uid, level, w, r, s, now)
+                return n, [(g.sms, level)]
+            head = Group(g.sms[:extra], g.res, g.fw, g.fr, g.fs, g.fb)
+            g.sms = g.sms[extra:]
+            self._add(head, uid, level, w, r, s, now)
+            where = [(head.sms, level)]
+            if level > 1:
+                self._add(g, uid, level - 1, w, r, s, now)
+                where.append((g.sms, level - 1))
+            self.groups = [head, g]
+            return n, where
+        else:
             groups.sort(key=_load_key)
         caps = []
         total = 0

@@ -1,0 +1,90 @@
+"""Simulator throughput: kernels simulated per second against a bare SimPy timeout loop.
+
+Runs Inception V3 (sequential and 8-stream) programs through ``simulate`` — the full
+path, timeline included — and times a bare ``yield env.timeout(1)`` loop in the same
+process, so the ratio is comparable across machines. Usage:
+    python benchmarks/sim_throughput.py [--json] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import simpy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _programs import level_streams
+
+from simgpu.hardware import load_gpu
+from simgpu.models import build_model
+from simgpu.program import lower
+from simgpu.schedule import StreamSchedule
+from simgpu.sim.engine import simulate
+
+
+def simpy_timeouts_per_s(n: int = 300_000) -> float:
+    def loop(env: simpy.Environment):
+        for _ in range(n):
+            yield env.timeout(1)
+
+    best = 0.0
+    for _ in range(3):
+        env = simpy.Environment()
+        env.process(loop(env))
+        t0 = time.perf_counter()
+        env.run()
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def kernels_per_s(program, gpu, seconds: float) -> tuple[float, int, float]:
+    kernels, runs, events = 0, 0, 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        tl = simulate(program, gpu)
+        kernels += len(tl.kernels)
+        events += tl.events
+        runs += 1
+    wall = time.perf_counter() - t0
+    return kernels / wall, runs, events / max(kernels, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    args = ap.parse_args()
+    gpu = load_gpu("v100")
+    g = build_model("inception_v3")
+    programs = {
+        "inception_v3/sequential": lower(StreamSchedule([list(g.topo_order)]), g, gpu),
+        "inception_v3/8-streams": lower(level_streams(g, 8), g, gpu),
+    }
+    per = {}
+    total_k, total_t = 0.0, 0.0
+    for name, prog in programs.items():
+        kps, runs, epk = kernels_per_s(prog, gpu, args.seconds)
+        per[name] = {"kernels_per_s": round(kps), "runs": runs, "events_per_kernel": round(epk, 2)}
+        total_k += kps * args.seconds
+        total_t += args.seconds
+    kps = total_k / total_t
+    tps = simpy_timeouts_per_s()
+    out = {
+        "kernels_per_s": round(kps),
+        "simpy_timeouts_per_s": round(tps),
+        "ratio": round(kps / tps, 3),
+        "programs": per,
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The Scheduler protocol, the registry, and the Profiler oracle schedulers consult.
+
+A scheduler is one module in this package: a class with a ``schedule(graph, profiler)``
+method, decorated with ``@register("name")``. Its options are dataclass fields, so
+``--option name.field=value`` on the CLI reaches it with type checking and a clear
+error for a misspelt field. Modules are discovered on first use: adding a scheduler
+is adding a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from simgpu.errors import SimGPUError
+from simgpu.graph import OpGraph
+from simgpu.hardware import GPUSpec, Machine
+from simgpu.kernels import KernelCache
+from simgpu.program import Launch, Record, StreamProgram, Wait, lower
+from simgpu.schedule import Schedule
+from simgpu.sim.engine import simulate
+from simgpu.timeline import Timeline
+
+
+class SchedulerError(SimGPUError):
+    """Unknown scheduler, bad option, or a scheduler that cannot handle its input."""
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    name: ClassVar[str]
+    multi_gpu: ClassVar[bool]
+
+    def schedule(self, graph: OpGraph, profiler: Profiler) -> Schedule: ...
+
+
+@dataclass(frozen=True)
+class SchedulerInfo:
+    name: str
+    cls: type
+    description: str
+    multi_gpu: bool
+
+
+REGISTRY: dict[str, SchedulerInfo] = {}
+_NOT_SCHEDULERS = {"base", "bounds"}
+_discovered = False
+
+
+def register(name: str, *, multi_gpu: bool = False) -> Callable[[type], type]:
+    """Class decorator: make a scheduler available by ``name``."""
+
+    def deco(cls: type) -> type:
+        if name in REGISTRY and REGISTRY[name].cls is not cls:
+            raise ValueError(f"scheduler '{name}' registered twice")
+        cls.name = name
+        cls.multi_gpu = multi_gpu
+        doc = (cls.__doc__ or "").strip().splitlines()
+        REGISTRY[name] = SchedulerInfo(name, cls, doc[0] if doc else "", multi_gpu)
+        return cls
+
+    return deco
+
+
+def discover() -> dict[str, SchedulerInfo]:
+    """Import every module of the package once, so their ``@register`` calls run."""
+    global _discovered
+    if not _discovered:
+        import schedulers
+
+        for mod in pkgutil.iter_modules(schedulers.__path__):
+            if mod.name not in _NOT_SCHEDULERS and not mod.name.startswith("_"):
+                importlib.import_module(f"schedulers.{mod.name}")
+        _discovered = True
+    return REGISTRY
+
+
+def scheduler_names(single_gpu_only: bool = False) -> list[str]:
+    reg = discover()
+    return sorted(n for n, i in reg.items() if not (single_gpu_only and i.multi_gpu))
+
+
+def make_scheduler(name: str, options: Mapping[str, str | Any] | None = None) -> Scheduler:
+    """Instantiate a scheduler; string option values are converted to the field's type."""
+    reg = discover()
+    if name not in reg:
+        raise SchedulerError(f"unknown scheduler '{name}' (known: {', '.join(sorted(reg))})")
+    cls = reg[name].cls
+    options = dict(options or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    kwargs = {}
+    for key, raw in options.items():
+        f = fields.get(key)
+        if f is None:
+            known = ", ".join(fields) or "none"
+            raise SchedulerError(f"scheduler '{name}' has no option '{key}' (options: {known})")
+        kwargs[key] = _convert(name, key, raw, f)
+    return cls(**kwargs)
+
+
+def _convert(sched: str, key: str, raw: Any, f: dataclasses.Field) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    default = f.default if f.default is not dataclasses.MISSING else None
+    typ = type(default) if default is not None else str
+    try:
+        if typ is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return typ(raw)
+    except ValueError:
+        raise SchedulerError(
+            f"option {sched}.{key}: cannot read {raw!r} as {typ.__name__}"
+        ) from None
+
+
+def parse_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["ios.r=1", "ios.s=3"]`` -> ``{"ios": {"r": "1", "s": "3"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        sched, dot, opt = key.partition(".")
+        if not eq or not dot or not sched or not opt:
+            raise SchedulerError(f"option {item!r} must look like SCHEDULER.NAME=VALUE")
+        out.setdefault(sched.strip(), {})[opt.strip()] = value.strip()
+    return out
+
+
+# --- the Profiler ---------------------------------------------------------------------
+
+
+@dataclass
+class Profiler:
+    """The latency oracle schedulers ask, backed by the simulator.
+
+    It memoises by program content and counts both calls and distinct measurements;
+    ``gpu_search_s`` is what the same search would have cost on a real GPU, where each
+    distinct measurement runs ``warmup + repeat`` times — the figure the IOS and LIOS
+    papers argue about.
+    """
+
+    machine: Machine
+    warmup: int = 2
+    repeat: int = 5
+    calls: int = 0
+    cache: dict[tuple, float] = field(default_factory=dict)
+    gpu_search_us: float = 0.0
+    sim_wall_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.kernels = KernelCache(self.machine.gpu)
+
+    @property
+    def gpu(self) -> GPUSpec:
+        return self.machine.gpu
+
+    @property
+    def distinct(self) -> int:
+        return len(self.cache)
+
+    @property
+    def gpu_search_s(self) -> float:
+        return self.gpu_search_us / 1e6
+
+    def program(self, schedule: Schedule, graph: OpGraph) -> StreamProgram:
+        return lower(schedule, graph, self.gpu, cache=self.kernels)
+
+    def measure(self, schedule: Schedule, graph: OpGraph) -> float:
+        """Latency in microseconds of ``schedule`` run on ``graph`` (or a subgraph)."""
+        return self.measure_program(self.program(schedule, graph))
+
+    def measure_program(self, program: StreamProgram) -> float:
+        self.calls += 1
+        key = _program_key(program)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        t0 = time.perf_counter()
+        lat = simulate(program, self.machine).makespan_us
+        self.sim_wall_s += time.perf_counter() - t0
+        self.cache[key] = lat
+        self.gpu_search_us += (self.warmup + self.repeat) * lat
+        return lat
+
+
+def _program_key(p: StreamProgram) -> tuple:
+    parts: list[tuple] = [("graph", p.graph_mode)]
+    for c in p.commands:
+        if isinstance(c, Launch):
+            k = c.kernel
+            parts.append(("L", c.device, c.stream, c.op, None if k is None else (k.name, k.grid)))
+        elif isinstance(c, Record | Wait):
+            parts.append((type(c).__name__, c.device, c.stream, c.event))
+        else:
+            parts.append(("S", c.device))
+    return tuple(parts)
+
+
+# --- running schedulers ---------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """One scheduler on one graph and machine: its schedule, program and timeline."""
+
+    scheduler: str
+    schedule: Schedule
+    program: StreamProgram
+    timeline: Timeline
+    schedule_s: float
+    profiler_calls: int
+    profiler_distinct: int
+    gpu_search_s: float
+
+    @property
+    def latency_ms(self) -> float:
+        return self.timeline.latency_ms
+
+    @property
+    def streams(self) -> int:
+        return len(self.program.streams)
+
+    @property
+    def syncs(self) -> int:
+        return self.program.syncs
+
+
+def run_scheduler(
+    name: str, graph: OpGraph, machine: Machine, options: Mapping[str, Any] | None = None
+) -> RunResult:
+    """Schedule ``graph`` with ``name``, lower the schedule and simulate it once."""
+    sched = make_scheduler(name, options)
+    if not sched.multi_gpu and len(machine.devices) > 1:
+        machine_for_search = Machine(machine.name, machine.devices[:1])
+    else:
+        machine_for_search = machine
+    profiler = Profiler(machine_for_search)
+    t0 = time.perf_counter()
+    schedule = sched.schedule(graph, profiler)
+    schedule_s = time.perf_counter() - t0
+    program = lower(schedule, graph, list(machine.devices), name=name, cache=profiler.kernels)
+    timeline = simulate(program, machine)
+    return RunResult(
+        name,
+        schedule,
+        program,
+        timeline,
+        schedule_s,
+        profiler.calls,
+        profiler.distinct,
+        profiler.gpu_search_s,
+    )

@@ -1,0 +1,441 @@
+"""The ``simgpu`` command line.
+
+Every error a user can cause ends here as one line on stderr and a non-zero exit: the
+library raises SimGPUError subclasses with messages that name the op, stream or file at
+fault, and this module only prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from simgpu.errors import SimGPUError
+
+EXIT_ERROR = 2
+
+
+def _table(rows: list[list[str]], header: list[str], right: set[int] | None = None) -> str:
+    right = right if right is not None else set(range(1, len(header)))
+    cols = [header, *rows]
+    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+
+    lines = [fmt(header), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def _machine(args: argparse.Namespace):
+    from simgpu.hardware import Machine, load_gpu
+
+    return Machine.single(load_gpu(args.gpu))
+
+
+def _model(args: argparse.Namespace):
+    from simgpu.models import build_model
+
+    return build_model(args.model, batch=args.batch, image_size=args.image_size, dtype=args.dtype)
+
+
+def _graph_arg(spec: str, args: argparse.Namespace):
+    """A graph from a file (simgpu JSON) or, for convenience, a built-in model name."""
+    from simgpu.graph import OpGraph, read_json
+    from simgpu.models import MODELS, build_model
+
+    if Path(spec).exists() or spec.endswith(".json"):
+        return OpGraph.from_json(read_json(spec), source=spec)
+    if spec in MODELS:
+        return build_model(spec, batch=args.batch, dtype=args.dtype)
+    raise SimGPUError(f"{spec}: no such file, and not a built-in model")
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from schedulers.base import parse_options, run_scheduler, scheduler_names
+
+    graph = _model(args)
+    machine = _machine(args)
+    names: list[str] = []
+    for n in args.scheduler or ["all"]:
+        names += scheduler_names(single_gpu_only=True) if n == "all" else [n]
+    names = list(dict.fromkeys(names))
+    options = parse_options(args.option or [])
+    for sched in options:
+        if sched not in names:
+            raise SimGPUError(f"option given for scheduler '{sched}', which is not being run")
+    results = {n: run_scheduler(n, graph, machine, options.get(n)) for n in names}
+    base = results.get("sequential") or run_scheduler("sequential", graph, machine)
+    base_ms = base.latency_ms
+    rows = []
+    for n, r in results.items():
+        rows.append(
+            {
+                "scheduler": n,
+                "latency_ms": r.latency_ms,
+                "speedup": base_ms / r.latency_ms if r.latency_ms > 0 else float("nan"),
+                "streams": r.streams,
+                "syncs": r.syncs,
+                "kernels": r.program.kernels,
+                "schedule_s": r.schedule_s,
+                "profiler_calls": r.profiler_calls,
+                "profiler_distinct": r.profiler_distinct,
+                "gpu_search_s": r.gpu_search_s,
+                "sm_utilisation": r.timeline.mean_sm_utilisation(),
+            }
+        )
+    best = min(results.values(), key=lambda r: (r.latency_ms, r.scheduler))
+    _write_outputs(args, results, best)
+    if args.json:
+        out = {
+            "model": graph.name,
+            "batch": args.batch,
+            "image_size": args.image_size,
+            "gpu": machine.gpu.name,
+            "ops": len(graph),
+            "macs": graph.macs,
+            "results": rows,
+        }
+        print(json.dumps(out, indent=1))
+        return 0
+    print(
+        f"{graph.name}  batch {args.batch}  {len(graph)} ops  {graph.macs / 1e9:.2f} GMACs  on {machine.gpu.name}"
+    )
+    print(
+        _table(
+            [
+                [
+                    r["scheduler"],
+                    f"{r['latency_ms']:.3f}",
+                    f"{r['speedup']:.2f}x",
+                    str(r["streams"]),
+                    str(r["syncs"]),
+                    str(r["kernels"]),
+                    f"{100 * r['sm_utilisation']:.0f}%",
+                    f"{r['schedule_s']:.3f}",
+                    str(r["profiler_calls"]),
+                    f"{r['gpu_search_s']:.2f}",
+                ]
+                for r in rows
+            ],
+            [
+                "scheduler",
+                "latency ms",
+                "speedup",
+                "streams",
+                "syncs",
+                "kernels",
+                "SM util",
+                "sched s",
+                "profiler",
+                "GPU search s",
+            ],
+        )
+    )
+    for label, path in (("gantt", args.gantt), ("trace", args.trace)):
+        if path:
+            print(f"{label}: {path}")
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, results: dict, best: Any) -> None:
+    from simgpu.chrome_trace import write_chrome_trace
+    from simgpu.gantt import plot_gantt, plot_gantt_compare
+    from simgpu.schedule import schedule_to_json
+
+    try:
+        if args.trace:
+            if "{scheduler}" in args.trace:
+                for n, r in results.items():
+                    write_chrome_trace(r.timeline, args.trace.format(scheduler=n), title=n)
+            else:
+                write_chrome_trace(best.timeline, args.trace, title=best.scheduler)
+        if args.gantt:
+            if len(results) > 1:
+                plot_gantt_compare({n: r.timeline for n, r in results.items()}, args.gantt)
+            else:
+                plot_gantt(best.timeline, args.gantt, title=best.scheduler)
+        if getattr(args, "schedule_out", None):
+            Path(args.schedule_out).write_text(json.dumps(schedule_to_json(best.schedule)) + "\n")
+    except OSError as e:
+        raise SimGPUError(f"cannot write output: {e}") from None
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from schedulers.base import Profiler, make_scheduler, parse_options
+    from simgpu.graph import read_json
+    from simgpu.program import lower, validate_program
+    from simgpu.schedule import schedule_from_json
+    from simgpu.sim.engine import simulate
+
+    graph = _graph_arg(args.graph, args)
+    machine = _machine(args)
+    if args.schedule and args.scheduler:
+        raise SimGPUError("give --schedule FILE or --scheduler NAME, not both")
+    if args.schedule:
+        schedule = schedule_from_json(read_json(args.schedule), source=args.schedule)
+        source = args.schedule
+    else:
+        name = args.scheduler or "sequential"
+        opts = parse_options(args.option or []).get(name)
+        schedule = make_scheduler(name, opts).schedule(graph, Profiler(machine))
+        source = name
+    program = lower(schedule, graph, machine.gpu, name=source)
+    validate_program(program, schedule.graph or graph)
+    tl = simulate(program, machine)
+    from simgpu.chrome_trace import write_chrome_trace
+    from simgpu.gantt import plot_gantt
+
+    try:
+        if args.trace:
+            write_chrome_trace(tl, args.trace, title=source)
+        if args.gantt:
+            plot_gantt(tl, args.gantt, title=f"{graph.name}: {source}")
+    except OSError as e:
+        raise SimGPUError(f"cannot write output: {e}") from None
+    out = {
+        "graph": graph.name,
+        "gpu": machine.gpu.name,
+        "schedule": source,
+        "latency_ms": tl.latency_ms,
+        "kernels": len(tl.kernels),
+        "streams": len(program.streams),
+        "syncs": program.syncs,
+        "ops": len(schedule.graph or graph),
+        "sm_utilisation": tl.mean_sm_utilisation(),
+        "kernel_time_ms": tl.kernel_time_us() / 1e3,
+    }
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(
+            _table(
+                [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in out.items()],
+                ["field", "value"],
+            )
+        )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from simgpu.models import MODELS, build_model
+
+    rows = []
+    for name, info in MODELS.items():
+        g = build_model(name)
+        inp = [list(op.output_shape) for op in g.inputs]
+        rows.append(
+            {
+                "name": name,
+                "ops": len(g),
+                "macs": g.macs,
+                "params": g.params,
+                "input": inp[0] if len(inp) == 1 else inp,
+                "description": info.description,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(
+            _table(
+                [
+                    [
+                        r["name"],
+                        str(r["ops"]),
+                        f"{r['macs'] / 1e9:.2f}",
+                        f"{r['params'] / 1e6:.2f}",
+                        "x".join(map(str, r["input"])),
+                    ]
+                    for r in rows
+                ],
+                ["model", "ops", "GMACs", "M params", "input"],
+            )
+        )
+    return 0
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    from simgpu.hardware import ALIASES, PRESETS
+
+    aliases: dict[str, list[str]] = {}
+    for a, n in ALIASES.items():
+        aliases.setdefault(n, []).append(a)
+    if args.json:
+        print(json.dumps([g.to_json() for g in PRESETS.values()], indent=1))
+        return 0
+    rows = []
+    for g in PRESETS.values():
+        tensor = max((v for k, v in g.peak_tflops.items() if k.endswith("_tensor")), default=0.0)
+        rows.append(
+            [
+                g.name,
+                g.compute_capability,
+                str(g.sm_count),
+                f"{g.clock_mhz:.0f}",
+                f"{g.peak_tflops['fp32']:.1f}",
+                f"{tensor:.0f}" if tensor else "-",
+                f"{g.dram_gbps:.0f}",
+                f"{g.memory_gb:g}",
+                f"{g.l2_mb:g}",
+                ", ".join(aliases.get(g.name, [])),
+            ]
+        )
+    print(
+        _table(
+            rows,
+            [
+                "gpu",
+                "cc",
+                "SMs",
+                "MHz",
+                "FP32 TF",
+                "tensor TF",
+                "DRAM GB/s",
+                "mem GB",
+                "L2 MB",
+                "aliases",
+            ],
+            right={2, 3, 4, 5, 6, 7, 8},
+        )
+    )
+    return 0
+
+
+def cmd_schedulers(args: argparse.Namespace) -> int:
+    from schedulers.base import discover
+
+    reg = discover()
+    rows = [
+        {"name": i.name, "multi_gpu": i.multi_gpu, "description": i.description}
+        for i in sorted(reg.values(), key=lambda i: i.name)
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(
+            _table(
+                [[r["name"], "yes" if r["multi_gpu"] else "no", r["description"]] for r in rows],
+                ["scheduler", "multi-GPU", "description"],
+                right=set(),
+            )
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    graph = _model(args)
+    try:
+        graph.save(args.output)
+    except OSError as e:
+        raise SimGPUError(f"cannot write {args.output}: {e}") from None
+    print(f"{graph.name}: {len(graph)} ops -> {args.output}")
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{v} must be positive")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="simgpu",
+        description="Simulate multi-stream DNN inference schedules on modelled GPUs.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help="built-in model (see `simgpu models`)")
+        sp.add_argument("--batch", type=_positive, default=1)
+        sp.add_argument("--image-size", type=_positive, default=None, help="input resolution (px)")
+        sp.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+
+    r = sub.add_parser("run", help="compare schedulers on a built-in model")
+    model_args(r)
+    r.add_argument("--gpu", default="v100", help="GPU preset or JSON file (default v100)")
+    r.add_argument(
+        "--scheduler", action="append", help="scheduler name, repeatable; 'all' (default)"
+    )
+    r.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE", help="scheduler option")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument(
+        "--trace",
+        help="Chrome/Perfetto trace of the fastest schedule "
+        "('{scheduler}' in the name writes one per scheduler)",
+    )
+    r.add_argument("--gantt", help="Gantt chart PNG (all schedulers stacked)")
+    r.add_argument("--schedule-out", help="write the fastest schedule as JSON")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("simulate", help="simulate a graph file with a schedule file or a scheduler")
+    s.add_argument("graph", help="simgpu graph JSON (or a built-in model name)")
+    s.add_argument("--schedule", help="schedule JSON (from `run --schedule-out`)")
+    s.add_argument(
+        "--scheduler", help="compute the schedule with this scheduler (default sequential)"
+    )
+    s.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE")
+    s.add_argument("--gpu", default="v100")
+    s.add_argument("--batch", type=_positive, default=1)
+    s.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--trace")
+    s.add_argument("--gantt")
+    s.set_defaults(func=cmd_simulate)
+
+    for name, fn, text in (
+        ("models", cmd_models, "list built-in models"),
+        ("gpus", cmd_gpus, "list GPU presets"),
+        ("schedulers", cmd_schedulers, "list registered schedulers"),
+    ):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=fn)
+
+    e = sub.add_parser("export", help="write a built-in model as a simgpu graph JSON file")
+    model_args(e)
+    e.add_argument("-o", "--output", required=True)
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SimGPUError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"simgpu: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("simgpu: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
