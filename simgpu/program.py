@@ -8,6 +8,7 @@ ordered by stream order, an event chain or a synchronize.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from simgpu.errors import ProgramError
@@ -188,7 +189,7 @@ def _issue_order(
         succ[u].append(v)
         indeg[v] += 1
     for ops in schedule.streams:
-        for a, b in zip(ops, ops[1:], strict=False):
+        for a, b in itertools.pairwise(ops):
             succ[a].append(b)
             indeg[b] += 1
     heap = [(where[op][1], where[op][0], op) for op, d in indeg.items() if d == 0]
@@ -230,7 +231,7 @@ def validate_program(program: StreamProgram, graph: OpGraph | None = None) -> No
                 raise ProgramError(f"command {i}: synchronize inside a CUDA Graph program")
             # everything issued so far happens before everything after
             merged: dict[tuple[int, int], int] = dict(floor)
-            for st, cl in clocks.items():
+            for cl in clocks.values():
                 for k, v in cl.items():
                     if merged.get(k, -1) < v:
                         merged[k] = v

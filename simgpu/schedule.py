@@ -9,6 +9,7 @@ rewritten graph with the schedule; its merged ops name the ops they replace.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,7 +100,7 @@ def validate_schedule(schedule: Schedule, graph: OpGraph) -> None:
     order = nx.DiGraph(graph.nx)
     stream_of = {}
     for si, ops in enumerate(schedule.streams):
-        for a, b in zip(ops, ops[1:], strict=False):
+        for a, b in itertools.pairwise(ops):
             order.add_edge(a, b)
         for op in ops:
             stream_of[op] = si
