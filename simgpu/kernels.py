@@ -159,9 +159,14 @@ def _gemm(
     gpu: GPUSpec,
 ) -> Kernel:
     """An implicit-GEMM kernel: the largest tile that still fills one wave of SMs."""
-    tensor = dtype in TENSOR_DTYPES and any(key.endswith("_tensor") for key in gpu.peak_tflops)
+    # PyTorch lets cuDNN convolutions use TF32 by default (torch.backends.cudnn.allow_tf32);
+    # fp32 matmuls stay on CUDA cores (torch.backends.cuda.matmul.allow_tf32 is False)
+    tf32 = dtype == "fp32" and kind == "conv" and "tf32_tensor" in gpu.peak_tflops
+    tensor = tf32 or (
+        dtype in TENSOR_DTYPES and any(key.endswith("_tensor") for key in gpu.peak_tflops)
+    )
     size = 1 if dtype == "int8" else 2 if dtype in ("fp16", "bf16") else 4
-    tk, stages = (32, 3) if tensor else (8, 2)
+    tk, stages = (32 // size * 2, 3) if tensor else (8, 2)
     chosen = GEMM_TILES[-1]
     for tile in GEMM_TILES:
         if batch * -(-m // tile.m) * -(-n // tile.n) >= gpu.sm_count:
