@@ -102,10 +102,18 @@ class SMPool:
                     self._add(g, uid, c, w, r, s, now)
                     where.append((g.sms, c))
             return total, where
-        level = 1
-        while sum(min(c, level) * len(g.sms) for g, c in zip(groups, caps, strict=True)) < n:
+        sizes = [len(g.sms) for g in groups]
+        level, below = 0, 0  # blocks placed by levels 1..level-1
+        while True:
             level += 1
-        rem = n - sum(min(c, level - 1) * len(g.sms) for g, c in zip(groups, caps, strict=True))
+            step = 0
+            for c, m in zip(caps, sizes, strict=True):
+                if c >= level:
+                    step += m
+            if below + step >= n:
+                break
+            below += step
+        rem = n - below
         out: list[Group] = []
         for g, c in zip(groups, caps, strict=True):
             base = c if c < level else level - 1
