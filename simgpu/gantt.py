@@ -101,7 +101,7 @@ def _draw_gantt(ax: Axes, tl: Timeline, max_kernels: int | None) -> int:
     ax.set_ylim(len(rows) - 0.5 if rows else 0.5, -0.5)  # first row on top
     ax.set_xlim(0, span_ms * 1.01)
     ax.grid(axis="x", linewidth=0.4, alpha=0.5)
-    if tl.commands:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     return len(kernels)
 
