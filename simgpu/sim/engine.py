@@ -61,21 +61,26 @@ class Simulation:
             avail_base = t + g0.launch_latency_us
             for d in devices:
                 d.gap = d.gpu.graph_node_us
+        n_dev = len(devices)
         for i, c in enumerate(program.commands):
-            if isinstance(c, Synchronize):
-                dev = self._device(c.device, i)
+            ctype = type(c)
+            d = c.device
+            if not 0 <= d < n_dev:
+                raise ProgramError(f"command {i}: device {d} does not exist (machine has {n_dev})")
+            dev = devices[d]
+            if ctype is Synchronize:
                 if t > env.now:
                     yield env.timeout(t - env.now)
                 start = env.now
                 yield dev.wait_idle()
                 t = env.now + dev.gpu.sync_api_us
-                log.append(("synchronize", c.device, start, t, None))
+                log.append(("synchronize", d, start, t, None))
                 continue
-            dev = self._device(c.device, i)
             gpu = dev.gpu
-            stream = dev.stream(c.stream)
-            if isinstance(c, Launch):
-                if c.kernel is None:
+            stream = dev.streams.get(c.stream) or dev.stream(c.stream)
+            if ctype is Launch:
+                k = c.kernel
+                if k is None:
                     kind, cost, api = NOOP, gpu.framework_dispatch_us, "dispatch"
                 else:
                     kind, cost, api = (
@@ -83,34 +88,34 @@ class Simulation:
                         gpu.launch_api_us + gpu.framework_dispatch_us,
                         "launch",
                     )
-                entry_args: dict[str, Any] = {"kernel": c.kernel, "op": c.op}
-            elif isinstance(c, Record):
+                op, slot = c.op, None
+            elif ctype is Record:
                 kind, cost, api = RECORD, gpu.event_record_api_us, "event_record"
-                slot = events.get((c.device, c.event))
+                k = op = None
+                slot = events.get((d, c.event))
                 if slot is None or slot.stream is not None:
-                    slot = events[(c.device, c.event)] = EventSlot(c.event, c.stream)
+                    slot = events[(d, c.event)] = EventSlot(c.event, c.stream)
                 else:  # earlier waits named this event before any record: bind them here
                     slot.stream = c.stream
-                entry_args = {"event": slot}
-            elif isinstance(c, Wait):
+            elif ctype is Wait:
                 # binds to the latest record issued before it, or else to the next one; a
                 # record that never comes leaves the stream stuck and is reported as a deadlock
                 kind, cost, api = WAIT, gpu.event_wait_api_us, "stream_wait_event"
-                slot = events.get((c.device, c.event))
+                k = op = None
+                slot = events.get((d, c.event))
                 if slot is None:
-                    slot = events[(c.device, c.event)] = EventSlot(c.event, None)
-                entry_args = {"event": slot}
+                    slot = events[(d, c.event)] = EventSlot(c.event, None)
             else:
                 raise ProgramError(f"command {i}: unknown command {c!r}")
             if graph:
                 available = avail_base
                 issue = t
             else:
-                log.append((api, c.device, t, t + cost, getattr(c, "op", None)))
+                log.append((api, d, t, t + cost, op))
                 t += cost
                 issue = t
                 available = t + gpu.launch_latency_us
-            dev.enqueue(Entry(kind, stream, available, issue, i, **entry_args))
+            dev.enqueue(Entry(kind, stream, available, issue, i, k, op, slot))
         # the program ends with the host waiting for every device
         if t > env.now:
             yield env.timeout(t - env.now)
