@@ -185,27 +185,6 @@ PRESETS: dict[str, GPUSpec] = {
             l2_mb=40,
         ),
         GPUSpec(
-            name="a100-sxm4-80gb",
-            sm_count=108,
-            clock_mhz=1410,
-            compute_capability="8.0",
-            **_volta_like(smem_per_sm=164 * KB, max_smem_per_block=163 * KB),
-            smem_reserved_per_block=1 * KB,
-            peak_tflops={
-                "fp64": 9.7,
-                "fp32": 19.5,
-                "fp16": 78.0,
-                "bf16": 39.0,
-                "tf32_tensor": 156.0,
-                "fp16_tensor": 312.0,
-                "bf16_tensor": 312.0,
-                "int8_tensor": 624.0,
-            },
-            dram_gbps=2039,
-            memory_gb=80,
-            l2_mb=40,
-        ),
-        GPUSpec(
             name="h100-sxm",
             sm_count=132,
             clock_mhz=1980,
@@ -224,27 +203,6 @@ PRESETS: dict[str, GPUSpec] = {
             },
             dram_gbps=3350,
             memory_gb=80,
-            l2_mb=50,
-        ),
-        GPUSpec(
-            name="h200-sxm",
-            sm_count=132,
-            clock_mhz=1980,
-            compute_capability="9.0",
-            **_volta_like(smem_per_sm=228 * KB, max_smem_per_block=227 * KB),
-            smem_reserved_per_block=1 * KB,
-            peak_tflops={
-                "fp64": 34.0,
-                "fp32": 67.0,
-                "fp16": 133.8,
-                "bf16": 133.8,
-                "tf32_tensor": 494.7,
-                "fp16_tensor": 989.4,
-                "bf16_tensor": 989.4,
-                "int8_tensor": 1978.9,
-            },
-            dram_gbps=4800,
-            memory_gb=141,
             l2_mb=50,
         ),
         GPUSpec(
@@ -312,6 +270,14 @@ PRESETS: dict[str, GPUSpec] = {
         ),
     )
 }
+
+# Same silicon, different memory: derived so the shared figures live in one place.
+PRESETS["a100-sxm4-80gb"] = dataclasses.replace(
+    PRESETS["a100-sxm4-40gb"], name="a100-sxm4-80gb", dram_gbps=2039, memory_gb=80
+)
+PRESETS["h200-sxm"] = dataclasses.replace(
+    PRESETS["h100-sxm"], name="h200-sxm", dram_gbps=4800, memory_gb=141
+)
 
 ALIASES: dict[str, str] = {
     "v100": "v100-sxm2",
