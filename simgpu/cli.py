@@ -280,7 +280,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         return 0
     rows = []
     for g in PRESETS.values():
-        tensor = max((v for k, v in g.peak_tflops.items() if k.endswith("_tensor")), default=0.0)
+        tensor = g.peak_tflops.get("fp16_tensor", 0.0)
         rows.append(
             [
                 g.name,
