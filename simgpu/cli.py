@@ -304,7 +304,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
                 "SMs",
                 "MHz",
                 "FP32 TF",
-                "tensor TF",
+                "FP16 tensor TF",
                 "DRAM GB/s",
                 "mem GB",
                 "L2 MB",
