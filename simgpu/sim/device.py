@@ -71,12 +71,13 @@ class HwQueue:
     """A hardware work queue: commands leave in issue order, each only once its own
     stream and events allow — so streams aliased onto one queue block each other."""
 
-    __slots__ = ("id", "items", "wake_at")
+    __slots__ = ("id", "items", "release_t", "wake_at")
 
     def __init__(self, qid: int) -> None:
         self.id = qid
         self.items: deque[Entry] = deque()
         self.wake_at = -1.0
+        self.release_t = 0.0  # effective time of the last command it released: in order
 
 
 class KernelRun:
@@ -216,12 +217,15 @@ class Device:
             if s.busy:
                 return  # the stream's running kernel wakes this queue when it ends
             kind = e.kind
+            base = now if now > s.ready_at else s.ready_at
+            if q.release_t > base:
+                base = q.release_t
             if kind == LAUNCH:
                 items.popleft()
                 s.busy = True
                 k = e.kernel
-                start = now if now > s.ready_at else s.ready_at
-                run = KernelRun(e, k, self._need(k), start + self.gap)
+                q.release_t = base
+                run = KernelRun(e, k, self._need(k), base + self.gap)
                 self.fifo.append(run)
                 if len(self.fifo) == 1:
                     self.dispatch()
@@ -235,13 +239,14 @@ class Device:
                 t = slot.time + self.gpu.event_latency_us
                 if t > s.ready_at:
                     s.ready_at = t
-                done = now if now > s.ready_at else s.ready_at
+                done = base if base > t else t
             elif kind == RECORD:
                 slot = e.event
                 slot.done = True
-                slot.time = done = now if now > s.ready_at else s.ready_at
+                slot.time = done = base
             else:  # NOOP: an op with no device work, in stream order
-                done = now if now > s.ready_at else s.ready_at
+                done = base
+            q.release_t = done
             items.popleft()
             self.command_log.append((e, done))
             self._complete_one()

@@ -32,6 +32,7 @@ class Simulation:
         self.host_log: list[tuple[str, int, float, float, str | None]] = []
         self.scheduled = 0
         self.host_done = False
+        self.host_blocked: int | None = None  # command index of a synchronize in progress
 
     def call_at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
         """Run ``fn(arg)`` at simulated time ``t``: one bare SimPy event carrying ``arg``
@@ -72,7 +73,9 @@ class Simulation:
                 if t > env.now:
                     yield env.timeout(t - env.now)
                 start = env.now
+                self.host_blocked = i
                 yield dev.wait_idle()
+                self.host_blocked = None
                 t = env.now + dev.gpu.sync_api_us
                 log.append(("synchronize", d, start, t, None))
                 continue
@@ -165,6 +168,11 @@ class Simulation:
                     )
                 else:
                     parts.append(f"{dev}stream {e.stream.id} is stuck behind hardware queue {q.id}")
+        if self.host_blocked is not None:
+            parts.append(
+                f"the host is blocked in the synchronize at command {self.host_blocked}, "
+                f"so later commands were never issued"
+            )
         detail = "; ".join(parts) or "work pending but no stream can run"
         return DeadlockError(f"deadlock at t={self.env.now:.3f} us: {detail}")
 

@@ -1,0 +1,654 @@
+"""End-to-end tests of the ``simgpu`` command line.
+
+Mostly through ``simgpu.cli.main(argv)`` in-process (fast), plus real subprocess runs of
+the console script. Every user error must exit 2 with exactly one line on stderr that
+starts with ``simgpu: error:`` — never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from schedulers.base import scheduler_names
+from simgpu.cli import main
+from simgpu.graph import FORMAT, VERSION
+from simgpu.hardware import PRESETS
+from simgpu.models import MODELS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RESULT_KEYS = {
+    "scheduler",
+    "latency_ms",
+    "speedup",
+    "streams",
+    "syncs",
+    "schedule_s",
+    "profiler_calls",
+}
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "Traceback" not in err
+    return json.loads(out)
+
+
+def run_ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return out
+
+
+def run_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run a command that must fail cleanly; return its one error line."""
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("simgpu: error:"), err
+    return lines[0]
+
+
+def _graph_file(tmp_path: Path, ops: list[dict], name: str = "g.json") -> Path:
+    p = tmp_path / name
+    p.write_text(json.dumps({"format": FORMAT, "version": VERSION, "name": "small", "ops": ops}))
+    return p
+
+
+S = [1, 64, 28, 28]
+SMALL_OPS = [
+    {"name": "x", "kind": "input", "shape": S},
+    {"name": "a", "kind": "relu", "inputs": ["x"], "shape": S},
+    {"name": "b", "kind": "sigmoid", "inputs": ["x"], "shape": S},
+    {"name": "c", "kind": "add", "inputs": ["a", "b"], "shape": S},
+]
+
+
+def _schedule_file(tmp_path: Path, streams: list[list[str]], name: str = "s.json") -> Path:
+    p = tmp_path / name
+    p.write_text(
+        json.dumps(
+            {"format": "simgpu.schedule", "version": 1, "kind": "streams", "streams": streams}
+        )
+    )
+    return p
+
+
+# --- run ------------------------------------------------------------------------------
+
+
+def test_run_json(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(
+        capsys,
+        "run",
+        "inception_v3",
+        "--gpu",
+        "v100",
+        "--scheduler",
+        "sequential",
+        "--scheduler",
+        "sequential-graph",
+        "--json",
+    )
+    assert isinstance(out, dict)
+    assert {"model", "batch", "gpu", "results"} <= set(out)
+    assert (out["model"], out["batch"], out["gpu"]) == ("inception_v3", 1, "v100-sxm2")
+    results = {r["scheduler"]: r for r in out["results"]}
+    assert list(results) == ["sequential", "sequential-graph"]
+    for r in out["results"]:
+        assert set(r) >= RESULT_KEYS, r
+        assert r["latency_ms"] > 0
+        assert r["streams"] == 1 and r["syncs"] == 0
+    seq = results["sequential"]
+    assert seq["speedup"] == 1.0
+    g = results["sequential-graph"]
+    assert g["speedup"] == pytest.approx(seq["latency_ms"] / g["latency_ms"])
+    assert g["speedup"] > 1.0
+
+
+def test_run_json_default_scheduler_is_all(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(capsys, "run", "inception_v3", "--json")
+    assert [r["scheduler"] for r in out["results"]] == scheduler_names(single_gpu_only=True)
+
+
+def test_run_scheduler_all_runs_every_single_gpu_scheduler(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = run_json(
+        capsys, "run", "inception_v3", "--scheduler", "all", "--scheduler", "sequential", "--json"
+    )
+    names = [r["scheduler"] for r in out["results"]]
+    assert names == scheduler_names(single_gpu_only=True)  # no duplicates
+    assert {"sequential", "sequential-graph"} <= set(names)
+    assert next(r for r in out["results"] if r["scheduler"] == "sequential")["speedup"] == 1.0
+
+
+def test_run_speedup_is_relative_to_sequential_even_when_not_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = run_json(capsys, "run", "inception_v3", "--scheduler", "sequential-graph", "--json")
+    (r,) = out["results"]
+    assert r["speedup"] > 1.0
+
+
+def test_run_batch_and_dtype(capsys: pytest.CaptureFixture[str]) -> None:
+    one = run_json(capsys, "run", "inception_v3", "--scheduler", "sequential", "--json")
+    four = run_json(
+        capsys, "run", "inception_v3", "--scheduler", "sequential", "--batch", "4", "--json"
+    )
+    half = run_json(
+        capsys,
+        "run",
+        "inception_v3",
+        "--scheduler",
+        "sequential",
+        "--batch",
+        "4",
+        "--dtype",
+        "fp16",
+        "--json",
+    )
+    assert four["batch"] == 4 and four["macs"] == 4 * one["macs"]
+    lat = [d["results"][0]["latency_ms"] for d in (one, four, half)]
+    assert lat[1] > lat[0]
+    assert lat[2] < lat[1]  # tensor cores on V100
+
+
+def test_run_option_reaches_the_scheduler(capsys: pytest.CaptureFixture[str]) -> None:
+    base = run_json(capsys, "run", "inception_v3", "--scheduler", "sequential", "--json")
+    opt = run_json(
+        capsys,
+        "run",
+        "inception_v3",
+        "--scheduler",
+        "sequential",
+        "--option",
+        "sequential.graph_mode=true",
+        "--json",
+    )
+    assert opt["results"][0]["latency_ms"] < base["results"][0]["latency_ms"]
+
+
+def test_run_table_output(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_ok(capsys, "run", "inception_v3", "--scheduler", "sequential")
+    assert "inception_v3" in out and "v100-sxm2" in out
+    assert "sequential" in out and "1.00x" in out
+
+
+def test_run_writes_gantt_and_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png, trace = tmp_path / "X.png", tmp_path / "T.json"
+    out = run_ok(
+        capsys,
+        "run",
+        "inception_v3",
+        "--scheduler",
+        "sequential",
+        "--scheduler",
+        "sequential-graph",
+        "--gantt",
+        str(png),
+        "--trace",
+        str(trace),
+    )
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    data = json.loads(trace.read_text())
+    assert isinstance(data["traceEvents"], list) and data["traceEvents"]
+    assert all({"ph", "pid"} <= set(e) for e in data["traceEvents"])
+    kernels = [e for e in data["traceEvents"] if e["ph"] == "X"]
+    assert kernels and all(e["dur"] >= 0 and "ts" in e for e in kernels)
+    # the trace is of the fastest schedule
+    assert data["otherData"]["title"] == "sequential-graph"
+    assert str(png) in out and str(trace) in out
+
+
+def test_run_trace_per_scheduler(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pattern = str(tmp_path / "out_{scheduler}.json")
+    run_ok(
+        capsys,
+        "run",
+        "inception_v3",
+        "--scheduler",
+        "sequential",
+        "--scheduler",
+        "sequential-graph",
+        "--trace",
+        pattern,
+    )
+    for name in ("sequential", "sequential-graph"):
+        data = json.loads((tmp_path / f"out_{name}.json").read_text())
+        assert data["otherData"]["title"] == name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out_sequential-graph.json",
+        "out_sequential.json",
+    ]
+
+
+def test_run_single_scheduler_gantt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "one.png"
+    run_ok(capsys, "run", "inception_v3", "--scheduler", "sequential", "--gantt", str(png))
+    assert png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_run_gpu_override_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gpu = tmp_path / "oneq.json"
+    gpu.write_text(json.dumps({"base": "v100", "hw_queues": 1}))
+    out = run_json(
+        capsys, "run", "inception_v3", "--scheduler", "sequential", "--gpu", str(gpu), "--json"
+    )
+    assert out["gpu"] == "v100-sxm2+oneq"
+    assert out["results"][0]["latency_ms"] > 0
+
+
+def test_run_on_every_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in PRESETS:
+        out = run_json(
+            capsys, "run", "inception_v3", "--scheduler", "sequential", "--gpu", name, "--json"
+        )
+        assert out["gpu"] == name
+
+
+# --- listings -------------------------------------------------------------------------
+
+
+def test_gpus(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_ok(capsys, "gpus")
+    for name in PRESETS:
+        assert name in out
+    assert "v100" in out  # aliases column
+    data = run_json(capsys, "gpus", "--json")
+    assert [g["name"] for g in data] == list(PRESETS)
+    assert {g["name"]: g["sm_count"] for g in data}["v100-sxm2"] == 80
+
+
+def test_models(capsys: pytest.CaptureFixture[str]) -> None:
+    data = run_json(capsys, "models", "--json")
+    assert [m["name"] for m in data] == list(MODELS)
+    for m in data:
+        assert {"name", "ops", "macs", "params", "input"} <= set(m)
+        assert m["ops"] > 0 and m["macs"] > 0 and m["params"] > 0
+    inc = next(m for m in data if m["name"] == "inception_v3")
+    assert inc["input"] == [1, 3, 299, 299]
+    assert "inception_v3" in run_ok(capsys, "models")
+
+
+def test_schedulers(capsys: pytest.CaptureFixture[str]) -> None:
+    data = run_json(capsys, "schedulers", "--json")
+    names = [s["name"] for s in data]
+    assert names == sorted(names)
+    assert {"sequential", "sequential-graph"} <= set(names)
+    for s in data:
+        assert {"name", "multi_gpu", "description"} <= set(s)
+    assert "sequential-graph" in run_ok(capsys, "schedulers")
+
+
+# --- export / simulate ----------------------------------------------------------------
+
+
+@pytest.fixture
+def exported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    path = tmp_path / "g.json"
+    out = run_ok(capsys, "export", "inception_v3", "-o", str(path))
+    assert str(path) in out
+    return path
+
+
+def test_export_then_simulate(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = json.loads(exported.read_text())
+    assert data["format"] == FORMAT and data["name"] == "inception_v3"
+    out = run_json(capsys, "simulate", str(exported), "--gpu", "v100", "--json")
+    assert {"latency_ms", "kernels", "streams"} <= set(out)
+    assert out["latency_ms"] > 0 and out["streams"] == 1
+    assert out["kernels"] > 90
+    assert out["schedule"] == "sequential"
+    table = run_ok(capsys, "simulate", str(exported))
+    assert "latency_ms" in table
+
+
+def test_schedule_out_then_simulate_gives_the_same_latency(
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sched = tmp_path / "s.json"
+    run = run_json(
+        capsys,
+        "run",
+        "inception_v3",
+        "--scheduler",
+        "sequential",
+        "--schedule-out",
+        str(sched),
+        "--json",
+    )
+    assert json.loads(sched.read_text())["format"] == "simgpu.schedule"
+    sim = run_json(capsys, "simulate", str(exported), "--schedule", str(sched), "--json")
+    assert sim["latency_ms"] == run["results"][0]["latency_ms"]
+    assert sim["schedule"] == str(sched)
+
+
+def test_simulate_with_scheduler_and_outputs(
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace, png = tmp_path / "t.json", tmp_path / "g.png"
+    out = run_json(
+        capsys,
+        "simulate",
+        str(exported),
+        "--scheduler",
+        "sequential-graph",
+        "--trace",
+        str(trace),
+        "--gantt",
+        str(png),
+        "--json",
+    )
+    assert out["schedule"] == "sequential-graph"
+    assert json.loads(trace.read_text())["traceEvents"]
+    assert png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_simulate_built_in_model_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(capsys, "simulate", "inception_v3", "--json")
+    assert out["graph"] == "inception_v3"
+
+
+def test_simulate_small_graph_with_two_streams(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    g = _graph_file(tmp_path, SMALL_OPS)
+    s = _schedule_file(tmp_path, [["x", "a", "c"], ["b"]])
+    out = run_json(capsys, "simulate", str(g), "--schedule", str(s), "--json")
+    assert out["streams"] == 2 and out["syncs"] >= 2 and out["kernels"] == 3
+
+
+# --- real subprocesses ------------------------------------------------------------------
+
+
+def _cli() -> list[str]:
+    exe = shutil.which("simgpu")
+    return [exe] if exe else [sys.executable, "-m", "simgpu.cli"]
+
+
+def test_console_script_runs() -> None:
+    proc = subprocess.run(
+        [*_cli(), "run", "inception_v3", "--scheduler", "sequential", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["results"][0]["speedup"] == 1.0
+
+
+def test_module_entry_point_reports_errors_cleanly() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "simgpu.cli", "run", "no_such_model"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("simgpu: error:")
+    assert "no_such_model" in lines[0]
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def test_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "nosuch" in run_error(capsys, "run", "nosuch")
+    assert "nosuch" in run_error(capsys, "export", "nosuch", "-o", "x.json")
+
+
+def test_unknown_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "p100" in run_error(capsys, "run", "inception_v3", "--gpu", "p100")
+
+
+def test_unknown_scheduler(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "nosuch" in run_error(capsys, "run", "inception_v3", "--scheduler", "nosuch")
+    assert "nosuch" in run_error(capsys, "simulate", "inception_v3", "--scheduler", "nosuch")
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["bad", "sequential.graph_mode", "sequential.graph_mode=maybe", "sequential.nope=1"],
+)
+def test_bad_option(capsys: pytest.CaptureFixture[str], option: str) -> None:
+    run_error(capsys, "run", "inception_v3", "--scheduler", "sequential", "--option", option)
+
+
+def test_option_for_a_scheduler_not_run(capsys: pytest.CaptureFixture[str]) -> None:
+    line = run_error(
+        capsys,
+        "run",
+        "inception_v3",
+        "--scheduler",
+        "sequential",
+        "--option",
+        "sequential-graph.graph_mode=0",
+    )
+    assert "sequential-graph" in line
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cmd_simulate looks up options only for the scheduler it runs and silently "
+    "drops the rest (and all options when --schedule is given), unlike cmd_run",
+)
+def test_simulate_option_for_a_scheduler_not_run(capsys: pytest.CaptureFixture[str]) -> None:
+    run_error(capsys, "simulate", "inception_v3", "--option", "ios.r=1")
+
+
+def test_missing_graph_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "no such file" in run_error(capsys, "simulate", str(tmp_path / "missing.json"))
+    assert "no such file" in run_error(capsys, "simulate", "not_a_model_or_file")
+
+
+def test_corrupt_graph_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "bad.json"
+    p.write_text('{"format": "simgpu.opgraph",\n "ops": [\n')
+    line = run_error(capsys, "simulate", str(p))
+    assert "bad.json" in line and "line" in line and "column" in line
+
+
+def test_not_a_graph_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "other.json"
+    p.write_text('{"hello": "world"}')
+    assert "not a simgpu op graph" in run_error(capsys, "simulate", str(p))
+
+
+def test_graph_json_with_a_cycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ops = [
+        {"name": "x", "kind": "input", "shape": S},
+        {"name": "loop_a", "kind": "add", "inputs": ["x", "loop_c"], "shape": S},
+        {"name": "loop_b", "kind": "relu", "inputs": ["loop_a"], "shape": S},
+        {"name": "loop_c", "kind": "relu", "inputs": ["loop_b"], "shape": S},
+    ]
+    line = run_error(capsys, "simulate", str(_graph_file(tmp_path, ops)))
+    assert "cycle" in line and "loop_b" in line
+
+
+def test_graph_json_with_a_bad_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ops = [
+        *SMALL_OPS[:3],
+        {"name": "c", "kind": "add", "inputs": ["a", "b"], "shape": [1, 64, 28, 27]},
+    ]
+    assert "op 'c'" in run_error(capsys, "simulate", str(_graph_file(tmp_path, ops)))
+
+
+def test_schedule_missing_an_op(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    g = _graph_file(tmp_path, SMALL_OPS)
+    s = _schedule_file(tmp_path, [["x", "a"], ["b"]])
+    line = run_error(capsys, "simulate", str(g), "--schedule", str(s))
+    assert "misses" in line and "c" in line.split("misses", 1)[1]
+
+
+def test_schedule_breaking_a_dependency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    g = _graph_file(tmp_path, SMALL_OPS)
+    s = _schedule_file(tmp_path, [["x", "c", "a"], ["b"]])
+    line = run_error(capsys, "simulate", str(g), "--schedule", str(s))
+    assert "contradicts dependencies" in line
+
+
+def test_corrupt_schedule_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    g = _graph_file(tmp_path, SMALL_OPS)
+    s = tmp_path / "s.json"
+    s.write_text('{"format": "simgpu.schedule", "kind": "streams", "streams": "x"}')
+    assert "s.json" in run_error(capsys, "simulate", str(g), "--schedule", str(s))
+    s.write_text("[")
+    assert "s.json" in run_error(capsys, "simulate", str(g), "--schedule", str(s))
+
+
+def test_schedule_and_scheduler_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    g = _graph_file(tmp_path, SMALL_OPS)
+    s = _schedule_file(tmp_path, [["x", "a", "b", "c"]])
+    assert "not both" in run_error(
+        capsys, "simulate", str(g), "--schedule", str(s), "--scheduler", "sequential"
+    )
+
+
+def test_gpu_json_with_unknown_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gpu = tmp_path / "typo.json"
+    gpu.write_text(json.dumps({"base": "v100", "hw_queue": 1}))
+    line = run_error(capsys, "run", "inception_v3", "--gpu", str(gpu))
+    assert "typo.json" in line and "hw_queue" in line
+
+
+def test_gpu_json_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "no such file" in run_error(
+        capsys, "run", "inception_v3", "--gpu", str(tmp_path / "nope.json")
+    )
+
+
+def test_unwritable_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = str(tmp_path / "no" / "dir" / "x.json")
+    for flag in ("--trace", "--schedule-out"):
+        assert "cannot write" in run_error(
+            capsys, "run", "inception_v3", "--scheduler", "sequential", flag, bad
+        )
+    assert "cannot write" in run_error(capsys, "export", "inception_v3", "-o", bad)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "inception_v3", "--batch", "0"],
+        ["run", "inception_v3", "--batch", "x"],
+        ["run"],
+        [],
+        ["frobnicate"],
+    ],
+)
+def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as ei:
+        main(argv)
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_batch_zero_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "inception_v3", "--batch", "0"])
+    assert "0 must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_write_outputs calls args.trace.format(scheduler=...) and only catches OSError: "
+    "any other {field} in the name raises KeyError (a stray brace ValueError) with a traceback",
+)
+@pytest.mark.parametrize("pattern", ["out_{scheduler}_{run}.json", "out_{scheduler}_{.json"])
+def test_trace_pattern_with_other_braces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pattern: str
+) -> None:
+    run_error(
+        capsys,
+        "run",
+        "inception_v3",
+        "--scheduler",
+        "sequential",
+        "--trace",
+        str(tmp_path / pattern),
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="plot_gantt's savefig raises ValueError for an unsupported extension; the CLI "
+    "only catches OSError, so `--gantt out.xyz` ends in a traceback",
+)
+def test_gantt_with_unsupported_extension(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_error(
+        capsys,
+        "run",
+        "inception_v3",
+        "--scheduler",
+        "sequential",
+        "--gantt",
+        str(tmp_path / "g.xyz"),
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a GPU file whose peak_tflops is not an object crashes GPUSpec.__post_init__ "
+    "with ValueError (dict('fast')), a traceback instead of a one-line error",
+)
+def test_gpu_json_with_non_object_rates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gpu = tmp_path / "rates.json"
+    gpu.write_text(json.dumps({"base": "v100", "peak_tflops": "fast"}))
+    run_error(capsys, "run", "inception_v3", "--gpu", str(gpu))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="schedule_from_json turns 'devices' into ints unguarded: ValueError traceback",
+)
+def test_schedule_with_non_numeric_devices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    g = _graph_file(tmp_path, SMALL_OPS)
+    s = tmp_path / "s.json"
+    s.write_text(
+        json.dumps(
+            {
+                "format": "simgpu.schedule",
+                "kind": "streams",
+                "streams": [["x", "a", "b", "c"]],
+                "devices": ["gpu0"],
+            }
+        )
+    )
+    run_error(capsys, "simulate", str(g), "--schedule", str(s))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="norm ops never validate 'axis': the graph loads and stats() raises IndexError",
+)
+def test_graph_with_out_of_range_norm_axis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ops = [
+        {"name": "x", "kind": "input", "shape": [2, 8]},
+        {"name": "n", "kind": "layernorm", "inputs": ["x"], "shape": [2, 8], "attrs": {"axis": 5}},
+    ]
+    assert "op 'n'" in run_error(capsys, "simulate", str(_graph_file(tmp_path, ops)))
