@@ -161,7 +161,7 @@ def _write_outputs(args: argparse.Namespace, results: dict, best: Any) -> None:
         if args.trace:
             if "{scheduler}" in args.trace:
                 for n, r in results.items():
-                    write_chrome_trace(r.timeline, args.trace.format(scheduler=n), title=n)
+                    write_chrome_trace(r.timeline, args.trace.replace("{scheduler}", n), title=n)
             else:
                 write_chrome_trace(best.timeline, args.trace, title=best.scheduler)
         if args.gantt:
@@ -171,7 +171,7 @@ def _write_outputs(args: argparse.Namespace, results: dict, best: Any) -> None:
                 plot_gantt(best.timeline, args.gantt, title=best.scheduler)
         if getattr(args, "schedule_out", None):
             Path(args.schedule_out).write_text(json.dumps(schedule_to_json(best.schedule)) + "\n")
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise SimGPUError(f"cannot write output: {e}") from None
 
 
@@ -205,7 +205,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             write_chrome_trace(tl, args.trace, title=source)
         if args.gantt:
             plot_gantt(tl, args.gantt, title=f"{graph.name}: {source}")
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise SimGPUError(f"cannot write output: {e}") from None
     out = {
         "graph": graph.name,

@@ -71,6 +71,8 @@ class GPUSpec:
     kernel_table: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.peak_tflops, Mapping):
+            raise SpecError(f"GPU '{self.name}': peak_tflops must be an object")
         object.__setattr__(self, "peak_tflops", dict(self.peak_tflops))
         if not isinstance(self.kernel_table, Mapping):
             raise SpecError(f"GPU '{self.name}': kernel_table must be an object")
@@ -83,8 +85,13 @@ class GPUSpec:
                 raise SpecError(f"GPU '{self.name}': field {f.name} must be a number, got {v!r}")
             if v < 0 or (v == 0 and f.name not in _MAY_BE_ZERO):
                 raise SpecError(f"GPU '{self.name}': field {f.name} must be positive, got {v!r}")
+            if f.type == "int":
+                if not float(v).is_integer():
+                    raise SpecError(f"GPU '{self.name}': field {f.name} must be an integer, got {v!r}")
+                object.__setattr__(self, f.name, int(v))
         if not self.peak_tflops or any(
-            not isinstance(v, int | float) or v <= 0 for v in self.peak_tflops.values()
+            not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0
+            for v in self.peak_tflops.values()
         ):
             raise SpecError(f"GPU '{self.name}': peak_tflops needs positive rates, e.g. fp32")
         if "fp32" not in self.peak_tflops:

@@ -275,6 +275,8 @@ def _measured(graph: OpGraph, name: str, entries: Any, gpu: GPUSpec) -> list[Ker
     st = graph.stats(name)
     out = []
     total_bytes = st.bytes_read + st.bytes_written
+    if not isinstance(entries, list):
+        raise LoweringError(f"op '{name}': kernel table value must be a list of kernels")
     for e in entries:
         try:
             grid, threads = int(e["grid"]), int(e["threads"])
@@ -283,7 +285,7 @@ def _measured(graph: OpGraph, name: str, entries: Any, gpu: GPUSpec) -> list[Ker
             kname = str(e.get("name", "measured"))
         except (KeyError, TypeError, ValueError) as err:
             raise LoweringError(f"op '{name}': bad kernel table entry {e!r} ({err})") from None
-        if grid < 1 or duration <= 0:
+        if grid < 1 or not (math.isfinite(duration) and duration > 0):
             raise LoweringError(f"op '{name}': kernel table entry needs grid >= 1, duration > 0")
         occ = occupancy(threads, regs, smem, gpu, what=f"op '{name}' (measured)")
         waves = -(-grid // (occ.blocks * gpu.sm_count))

@@ -588,11 +588,6 @@ def test_trace_pattern_with_other_braces(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plot_gantt's savefig raises ValueError for an unsupported extension; the CLI "
-    "only catches OSError, so `--gantt out.xyz` ends in a traceback",
-)
 def test_gantt_with_unsupported_extension(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -607,11 +602,6 @@ def test_gantt_with_unsupported_extension(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a GPU file whose peak_tflops is not an object crashes GPUSpec.__post_init__ "
-    "with ValueError (dict('fast')), a traceback instead of a one-line error",
-)
 def test_gpu_json_with_non_object_rates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gpu = tmp_path / "rates.json"
     gpu.write_text(json.dumps({"base": "v100", "peak_tflops": "fast"}))

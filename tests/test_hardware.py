@@ -214,22 +214,12 @@ def test_replace_rejects_unknown_fields() -> None:
         preset("v100").replace(warp_drive=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GPUSpec.__post_init__ calls dict(peak_tflops) unguarded: a string or a list of "
-    "non-pairs raises ValueError, which gpu_from_json does not turn into a SpecError",
-)
 @pytest.mark.parametrize("rates", ["fast", [[1]]], ids=["string", "list"])
 def test_non_mapping_peak_tflops_is_spec_error(tmp_path: Path, rates: object) -> None:
     with pytest.raises(SpecError, match=r"gpu\.json"):
         load_gpu(_write(tmp_path, {"base": "v100", "peak_tflops": rates}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peak_tflops values are only checked for <= 0, so NaN and Infinity pass "
-    "(the simulator then deadlocks or reports nonsense)",
-)
 @pytest.mark.parametrize("rate", ["NaN", "Infinity"])
 def test_non_finite_peak_tflops_is_spec_error(tmp_path: Path, rate: str) -> None:
     p = tmp_path / "gpu.json"
@@ -238,11 +228,6 @@ def test_non_finite_peak_tflops_is_spec_error(tmp_path: Path, rate: str) -> None
         load_gpu(p)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="count fields (sm_count, hw_queues, max_blocks_per_sm...) accept non-integer "
-    "floats; sm_count 80.5 later crashes the simulator with TypeError in range()",
-)
 @pytest.mark.parametrize("field", ["sm_count", "hw_queues", "max_blocks_per_sm", "warp_size"])
 def test_integer_fields_reject_fractions(tmp_path: Path, field: str) -> None:
     with pytest.raises(SpecError, match=field):
