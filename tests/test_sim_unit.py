@@ -222,11 +222,6 @@ def test_wait_never_recorded_names_event() -> None:
         _run([Launch("a", _small("a"), 0), Wait("ghost", 0), Launch("b", _small("b"), 0)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lost queue wake-up: call_at's delay t - now lands an ulp before t, advance() "
-    "sees the head still in the future but wake_at == available suppresses a new timer",
-)
 def test_queue_wakeup_survives_float_rounding() -> None:
     """A valid 3-command program reported as a deadlock. Kernel a ends at
     13.799999999999999; the host then issues b, visible at 31.2; the wake-up scheduled
@@ -243,11 +238,6 @@ def test_queue_wakeup_survives_float_rounding() -> None:
     assert [c.kind for c in tl.commands] == ["noop"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a batch released at timer time t is logged ending at t, but the next wave is "
-    "placed at env.now = now0 + (t - now0), which rounds to one ulp before t",
-)
 def test_next_wave_starts_after_previous_ends() -> None:
     """One SM, room for 2 of the 3 blocks: wave 1 is logged [0.4, 0.9) and wave 2 starts at
     0.8999999999999999 — on paper 3 blocks of 32 warps sit on a 64-warp SM."""

@@ -8,6 +8,7 @@ in :mod:`simgpu.sim.device`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +43,10 @@ class Simulation:
         ev._ok = True
         ev._value = arg
         ev.callbacks.append(fn)
-        env.schedule(ev, NORMAL, t - env.now)
+        d = t - env.now
+        while env.now + d < t:  # land exactly on t: now + (t - now) can round one ulp short
+            d = math.nextafter(d, math.inf)
+        env.schedule(ev, NORMAL, d)
         self.scheduled += 1
 
     # -- host thread ---------------------------------------------------------------------
