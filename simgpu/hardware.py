@@ -87,7 +87,9 @@ class GPUSpec:
                 raise SpecError(f"GPU '{self.name}': field {f.name} must be positive, got {v!r}")
             if f.type == "int":
                 if not float(v).is_integer():
-                    raise SpecError(f"GPU '{self.name}': field {f.name} must be an integer, got {v!r}")
+                    raise SpecError(
+                        f"GPU '{self.name}': field {f.name} must be an integer, got {v!r}"
+                    )
                 object.__setattr__(self, f.name, int(v))
         if not self.peak_tflops or any(
             not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0

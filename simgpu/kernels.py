@@ -10,6 +10,7 @@ the ops it knows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -47,10 +48,6 @@ class Kernel:
     block_us: float  # time of one block at the kernel's own residency, full bandwidth
     occupancy: Occupancy
     measured: bool = False  # block_us comes from a measured kernel table
-
-    @property
-    def waves(self) -> int:
-        return -(-self.grid // self.occupancy.blocks)  # per-SM; divide by SMs for the GPU
 
 
 def occupancy(threads: int, regs: int, smem: int, gpu: GPUSpec, what: str = "kernel") -> Occupancy:
@@ -119,8 +116,12 @@ def standalone_time_us(k: Kernel, gpu: GPUSpec) -> float:
     The simulator must reproduce this for a lone kernel (plus launch latency); it is the
     cost model's promise, tested, not a shortcut the simulator takes.
     """
-    waves = -(-k.grid // (k.occupancy.blocks * gpu.sm_count))
-    return waves * k.block_us
+    return waves(k.grid, k.occupancy, gpu) * k.block_us
+
+
+def waves(grid: int, occ: Occupancy, gpu: GPUSpec) -> int:
+    """Full rounds of blocks a grid needs on an otherwise idle GPU."""
+    return -(-grid // (occ.blocks * gpu.sm_count))
 
 
 # --- lowering -------------------------------------------------------------------------
@@ -288,7 +289,7 @@ def _measured(graph: OpGraph, name: str, entries: Any, gpu: GPUSpec) -> list[Ker
         if grid < 1 or not (math.isfinite(duration) and duration > 0):
             raise LoweringError(f"op '{name}': kernel table entry needs grid >= 1, duration > 0")
         occ = occupancy(threads, regs, smem, gpu, what=f"op '{name}' (measured)")
-        waves = -(-grid // (occ.blocks * gpu.sm_count))
+        rounds = waves(grid, occ, gpu)
         out.append(
             Kernel(
                 kname,
@@ -299,7 +300,7 @@ def _measured(graph: OpGraph, name: str, entries: Any, gpu: GPUSpec) -> list[Ker
                 smem,
                 st.flops / len(entries) / grid,
                 total_bytes / len(entries) / grid,
-                duration / waves,
+                duration / rounds,
                 occ,
                 measured=True,
             )
@@ -426,9 +427,7 @@ class KernelCache:
 
 
 def _renamed(k: Kernel, op: str) -> Kernel:
-    from dataclasses import replace
-
-    return replace(k, op=op)
+    return dataclasses.replace(k, op=op)
 
 
 def lower_graph(graph: OpGraph, gpu: GPUSpec) -> dict[str, list[Kernel]]:

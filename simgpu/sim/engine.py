@@ -32,7 +32,6 @@ class Simulation:
         self.devices = [Device(self, i, g, record_batches) for i, g in enumerate(machine.devices)]
         self.host_log: list[tuple[str, int, float, float, str | None]] = []
         self.scheduled = 0
-        self.host_done = False
         self.host_blocked: int | None = None  # command index of a synchronize in progress
 
     def call_at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
@@ -128,14 +127,6 @@ class Simulation:
             yield env.timeout(t - env.now)
         for dev in devices:
             yield dev.wait_idle()
-        self.host_done = True
-
-    def _device(self, index: int, cmd: int) -> Device:
-        if not 0 <= index < len(self.devices):
-            raise ProgramError(
-                f"command {cmd}: device {index} does not exist (machine has {len(self.devices)})"
-            )
-        return self.devices[index]
 
     # -- run -----------------------------------------------------------------------------
 
