@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from simgpu.errors import GraphError
 from simgpu.graph import OpGraph
 from simgpu.models.builder import GraphBuilder
-from simgpu.models.inception import inception_v3
 
 __all__ = [
     "MODELS",
@@ -66,9 +65,20 @@ def build_model(
     return info.builder(batch=batch, image_size=size, dtype=dtype)
 
 
-register_model(
-    "inception_v3",
-    inception_v3,
-    299,
-    "Inception V3 (Szegedy et al. 2016), torchvision layout, BN folded; 94 convs, 11 Mixed blocks",
-)
+# Every module of this package except these is a zoo module that registers its models
+# on import: adding a model is adding a file (importers are not models).
+_NOT_ZOO = {"builder", "onnx", "ios"}
+
+
+def _discover() -> None:
+    import importlib
+    import pkgutil
+
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if mod.name not in _NOT_ZOO and not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+
+
+_discover()
+
+from simgpu.models.inception import inception_v3  # noqa: E402  (re-exported)

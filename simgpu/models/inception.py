@@ -11,6 +11,7 @@ the pairs feed the block's single concat directly: same channel order, one copy 
 from __future__ import annotations
 
 from simgpu.graph import OpGraph
+from simgpu.models import register_model
 from simgpu.models.builder import GraphBuilder
 
 
@@ -121,3 +122,11 @@ def inception_v3(
     x = b.flatten(x, name="flatten")
     b.linear(x, num_classes, name="fc")
     return b.build()
+
+
+register_model(
+    "inception_v3",
+    inception_v3,
+    299,
+    "Inception V3 (Szegedy et al. 2016), torchvision layout, BN folded; 94 convs, 11 Mixed blocks",
+)
