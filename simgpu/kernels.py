@@ -383,6 +383,11 @@ def lower_op(graph: OpGraph, name: str, gpu: GPUSpec) -> list[Kernel]:
         a, _ = ins
         out = op.output_shape
         return [_gemm(name, "bmm", numel(out[:-2]), out[-2], out[-1], a[-1], dt, nbytes, 0, gpu)]
+    if op.kind == "embedding":
+        # a gather: read each (int64) index and its table row, write the row; the rest of
+        # the table is never touched, so the op's parameter bytes are not traffic here
+        moved = numel(ins[0]) * 8 + 2.0 * out_n * op.dtype_bytes
+        return [_streaming(name, "embedding_gather", out_n, 0, moved, dt, gpu)]
     if op.kind in ("softmax", "layernorm"):
         row = op.output_shape[-1]
         return [_rowwise(name, f"{op.kind}_rows", out_n // row, row, st.flops, nbytes, dt, gpu)]

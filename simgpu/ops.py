@@ -274,6 +274,21 @@ def _transpose_infer(op: Op, ins: list[Shape]) -> Shape:
     return tuple(ins[0][p] for p in perm)
 
 
+# --- embedding lookup -----------------------------------------------------------------
+
+
+def _embedding_infer(op: Op, ins: list[Shape]) -> Shape:
+    vocab, dim = int(op.attrs["num_embeddings"]), int(op.attrs["embedding_dim"])
+    if vocab <= 0 or dim <= 0:
+        raise _fail(op, f"num_embeddings {vocab} and embedding_dim {dim} must be positive")
+    return (*ins[0], dim)
+
+
+def _embedding_count(op: Op, ins: list[Shape]) -> Counts:
+    """A gather: no arithmetic, but the whole table is parameters."""
+    return Counts(0, 0, int(op.attrs["num_embeddings"]) * int(op.attrs["embedding_dim"]))
+
+
 def _input_infer(op: Op, ins: list[Shape]) -> Shape:
     return op.output_shape
 
@@ -295,6 +310,7 @@ for _k in (
     OpKind("conv", (1, 1), _conv_infer, _conv_count),
     OpKind("linear", (1, 1), _linear_infer, _linear_count),
     OpKind("matmul", (2, 2), _matmul_infer, _matmul_count),
+    OpKind("embedding", (1, 1), _embedding_infer, _embedding_count),
     OpKind("pool", (1, 1), _pool_infer, _pool_count),
     OpKind("global_pool", (1, 1), _gpool_infer, _gpool_count),
     OpKind("concat", (1, None), _concat_infer, _zero),

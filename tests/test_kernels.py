@@ -145,6 +145,10 @@ TINY: dict[str, list[Op]] = {
     "transpose": [_x(), Op("t", "transpose", ("x",), (2, 6, 6, 8), attrs={"perm": [0, 2, 3, 1]})],
     "reshape": [_x(), Op("t", "reshape", ("x",), (2, 288))],
     "flatten": [_x(), Op("t", "flatten", ("x",), (2, 288))],
+    "embedding": [
+        _x((2, 7)),
+        Op("t", "embedding", ("x",), (2, 7, 16), attrs={"num_embeddings": 50, "embedding_dim": 16}),
+    ],
 }
 for _kind in ("relu", "sigmoid", "tanh", "gelu", "silu", "clip", "identity"):
     TINY[_kind] = [_x(), Op("t", _kind, ("x",), X4)]
