@@ -66,7 +66,8 @@ def _graph_arg(spec: str, args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from schedulers.base import parse_options, run_scheduler, scheduler_names
+    from schedulers.base import make_scheduler, parse_options, run_scheduler, scheduler_names
+    from schedulers.bounds import critical_path_bound_us, lower_bound_us, work_bound_us
 
     graph = _model(args)
     machine = _machine(args)
@@ -78,14 +79,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sched in options:
         if sched not in names:
             raise SimGPUError(f"option given for scheduler '{sched}', which is not being run")
-    results = {n: run_scheduler(n, graph, machine, options.get(n)) for n in names}
+    for n in names:  # unknown names and bad options stop the command before anything runs
+        make_scheduler(n, options.get(n))
+    results: dict[str, Any] = {}
+    failures: dict[str, str] = {}
+    for n in names:  # a scheduler that fails on this model is reported, the rest go on
+        try:
+            results[n] = run_scheduler(n, graph, machine, options.get(n))
+        except SimGPUError as e:
+            failures[n] = _one_line(e)
+        except Exception as e:  # a bug in one scheduler must not hide the others' results
+            failures[n] = f"internal error: {type(e).__name__}: {_one_line(e)}"
+    if not results:
+        first = next(iter(failures))
+        raise SimGPUError(f"{first}: {failures[first]}")
     base = results.get("sequential") or run_scheduler("sequential", graph, machine)
     base_ms = base.latency_ms
+    gpu = machine.gpu
+    cp_us, work_us = critical_path_bound_us(graph, gpu), work_bound_us(graph, gpu)
+    bound_ms = max(cp_us, work_us) / 1e3
     rows = []
-    for n, r in results.items():
+    for n in names:
+        r = results.get(n)
+        if r is None:
+            rows.append({"scheduler": n, "status": "failed", "error": failures[n]})
+            continue
+        # a schedule that rewrites the graph (merged ops) is bounded by the better of both
+        run_graph = r.schedule.graph
+        bound = bound_ms
+        if run_graph is not None and run_graph is not graph:
+            bound = min(bound, lower_bound_us(run_graph, gpu) / 1e3)
         rows.append(
             {
                 "scheduler": n,
+                "status": "ok",
                 "latency_ms": r.latency_ms,
                 "speedup": base_ms / r.latency_ms if r.latency_ms > 0 else float("nan"),
                 "streams": r.streams,
@@ -96,6 +123,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "profiler_distinct": r.profiler_distinct,
                 "gpu_search_s": r.gpu_search_s,
                 "sm_utilisation": r.timeline.mean_sm_utilisation(),
+                "lower_bound_ms": bound,
+                "bound_gap": r.latency_ms / bound - 1.0 if bound > 0 else float("nan"),
             }
         )
     best = min(results.values(), key=lambda r: (r.latency_ms, r.scheduler))
@@ -105,51 +134,67 @@ def cmd_run(args: argparse.Namespace) -> int:
             "model": graph.name,
             "batch": args.batch,
             "image_size": args.image_size,
-            "gpu": machine.gpu.name,
+            "gpu": gpu.name,
             "ops": len(graph),
             "macs": graph.macs,
+            "lower_bound_ms": bound_ms,
+            "critical_path_bound_ms": cp_us / 1e3,
+            "work_bound_ms": work_us / 1e3,
             "results": rows,
         }
         print(json.dumps(out, indent=1))
         return 0
     print(
-        f"{graph.name}  batch {args.batch}  {len(graph)} ops  {graph.macs / 1e9:.2f} GMACs  on {machine.gpu.name}"
+        f"{graph.name}  batch {args.batch}  {len(graph)} ops  {graph.macs / 1e9:.2f} GMACs  on {gpu.name}"
     )
     print(
-        _table(
-            [
-                [
-                    r["scheduler"],
-                    f"{r['latency_ms']:.3f}",
-                    f"{r['speedup']:.2f}x",
-                    str(r["streams"]),
-                    str(r["syncs"]),
-                    str(r["kernels"]),
-                    f"{100 * r['sm_utilisation']:.0f}%",
-                    f"{r['schedule_s']:.3f}",
-                    str(r["profiler_calls"]),
-                    f"{r['gpu_search_s']:.2f}",
-                ]
-                for r in rows
-            ],
-            [
-                "scheduler",
-                "latency ms",
-                "speedup",
-                "streams",
-                "syncs",
-                "kernels",
-                "SM util",
-                "sched s",
-                "profiler",
-                "GPU search s",
-            ],
-        )
+        f"lower bound {bound_ms:.3f} ms (critical path {cp_us / 1e3:.3f}, work {work_us / 1e3:.3f})"
     )
+    table = []
+    for r in rows:
+        if r["status"] != "ok":
+            table.append([r["scheduler"], "failed", *["-"] * 9, r["error"]])
+            continue
+        table.append(
+            [
+                r["scheduler"],
+                f"{r['latency_ms']:.3f}",
+                f"{r['speedup']:.2f}x",
+                str(r["streams"]),
+                str(r["syncs"]),
+                str(r["kernels"]),
+                f"{100 * r['sm_utilisation']:.0f}%",
+                f"{r['schedule_s']:.3f}",
+                str(r["profiler_calls"]),
+                f"{r['gpu_search_s']:.2f}",
+                f"{100 * r['bound_gap']:.1f}%",
+                "",
+            ]
+        )
+    header = [
+        "scheduler",
+        "latency ms",
+        "speedup",
+        "streams",
+        "syncs",
+        "kernels",
+        "SM util",
+        "sched s",
+        "profiler",
+        "GPU search s",
+        "vs bound",
+        "note",
+    ]
+    print(_table(table, header, right=set(range(1, len(header) - 1))))
     for label, path in (("gantt", args.gantt), ("trace", args.trace)):
         if path:
             print(f"{label}: {path}")
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _write_outputs(args: argparse.Namespace, results: dict, best: Any) -> None:
@@ -347,6 +392,63 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from simgpu.sweep import Grid, load_grid, parse_option_args, run_sweep
+
+    grid = load_grid(args.grid) if args.grid else Grid(models=[])
+    # Axes given on the command line replace the grid file's.
+    for attr, value in (
+        ("models", args.model),
+        ("batches", args.batch),
+        ("image_sizes", args.image_size),
+        ("dtypes", args.dtype),
+        ("gpus", args.gpu),
+        ("machines", args.machine),
+        ("schedulers", args.scheduler),
+    ):
+        if value:
+            setattr(grid, attr, list(value))
+    if args.option:
+        grid.options = parse_option_args(args.option)
+    if args.dask is not None and args.workers is not None:
+        raise SimGPUError("give --workers (local processes) or --dask, not both")
+    res = run_sweep(
+        grid,
+        args.out,
+        workers=args.workers,
+        dask=args.dask,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    summary = {
+        "out": str(res.path),
+        "parquet": str(res.parquet) if res.parquet else None,
+        "combinations": res.total,
+        "ran": res.ran,
+        "skipped": res.skipped,
+        "failed": res.failed,
+        "kept": res.kept,
+        "wall_s": res.wall_s,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    done = f", {res.skipped} already done" if res.skipped else ""
+    failed = f", {res.failed} failed (see the status/error columns)" if res.failed else ""
+    kept = f"; kept {res.kept} rows of other grids" if res.kept else ""
+    print(f"{res.total} combinations: ran {res.ran}{done}{failed} in {res.wall_s:.1f} s{kept}")
+    print(f"results: {res.path}" + (f" and {res.parquet}" if res.parquet else ""))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from simgpu.report import make_report
+
+    rep = make_report(args.results, args.out, max_gantt=args.max_gantt)
+    print(f"report: {rep.markdown} and {rep.html} ({len(rep.images)} figures)")
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -418,6 +520,41 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(e)
     e.add_argument("-o", "--output", required=True)
     e.set_defaults(func=cmd_export)
+
+    w = sub.add_parser(
+        "sweep", help="run every combination of models, sizes, GPUs and schedulers to a CSV"
+    )
+    w.add_argument("--grid", metavar="TOML", help="grid file (command-line axes replace its own)")
+    w.add_argument("--model", action="append", help="model name or 'all', repeatable")
+    w.add_argument("--batch", action="append", type=_positive, help="batch size, repeatable")
+    w.add_argument("--image-size", action="append", type=_positive, help="input px, repeatable")
+    w.add_argument("--dtype", action="append", choices=["fp32", "fp16", "bf16"])
+    w.add_argument("--gpu", action="append", help="GPU preset or JSON file, repeatable")
+    w.add_argument("--machine", action="append", help="machine preset or file, repeatable")
+    w.add_argument(
+        "--scheduler", action="append", help="scheduler name, repeatable; 'all' (default)"
+    )
+    w.add_argument(
+        "--option",
+        action="append",
+        metavar="SCHED.KEY=V[,V...]",
+        help="scheduler option; commas sweep several values",
+    )
+    w.add_argument("-o", "--out", required=True, help="results CSV (appended to, resumable)")
+    w.add_argument("--workers", type=_positive, help="local processes (default: every core)")
+    w.add_argument("--dask", metavar="ADDRESS|local:N", help="run on a Dask cluster")
+    w.add_argument("--retry-failed", action="store_true", help="rerun rows recorded as errors")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument("--json", action="store_true", help="print a JSON summary")
+    w.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="plots and a Markdown/HTML summary of sweep results")
+    rp.add_argument("results", help="results CSV from `simgpu sweep`")
+    rp.add_argument("--out", help="output folder (default: RESULTS without .csv, + _report)")
+    rp.add_argument(
+        "--max-gantt", type=int, default=6, help="Gantt charts of at most N winners (default 6)"
+    )
+    rp.set_defaults(func=cmd_report)
     return p
 
 

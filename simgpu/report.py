@@ -1,0 +1,560 @@
+"""Reports of sweep results: speedup bars, the latency/scheduling-time Pareto front,
+Gantt charts of the winners, and a Markdown plus a self-contained HTML summary.
+
+Everything is read back from the results CSV, so a report can be made from a sweep run
+elsewhere (on a cluster, say). Only the Gantt charts simulate again: a row keeps
+metrics, not timelines, and the simulator is deterministic, so re-running the winning
+combination gives exactly the timeline the sweep measured.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simgpu.errors import SimGPUError
+from simgpu.sweep import Combo, read_results, typed_value
+
+
+class ReportError(SimGPUError):
+    """Results that cannot be reported (empty, unreadable) or an unwritable output folder."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One results row, typed. ``config`` is everything but the scheduler and its options."""
+
+    combo: Combo
+    status: str
+    error: str
+    values: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def config(self) -> tuple[Any, ...]:
+        c = self.combo
+        return (c.model, c.batch, c.image_size or 0, c.dtype, c.gpu, c.machine)
+
+    @property
+    def hardware(self) -> str:
+        return self.combo.gpu or self.combo.machine
+
+    @property
+    def variant(self) -> str:
+        """The scheduler with its options, e.g. ``ios[r=1;s=3]``."""
+        c = self.combo
+        return f"{c.scheduler}[{c.options_text}]" if c.options else c.scheduler
+
+    def get(self, column: str) -> Any:
+        return self.values.get(column)
+
+
+def load_results(path: str | Path) -> list[Result]:
+    out = []
+    for n, row in enumerate(read_results(path), start=2):
+        try:
+            vals = {c: typed_value(c, v) for c, v in row.items()}
+            opts = tuple(
+                tuple(kv.split("=", 1)) for kv in row["options"].split(";") if row["options"]
+            )
+            combo = Combo(
+                row["model"],
+                vals["batch"],
+                vals["image_size"],
+                row["dtype"],
+                row["gpu"],
+                row["machine"],
+                row["scheduler"],
+                opts,  # type: ignore[arg-type]
+            )
+        except (ValueError, TypeError):
+            raise ReportError(f"{path}: line {n}: a number column does not hold a number") from None
+        if combo.batch is None:
+            raise ReportError(f"{path}: line {n}: no batch size")
+        out.append(Result(combo, row["status"], row["error"], vals))
+    return out
+
+
+# --- summaries ------------------------------------------------------------------------
+
+
+def geomean(xs: Iterable[float]) -> float:
+    vals = [x for x in xs if x is not None and x > 0 and math.isfinite(x)]
+    return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else math.nan
+
+
+@dataclass
+class VariantStats:
+    """One scheduler variant across every configuration it ran on."""
+
+    variant: str
+    ok: int = 0
+    failed: int = 0
+    wins: int = 0
+    speedups: list[float] = field(default_factory=list)
+    schedule_s: list[float] = field(default_factory=list)
+    gpu_search_s: list[float] = field(default_factory=list)
+    bound_gaps: list[float] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float:
+        return geomean(self.speedups)
+
+    @property
+    def rel_latency(self) -> float:
+        s = self.speedup
+        return 1.0 / s if s > 0 else math.nan
+
+    @property
+    def sched_s(self) -> float:
+        return geomean(max(t, 1e-7) for t in self.schedule_s)
+
+
+def winners(results: Sequence[Result]) -> dict[tuple[Any, ...], Result]:
+    """The lowest-latency ok row of each configuration (ties: the smaller variant name)."""
+    best: dict[tuple[Any, ...], Result] = {}
+    for r in results:
+        if not r.ok or r.get("latency_ms") is None:
+            continue
+        cur = best.get(r.config)
+        if cur is None or (r.get("latency_ms"), r.variant) < (cur.get("latency_ms"), cur.variant):
+            best[r.config] = r
+    return best
+
+
+def variant_stats(results: Sequence[Result]) -> list[VariantStats]:
+    stats: dict[str, VariantStats] = {}
+    wins = winners(results)
+    for r in results:
+        s = stats.setdefault(r.variant, VariantStats(r.variant))
+        if not r.ok:
+            s.failed += 1
+            continue
+        s.ok += 1
+        s.wins += wins.get(r.config) is r
+        for attr, col in (
+            ("speedups", "speedup"),
+            ("schedule_s", "schedule_s"),
+            ("gpu_search_s", "gpu_search_s"),
+            ("bound_gaps", "bound_gap"),
+        ):
+            v = r.get(col)
+            if v is not None and math.isfinite(v):
+                getattr(s, attr).append(v)
+    return sorted(stats.values(), key=lambda s: (-_nan_low(s.speedup), s.variant))
+
+
+def _nan_low(x: float) -> float:
+    return -math.inf if math.isnan(x) else x
+
+
+def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """Points ``(name, cost, value)`` not dominated by any other (lower cost and lower value
+    are both better), sorted by cost: the trade-off curve IOS and LIOS argue about."""
+    pts = sorted(
+        (p for p in points if math.isfinite(p[1]) and math.isfinite(p[2])),
+        key=lambda p: (p[1], p[2], p[0]),
+    )
+    front: list[tuple[str, float, float]] = []
+    best = math.inf
+    for p in pts:
+        if p[2] < best:
+            front.append(p)
+            best = p[2]
+    return front
+
+
+# --- figures --------------------------------------------------------------------------
+
+
+def _config_labels(results: Sequence[Result]) -> dict[tuple[Any, ...], str]:
+    """Short labels: the model plus whichever of batch, size and dtype vary in the file."""
+    vary = {
+        i: len({r.config[i] for r in results}) > 1
+        for i in (1, 2, 3)  # batch, image size, dtype
+    }
+    labels = {}
+    for r in results:
+        m, b, size, dt = r.config[:4]
+        parts = [m]
+        if vary[1]:
+            parts.append(f"b{b}")
+        if vary[2] and size:
+            parts.append(f"{size}px")
+        if vary[3]:
+            parts.append(dt)
+        labels[r.config] = " ".join(parts)
+    return labels
+
+
+def _colors(names: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20" if len(names) > 10 else "tab10"]
+    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+def plot_speedups(results: Sequence[Result], path: Path) -> None:
+    """Grouped bars: speedup over sequential per configuration, one panel per GPU/machine."""
+    from matplotlib.figure import Figure
+
+    ok = [r for r in results if r.ok and r.get("speedup") is not None]
+    hws = sorted({r.hardware for r in ok})
+    variants = sorted({r.variant for r in ok})
+    colors = _colors(variants)
+    labels = _config_labels(ok)
+    n_cfg = max(len({r.config[:4] for r in ok if r.hardware == hw}) for hw in hws)
+    width_in = min(max(6.0, 0.35 * n_cfg * max(len(variants), 1) * 0.6 + 2.5), 30.0)
+    fig = Figure(figsize=(width_in, 3.2 * len(hws) + 0.8), layout="constrained")
+    axes = fig.subplots(len(hws), 1, squeeze=False)[:, 0]
+    bar_w = 0.8 / max(len(variants), 1)
+    for ax, hw in zip(axes, hws, strict=True):
+        rows = [r for r in ok if r.hardware == hw]
+        cfgs = sorted({r.config for r in rows})
+        x_of = {c: i for i, c in enumerate(cfgs)}
+        for j, v in enumerate(variants):
+            pts = [(x_of[r.config], r.get("speedup")) for r in rows if r.variant == v]
+            if pts:
+                xs = [x + (j - (len(variants) - 1) / 2) * bar_w for x, _ in pts]
+                ax.bar(xs, [s for _, s in pts], bar_w, color=colors[v], label=v)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(cfgs)), [labels[c] for c in cfgs], rotation=30, ha="right")
+        ax.set_ylabel("speedup over sequential")
+        ax.set_title(hw, fontsize=10, loc="left")
+        ax.grid(axis="y", linewidth=0.4, alpha=0.5)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=7, ncols=min(len(variants), 5), loc="outside upper center")
+    fig.savefig(path, dpi=110)
+
+
+def plot_pareto(results: Sequence[Result], stats: Sequence[VariantStats], path: Path) -> None:
+    """Latency (relative to sequential) against scheduling wall time, with the Pareto front."""
+    from matplotlib.figure import Figure
+
+    ok = [r for r in results if r.ok and r.get("speedup") and r.get("schedule_s") is not None]
+    variants = sorted({r.variant for r in ok})
+    colors = _colors(variants)
+    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    ax = fig.subplots()
+    for v in variants:
+        rows = [r for r in ok if r.variant == v]
+        ax.scatter(
+            [max(r.get("schedule_s"), 1e-7) for r in rows],
+            [1.0 / r.get("speedup") for r in rows],
+            s=12,
+            alpha=0.35,
+            color=colors[v],
+        )
+    agg = [(s.variant, s.sched_s, s.rel_latency) for s in stats if s.ok]
+    for name, x, y in agg:
+        if math.isfinite(x) and math.isfinite(y):
+            ax.scatter([x], [y], s=70, color=colors[name], edgecolor="black", label=name, zorder=3)
+    front = pareto_front(agg)
+    if front:
+        ax.step(
+            [p[1] for p in front],
+            [p[2] for p in front],
+            where="post",
+            color="black",
+            linewidth=1.2,
+            linestyle="--",
+            label="Pareto front",
+            zorder=2,
+        )
+    ax.set_xscale("log")
+    ax.axhline(1.0, color="grey", linewidth=0.6)
+    ax.set_xlabel("scheduling wall time (s, log; large markers: geometric mean)")
+    ax.set_ylabel("latency / sequential latency (lower is better)")
+    ax.set_title("Schedule quality against scheduling cost", fontsize=10)
+    ax.grid(linewidth=0.4, alpha=0.5)
+    ax.legend(fontsize=7, loc="best")
+    fig.savefig(path, dpi=110)
+
+
+def plot_winner_gantt(winner: Result, path: Path) -> None:
+    """Re-simulate the winning combination (and sequential) and stack their Gantt charts."""
+    from schedulers.base import run_scheduler
+    from simgpu.gantt import plot_gantt, plot_gantt_compare
+    from simgpu.models import build_model
+    from simgpu.sweep import machine_for
+
+    c = winner.combo
+    graph = build_model(c.model, c.batch, c.image_size, c.dtype)
+    machine = machine_for(c.gpu, c.machine)
+    res = run_scheduler(c.scheduler, graph, machine, dict(c.options))
+    title = f"{c.model} b{c.batch} on {winner.hardware}"
+    if winner.variant == "sequential":
+        plot_gantt(res.timeline, path, title=f"{title}: sequential")
+        return
+    seq = run_scheduler("sequential", graph, machine)
+    plot_gantt_compare(
+        {f"{title}: sequential": seq.timeline, f"{title}: {winner.variant}": res.timeline}, path
+    )
+
+
+# --- tables ---------------------------------------------------------------------------
+
+
+def _f(v: Any, fmt: str = ".3f") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, fmt)
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def _tables(results: Sequence[Result], stats: Sequence[VariantStats]) -> list[Table]:
+    labels = _config_labels(results)
+    ok = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    tables = [
+        Table(
+            "Overview",
+            ["rows", "ok", "failed", "models", "GPUs/machines", "schedulers"],
+            [
+                [
+                    str(len(results)),
+                    str(len(ok)),
+                    str(len(failed)),
+                    ", ".join(sorted({r.combo.model for r in results})),
+                    ", ".join(sorted({r.hardware for r in results})),
+                    ", ".join(sorted({r.variant for r in results})),
+                ]
+            ],
+        )
+    ]
+    tables.append(
+        Table(
+            "Schedulers",
+            [
+                "scheduler",
+                "ok",
+                "failed",
+                "wins",
+                "speedup (geo-mean)",
+                "min",
+                "max",
+                "sched s (geo-mean)",
+                "GPU search s (total)",
+                "bound gap (mean)",
+            ],
+            [
+                [
+                    s.variant,
+                    str(s.ok),
+                    str(s.failed),
+                    str(s.wins),
+                    _f(s.speedup),
+                    _f(min(s.speedups, default=None)),
+                    _f(max(s.speedups, default=None)),
+                    _f(s.sched_s, ".2g"),
+                    _f(sum(s.gpu_search_s) if s.gpu_search_s else None, ".3g"),
+                    _f(sum(s.bound_gaps) / len(s.bound_gaps) if s.bound_gaps else None, ".1%"),
+                ]
+                for s in stats
+            ],
+            "Speedups are over `sequential` on the same model, batch, size, dtype and GPU. "
+            "The bound gap is latency over the best lower bound, minus one.",
+        )
+    )
+    front = pareto_front([(s.variant, s.sched_s, s.rel_latency) for s in stats if s.ok])
+    tables.append(
+        Table(
+            "Pareto front (scheduling time against latency)",
+            ["scheduler", "sched s (geo-mean)", "latency / sequential (geo-mean)"],
+            [[n, _f(x, ".2g"), _f(y)] for n, x, y in front],
+            "No scheduler off this list is both faster to schedule and better.",
+        )
+    )
+    wins = winners(results)
+    by_cfg: dict[tuple[Any, ...], list[Result]] = defaultdict(list)
+    for r in results:
+        by_cfg[r.config].append(r)
+    rows = []
+    for cfg in sorted(by_cfg):
+        w = wins.get(cfg)
+        rs = by_cfg[cfg]
+        rows.append(
+            [
+                labels[cfg],
+                rs[0].hardware,
+                w.variant if w else "(none ok)",
+                _f(w.get("latency_ms") if w else None),
+                _f(w.get("sequential_ms") if w else None),
+                _f(w.get("speedup") if w else None),
+                _f(w.get("lower_bound_ms") if w else None),
+                str(sum(not r.ok for r in rs)),
+            ]
+        )
+    tables.append(
+        Table(
+            "Best schedule per configuration",
+            [
+                "model",
+                "GPU",
+                "winner",
+                "latency ms",
+                "sequential ms",
+                "speedup",
+                "lower bound ms",
+                "failed",
+            ],
+            rows,
+        )
+    )
+    if failed:
+        groups: dict[tuple[str, str], list[Result]] = defaultdict(list)
+        for r in failed:
+            groups[(r.variant, r.error)].append(r)
+        tables.append(
+            Table(
+                "Failures",
+                ["scheduler", "count", "error", "first combination"],
+                [
+                    [v, str(len(rs)), err[:200], rs[0].combo.label()]
+                    for (v, err), rs in sorted(groups.items())
+                ],
+            )
+        )
+    return tables
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(tables: Sequence[Table], images: Sequence[tuple[str, Path]], source: str) -> str:
+    out = ["# simgpu sweep report", "", f"Results: `{source}`", ""]
+    for t in tables:
+        out += [f"## {t.title}", ""]
+        if t.note:
+            out += [t.note, ""]
+        out.append("| " + " | ".join(map(_md_cell, t.header)) + " |")
+        out.append("|" + "|".join("---" for _ in t.header) + "|")
+        out += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in t.rows]
+        out.append("")
+    out += ["## Figures", ""]
+    for caption, p in images:
+        out += [f"### {caption}", "", f"![{caption}]({p.name})", ""]
+    return "\n".join(out)
+
+
+def _html(tables: Sequence[Table], images: Sequence[tuple[str, Path]], source: str) -> str:
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8"><title>simgpu sweep report</title>',
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+        "table{border-collapse:collapse;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}"
+        "img{max-width:100%}</style></head><body>",
+        "<h1>simgpu sweep report</h1>",
+        f"<p>Results: <code>{e(source)}</code></p>",
+    ]
+    for t in tables:
+        out.append(f"<h2>{e(t.title)}</h2>")
+        if t.note:
+            out.append(f"<p>{e(t.note)}</p>")
+        out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in t.header) + "</tr>")
+        out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in t.rows]
+        out.append("</table>")
+    out.append("<h2>Figures</h2>")
+    for caption, p in images:
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        out.append(f"<h3>{e(caption)}</h3>")
+        out.append(f'<img alt="{e(caption)}" src="data:image/png;base64,{data}">')
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# --- the report -----------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    out: Path
+    markdown: Path
+    html: Path
+    images: list[Path]
+    notes: list[str]
+
+
+def default_out(results: str | Path) -> Path:
+    p = Path(results)
+    return p.with_name(p.stem + "_report")
+
+
+def make_report(results: str | Path, out: str | Path | None = None, max_gantt: int = 6) -> Report:
+    """Write ``speedup.png``, ``pareto.png``, ``gantt_*.png``, ``summary.md`` and the
+    self-contained ``summary.html`` into ``out`` (default: RESULTS_report/ beside it)."""
+    if max_gantt < 0:
+        raise ReportError(f"--max-gantt must be 0 or more, not {max_gantt}")
+    rs = load_results(results)
+    if not rs:
+        raise ReportError(f"{results}: no results rows")
+    dest = Path(out) if out is not None else default_out(results)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"cannot create {dest}: {e.strerror or e}") from None
+    stats = variant_stats(rs)
+    images: list[tuple[str, Path]] = []
+    notes: list[str] = []
+    ok = [r for r in rs if r.ok]
+    try:
+        if ok:
+            images.append(("Speedup over sequential", dest / "speedup.png"))
+            plot_speedups(rs, images[-1][1])
+            images.append(("Latency against scheduling time", dest / "pareto.png"))
+            plot_pareto(rs, stats, images[-1][1])
+        wins = winners(rs)
+        labels = _config_labels(rs)
+        for i, cfg in enumerate(sorted(wins)[:max_gantt]):
+            w = wins[cfg]
+            p = dest / f"gantt_{i + 1:02d}.png"
+            try:
+                plot_winner_gantt(w, p)
+            except SimGPUError as e:
+                notes.append(f"no Gantt chart for {w.combo.label()}: {e}")
+                continue
+            images.append((f"Winner on {labels[cfg]}, {w.hardware}: {w.variant}", p))
+        if len(wins) > max_gantt:
+            notes.append(f"Gantt charts for the first {max_gantt} of {len(wins)} configurations")
+        tables = _tables(rs, stats)
+        if notes:
+            tables.append(Table("Notes", ["note"], [[n] for n in notes]))
+        md = dest / "summary.md"
+        md.write_text(_markdown(tables, images, str(results)), encoding="utf-8")
+        page = dest / "summary.html"
+        page.write_text(_html(tables, images, str(results)), encoding="utf-8")
+    except OSError as e:
+        raise ReportError(f"cannot write the report in {dest}: {e.strerror or e}") from None
+    return Report(dest, md, page, [p for _, p in images], notes)
+
+
+__all__ = [
+    "Report",
+    "ReportError",
+    "Result",
+    "geomean",
+    "load_results",
+    "make_report",
+    "pareto_front",
+    "variant_stats",
+    "winners",
+]

@@ -1,0 +1,815 @@
+"""Sweeps: every metric of ``simgpu run`` for each combination of a grid, as one CSV.
+
+A grid is the product of models, batch sizes, image sizes, dtypes, GPUs (or machines),
+schedulers and scheduler option values. Each combination is one independent task — it
+builds its graph, schedules, simulates and returns one row — so the sweep runs the
+tasks on local processes or on a Dask cluster and only collects rows.
+
+The output is built to survive interruption: every finished row is appended and
+flushed at once, so a killed sweep leaves a valid CSV prefix, and rerunning the same
+command skips the combinations already in the file. A combination that raises becomes
+a row with ``status=error`` and its one-line error; it never stops the sweep. When the
+sweep ends the file is rewritten in grid order, so its content does not depend on the
+worker count or on completion order — only the wall-time columns differ between runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import itertools
+import math
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from simgpu.errors import SimGPUError
+
+if TYPE_CHECKING:
+    from simgpu.hardware import Machine
+
+
+class SweepError(SimGPUError):
+    """A malformed grid, an unreadable results file, or a sweep that could not finish."""
+
+
+#: Columns that identify a combination; a results row with the same values is "done".
+KEY_COLUMNS: tuple[str, ...] = (
+    "model",
+    "batch",
+    "image_size",
+    "dtype",
+    "gpu",
+    "machine",
+    "scheduler",
+    "options",
+)
+#: Columns measured in wall-clock time: the only ones that differ between two runs.
+WALL_COLUMNS: tuple[str, ...] = ("schedule_s", "wall_s")
+METRIC_COLUMNS: tuple[str, ...] = (
+    "ops",
+    "kernels",
+    "latency_ms",
+    "sequential_ms",
+    "speedup",
+    "streams",
+    "syncs",
+    "sm_utilisation",
+    "profiler_calls",
+    "profiler_distinct",
+    "gpu_search_s",
+    "lower_bound_ms",
+    "bound_gap",
+)
+COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, "status", "error", *METRIC_COLUMNS, *WALL_COLUMNS)
+INT_COLUMNS = frozenset(
+    {"batch", "image_size", "ops", "kernels", "streams", "syncs", "profiler_calls"}
+    | {"profiler_distinct"}
+)
+FLOAT_COLUMNS = frozenset(
+    {"latency_ms", "sequential_ms", "speedup", "sm_utilisation", "gpu_search_s"}
+    | {"lower_bound_ms", "bound_gap", "schedule_s", "wall_s"}
+)
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+# --- the grid -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Combo:
+    """One point of the grid. ``gpu`` or ``machine`` names the hardware (the other is '')."""
+
+    model: str
+    batch: int
+    image_size: int | None
+    dtype: str
+    gpu: str
+    machine: str
+    scheduler: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def options_text(self) -> str:
+        return ";".join(f"{k}={v}" for k, v in self.options)
+
+    def key(self) -> tuple[str, ...]:
+        """The combination as its CSV key columns read back (all strings)."""
+        return (
+            self.model,
+            str(self.batch),
+            "" if self.image_size is None else str(self.image_size),
+            self.dtype,
+            self.gpu,
+            self.machine,
+            self.scheduler,
+            self.options_text,
+        )
+
+    def label(self) -> str:
+        hw = self.gpu or self.machine
+        size = f" {self.image_size}px" if self.image_size else ""
+        opts = f" [{self.options_text}]" if self.options else ""
+        return f"{self.model} b{self.batch}{size} {self.dtype} {hw} {self.scheduler}{opts}"
+
+
+@dataclass
+class Grid:
+    """What to sweep. ``'all'`` in ``models`` or ``schedulers`` expands to every registered one.
+
+    ``options`` maps a scheduler to its option names and the values to sweep, e.g.
+    ``{"ios": {"r": ["1", "3"], "s": ["8"]}}``: the scheduler runs once per product of
+    its option values. Image sizes apply only to models with an image input; for the
+    others that axis collapses to one row per batch size.
+    """
+
+    models: list[str]
+    batches: list[int] = field(default_factory=lambda: [1])
+    image_sizes: list[int | None] = field(default_factory=lambda: [None])
+    dtypes: list[str] = field(default_factory=lambda: ["fp32"])
+    gpus: list[str] = field(default_factory=list)
+    machines: list[str] = field(default_factory=list)
+    schedulers: list[str] = field(default_factory=lambda: ["all"])
+    options: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    def combos(self) -> list[Combo]:
+        """Every combination, in grid order (model, batch, size, dtype, hardware, scheduler)."""
+        from schedulers.base import scheduler_names
+        from simgpu.models import MODELS, model_names
+
+        if not self.models:
+            raise SweepError("the grid has no model (give --model NAME or 'all')")
+        models = _expand(self.models, model_names)
+        scheds = _expand(
+            self.schedulers or ["all"],
+            lambda: scheduler_names(single_gpu_only=not self.machines),
+        )
+        for sched, opts in self.options.items():
+            if sched not in scheds:
+                raise SweepError(f"option given for scheduler '{sched}', which is not in the grid")
+            for key, values in opts.items():
+                if not values:
+                    raise SweepError(f"option {sched}.{key} has no value")
+        targets = [("gpu", _gpu_key(g)) for g in _dedupe(self.gpus)]
+        targets += [("machine", m) for m in _dedupe(self.machines)]
+        if not targets:
+            targets = [("gpu", _gpu_key("v100"))]
+        variants = {s: _option_variants(self.options.get(s, {})) for s in scheds}
+
+        out: list[Combo] = []
+        for model in models:
+            info = MODELS.get(model)
+            sizes: list[int | None]
+            if info is not None and info.default_image_size is None:
+                sizes = [None]  # no image input: the size axis does not apply
+            elif info is not None:
+                sizes = [info.default_image_size if s is None else s for s in self.image_sizes]
+            else:
+                sizes = list(self.image_sizes)
+            for batch, size, dtype, (kind, hw), sched in itertools.product(
+                _dedupe(self.batches), _dedupe(sizes), _dedupe(self.dtypes), targets, scheds
+            ):
+                for opts in variants[sched]:
+                    gpu, machine = (hw, "") if kind == "gpu" else ("", hw)
+                    out.append(Combo(model, batch, size, dtype, gpu, machine, sched, opts))
+        return _dedupe(out)
+
+
+def _dedupe(items: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(items))
+
+
+def _expand(names: Sequence[str], everything: Callable[[], list[str]]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        out += everything() if n == "all" else [n]
+    return _dedupe(out)
+
+
+def _gpu_key(name: str) -> str:
+    """A preset's canonical name (aliases such as 'v100' resolve); files and unknowns as given."""
+    from simgpu.hardware import preset
+
+    if name.endswith(".json") or Path(name).is_file():
+        return name
+    try:
+        return preset(name).name
+    except SimGPUError:
+        return name  # reported by the combination itself, as its error
+
+
+def _option_variants(opts: Mapping[str, Sequence[str]]) -> list[tuple[tuple[str, str], ...]]:
+    keys = sorted(opts)
+    return [
+        tuple(zip(keys, vals, strict=True)) for vals in itertools.product(*(opts[k] for k in keys))
+    ]
+
+
+def parse_option_args(items: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    """``["ios.r=1,3", "ios.s=8"]`` -> ``{"ios": {"r": ["1", "3"], "s": ["8"]}}``.
+
+    A comma separates values to sweep; repeating a key adds values.
+    """
+    out: dict[str, dict[str, list[str]]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        sched, dot, opt = key.partition(".")
+        values = [v.strip() for v in value.split(",")]
+        if not eq or not dot or not sched.strip() or not opt.strip() or "" in values:
+            raise SweepError(f"option {item!r} must look like SCHEDULER.NAME=VALUE[,VALUE...]")
+        dest = out.setdefault(sched.strip(), {}).setdefault(opt.strip(), [])
+        dest += [v for v in values if v not in dest]
+    return out
+
+
+# --- TOML grids -----------------------------------------------------------------------
+
+_TOML_KEYS = ("models", "batches", "image_sizes", "dtypes", "gpus", "machines", "schedulers")
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read a grid from TOML: top-level lists named as :class:`Grid`'s fields, plus
+    ``[options.SCHEDULER]`` tables whose values are a value or a list of values to sweep.
+    A scalar stands for a one-element list."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SweepError(f"cannot read grid {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise SweepError(f"{p}: not a text file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SweepError(f"{p}: not valid TOML: {e}") from None
+    return grid_from_dict(data, source=str(p))
+
+
+def grid_from_dict(data: Mapping[str, Any], source: str = "<grid>") -> Grid:
+    unknown = sorted(set(data) - {*_TOML_KEYS, "options"})
+    if unknown:
+        known = ", ".join((*_TOML_KEYS, "options"))
+        raise SweepError(f"{source}: unknown key '{unknown[0]}' (known: {known})")
+    kw: dict[str, Any] = {}
+    for key in ("models", "dtypes", "gpus", "machines", "schedulers"):
+        if key in data:
+            kw[key] = [_check_str(v, f"{source}: {key}[{i}]") for i, v in _items(data[key])]
+    for key in ("batches", "image_sizes"):
+        if key in data:
+            kw[key] = [_check_positive(v, f"{source}: {key}[{i}]") for i, v in _items(data[key])]
+    for key in ("models", "batches", "image_sizes", "dtypes", "schedulers"):
+        if key in kw and not kw[key]:
+            raise SweepError(f"{source}: {key} is empty")
+    for i, d in enumerate(kw.get("dtypes", [])):
+        if d not in DTYPES:
+            raise SweepError(
+                f"{source}: dtypes[{i}]: unknown dtype {d!r} (known: {', '.join(DTYPES)})"
+            )
+    opts = data.get("options", {})
+    if not isinstance(opts, dict):
+        raise SweepError(f"{source}: options must be a table of [options.SCHEDULER] tables")
+    kw["options"] = {}
+    for sched, table in opts.items():
+        if not isinstance(table, dict):
+            raise SweepError(f"{source}: options.{sched} must be a table of NAME = value(s)")
+        kw["options"][sched] = {
+            k: _dedupe(
+                _option_value(v, f"{source}: options.{sched}.{k}[{i}]") for i, v in _items(vs)
+            )
+            for k, vs in table.items()
+        }
+        for k, vs in kw["options"][sched].items():
+            if not vs:
+                raise SweepError(f"{source}: options.{sched}.{k} is empty")
+    if "models" not in kw:
+        raise SweepError(f"{source}: no 'models' list")
+    return Grid(**kw)
+
+
+def _items(v: Any) -> Iterator[tuple[int, Any]]:
+    return enumerate(v if isinstance(v, list) else [v])
+
+
+def _check_str(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise SweepError(f"{where}: expected a name, got {v!r}")
+    return v.strip()
+
+
+def _check_positive(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise SweepError(f"{where}: expected a positive integer, got {v!r}")
+    return v
+
+
+def _option_value(v: Any, where: str) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float | str):
+        return str(v)
+    raise SweepError(f"{where}: expected a number, string or boolean, got {v!r}")
+
+
+# --- one combination ------------------------------------------------------------------
+
+
+def run_combo(combo: Combo) -> dict[str, str]:
+    """Run one combination; never raises for a failure of the combination itself.
+
+    This is what the workers execute: a module-level function of a picklable argument.
+    """
+    t0 = time.perf_counter()
+    row = dict(zip(KEY_COLUMNS, combo.key(), strict=True))
+    try:
+        metrics = _measure(combo)
+    except Exception as e:  # any failure of one combination is data, not a crash
+        row.update(status="error", error=_one_line(e))
+    else:
+        row.update(status="ok", **metrics)
+    row["wall_s"] = _fmt(time.perf_counter() - t0)
+    return {c: row.get(c, "") for c in COLUMNS}
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)  # the shortest text that reads back as the same float
+    return str(v)
+
+
+def _measure(combo: Combo) -> dict[str, str]:
+    from schedulers.base import run_scheduler
+    from simgpu.models import build_model
+
+    graph = build_model(combo.model, combo.batch, combo.image_size, combo.dtype)
+    machine = machine_for(combo.gpu, combo.machine)
+    res = run_scheduler(combo.scheduler, graph, machine, dict(combo.options))
+    if combo.scheduler == "sequential" and not combo.options:
+        seq_ms = res.latency_ms
+    else:
+        seq_ms = _sequential_ms(
+            combo.model, combo.batch, combo.image_size, combo.dtype, combo.gpu, combo.machine
+        )
+    lat = res.latency_ms
+    out: dict[str, Any] = {
+        "ops": len(graph),
+        "kernels": res.program.kernels,
+        "latency_ms": lat,
+        "sequential_ms": seq_ms,
+        "speedup": seq_ms / lat if lat > 0 else math.nan,
+        "streams": res.streams,
+        "syncs": res.syncs,
+        "sm_utilisation": res.timeline.mean_sm_utilisation(),
+        "profiler_calls": res.profiler_calls,
+        "profiler_distinct": res.profiler_distinct,
+        "gpu_search_s": res.gpu_search_s,
+        "schedule_s": res.schedule_s,
+    }
+    try:
+        bound = _lower_bound_ms(graph, machine)
+    except SimGPUError as e:  # the schedule is fine; say why its bound is missing
+        out["error"] = f"lower bound: {_one_line(e)}"
+        bound = None
+    if bound is not None and bound > 0:
+        out["lower_bound_ms"] = bound
+        out["bound_gap"] = lat / bound - 1.0
+    return {k: _fmt(v) for k, v in out.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _sequential_ms(
+    model: str, batch: int, image_size: int | None, dtype: str, gpu: str, machine: str
+) -> float:
+    """The baseline of every speedup, once per process per configuration (a float: safe to cache)."""
+    from schedulers.base import run_scheduler
+    from simgpu.models import build_model
+
+    graph = build_model(model, batch, image_size, dtype)
+    return run_scheduler("sequential", graph, machine_for(gpu, machine)).latency_ms
+
+
+def machine_for(gpu: str, machine: str) -> Machine:
+    from simgpu import hardware
+
+    if gpu:
+        return hardware.Machine.single(hardware.load_gpu(gpu))
+    loader = getattr(hardware, "load_machine", None)
+    if loader is not None:
+        return loader(machine)
+    return hardware.Machine.single(hardware.load_gpu(machine))  # no multi-GPU presets yet
+
+
+def _lower_bound_ms(graph: Any, machine: Machine) -> float | None:
+    """``schedulers.bounds.lower_bound_us`` when that module exists (it is optional)."""
+    try:
+        from schedulers import bounds
+    except ModuleNotFoundError as e:
+        if e.name == "schedulers.bounds":
+            return None
+        raise
+    fn = getattr(bounds, "lower_bound_us", None)
+    return None if fn is None else float(fn(graph, machine.gpu)) / 1e3
+
+
+# --- results files --------------------------------------------------------------------
+
+
+def read_results(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a results CSV. A partial last line (a sweep killed mid-write) is ignored."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SweepError(f"cannot read results {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise SweepError(f"{p}: not a results CSV (not text)") from None
+    return _parse_results(text, str(p))
+
+
+def _complete_prefix(text: str) -> str:
+    return text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+
+
+def _parse_results(text: str, source: str) -> list[dict[str, str]]:
+    text = _complete_prefix(text)
+    if not text:
+        return []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader)
+    if tuple(header) != COLUMNS:
+        raise SweepError(
+            f"{source}: not a simgpu sweep results file (its header differs); "
+            "give another output file"
+        )
+    rows = []
+    for n, rec in enumerate(reader, start=2):
+        if len(rec) != len(COLUMNS):
+            raise SweepError(f"{source}: line {n} has {len(rec)} fields, expected {len(COLUMNS)}")
+        rows.append(dict(zip(COLUMNS, rec, strict=True)))
+    return rows
+
+
+def row_key(row: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(row[c] for c in KEY_COLUMNS)
+
+
+def typed_value(column: str, text: str) -> Any:
+    """A CSV cell as a Python value (None for an empty number)."""
+    if column in INT_COLUMNS:
+        return int(text) if text else None
+    if column in FLOAT_COLUMNS:
+        return float(text) if text else None
+    return text
+
+
+def _write_csv(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([r[c] for c in COLUMNS])
+    os.replace(tmp, path)
+
+
+def write_parquet(rows: Sequence[Mapping[str, str]], path: Path) -> bool:
+    """Write typed columns to Parquet if pyarrow is importable; False when it is not."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return False
+    cols: dict[str, Any] = {}
+    for c in COLUMNS:
+        typ = (
+            pa.int64() if c in INT_COLUMNS else pa.float64() if c in FLOAT_COLUMNS else pa.string()
+        )
+        cols[c] = pa.array([typed_value(c, r[c]) for r in rows], type=typ)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.table(cols), tmp)
+    os.replace(tmp, path)
+    return True
+
+
+# --- progress -------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar with an ETA on stderr.
+
+    On a terminal it redraws in place; elsewhere (logs, CI) it prints a line per tenth.
+    """
+
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.total, self.done, self.failed = total, 0, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled and total > 0
+        self.tty = self.enabled and getattr(self.stream, "isatty", lambda: False)()
+        self.t0 = time.perf_counter()
+        self._last_draw = 0.0
+        self._last_tenth = -1
+
+    def update(self, failed: bool) -> None:
+        self.done += 1
+        self.failed += failed
+        if not self.enabled:
+            return
+        if self.tty:
+            now = time.perf_counter()
+            if now - self._last_draw >= 0.1 or self.done == self.total:
+                self._last_draw = now
+                self.stream.write("\r" + self.line())
+                self.stream.flush()
+        else:
+            tenth = self.done * 10 // self.total
+            if tenth > self._last_tenth:
+                self._last_tenth = tenth
+                self.stream.write(self.line() + "\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def line(self, width: int = 24) -> str:
+        frac = self.done / self.total if self.total else 1.0
+        filled = int(frac * width)
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / self.done * (self.total - self.done) if self.done else math.nan
+        failed = f"  {self.failed} failed" if self.failed else ""
+        return (
+            f"sweep {self.done}/{self.total} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{100 * frac:3.0f}%  elapsed {_clock(elapsed)}  ETA {_clock(eta)}{failed}"
+        )
+
+
+def _clock(s: float) -> str:
+    if math.isnan(s):
+        return "?"
+    s = round(s)
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
+
+
+# --- running --------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: ``rows`` is the final file's content, in grid order."""
+
+    path: Path
+    rows: list[dict[str, str]]
+    total: int  # combinations in the grid
+    skipped: int  # already in the file before this run
+    ran: int
+    failed: int  # grid rows whose status is error (this run or earlier)
+    kept: int  # rows of the file from outside this grid, kept after the grid's rows
+    wall_s: float
+    parquet: Path | None = None
+
+
+def default_workers() -> int:
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def run_sweep(
+    grid: Grid | Sequence[Combo],
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    dask: Any = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    progress_stream: TextIO | None = None,
+) -> SweepResult:
+    """Run every combination of ``grid`` not already in ``out`` and return the final rows.
+
+    ``dask`` is None (local processes, ``workers`` of them; 1 runs in this process), a
+    scheduler address, ``"local:N"`` for a LocalCluster of N workers started for the
+    run, or a ``distributed.Client``. ``retry_failed`` reruns rows recorded as errors.
+    """
+    t0 = time.perf_counter()
+    combos = grid.combos() if isinstance(grid, Grid) else _dedupe(grid)
+    path = Path(out)
+    if path.is_dir():
+        raise SweepError(f"{path} is a directory; give a CSV file name")
+    existing = _load_existing(path)
+    finished = {row_key(r) for r in existing if r["status"] == "ok" or not retry_failed}
+    todo = [c for c in combos if c.key() not in finished]
+
+    bar = Progress(len(todo), progress_stream, enabled=progress)
+    lost: list[str] = []
+    try:
+        with _Appender(path) as app:
+
+            def record(row: dict[str, str]) -> None:
+                app.write(row)
+                bar.update(row["status"] != "ok")
+
+            if todo:
+                if dask is not None:
+                    lost = _run_dask(todo, dask, record)
+                elif (workers or default_workers()) <= 1 or len(todo) == 1:
+                    for c in todo:
+                        record(run_combo(c))
+                else:
+                    lost = _run_processes(todo, workers or default_workers(), record)
+    finally:
+        bar.close()
+    if lost:
+        raise SweepError(
+            f"{len(lost)} combination(s) were lost with their worker ({lost[0]}); "
+            f"the finished rows are in {path}: rerun the same command to resume"
+        )
+    rows, kept = _finalise(path, combos)
+    parquet = path.with_suffix(".parquet")
+    wrote_parquet = write_parquet(rows, parquet)
+    keys = {c.key() for c in combos}
+    failed = sum(1 for r in rows if r["status"] != "ok" and row_key(r) in keys)
+    return SweepResult(
+        path,
+        rows,
+        total=len(combos),
+        skipped=len(combos) - len(todo),
+        ran=len(todo),
+        failed=failed,
+        kept=kept,
+        wall_s=time.perf_counter() - t0,
+        parquet=parquet if wrote_parquet else None,
+    )
+
+
+def _load_existing(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    rows = read_results(path)
+    # Drop a partial last line now, so appended rows start on a line of their own.
+    try:
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            with path.open("r+", encoding="utf-8", newline="") as f:
+                f.truncate(len(_complete_prefix(text).encode("utf-8")))
+    except OSError as e:
+        raise SweepError(f"cannot repair {path}: {e.strerror or e}") from None
+    return rows
+
+
+class _Appender:
+    """Appends rows to the results CSV, flushing each, so a kill loses at most one line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> _Appender:
+        try:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self.f = self.path.open("a", newline="", encoding="utf-8")
+        except OSError as e:
+            raise SweepError(f"cannot write {self.path}: {e.strerror or e}") from None
+        self.w = csv.writer(self.f, lineterminator="\n")
+        if new:
+            self.w.writerow(COLUMNS)
+            self.f.flush()
+        return self
+
+    def write(self, row: Mapping[str, str]) -> None:
+        self.w.writerow([row[c] for c in COLUMNS])
+        self.f.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+def _finalise(path: Path, combos: Sequence[Combo]) -> tuple[list[dict[str, str]], int]:
+    """Rewrite the file: one row per key (the latest wins), grid order, then other rows."""
+    latest: dict[tuple[str, ...], dict[str, str]] = {}
+    for r in read_results(path):
+        latest.pop(row_key(r), None)
+        latest[row_key(r)] = r
+    rows = [latest.pop(c.key()) for c in combos if c.key() in latest]
+    kept = list(latest.values())
+    _write_csv(path, rows + kept)
+    return rows + kept, len(kept)
+
+
+def _run_processes(
+    todo: Sequence[Combo], workers: int, record: Callable[[dict[str, str]], None]
+) -> list[str]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn: workers start clean (no inherited threads or state), on every OS alike.
+    ctx = multiprocessing.get_context("spawn")
+    lost: list[str] = []
+    ex = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
+    try:
+        futures = {ex.submit(run_combo, c): c for c in todo}
+        for fut in as_completed(futures):
+            try:
+                row = fut.result()
+            except BrokenProcessPool:
+                lost.append(futures[fut].label())
+                continue
+            record(row)
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    return lost
+
+
+def _run_dask(
+    todo: Sequence[Combo], dask: Any, record: Callable[[dict[str, str]], None]
+) -> list[str]:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise SweepError("--dask needs Dask: pip install 'simgpu[dask]'") from None
+    cluster = None
+    if isinstance(dask, Client):
+        client, own = dask, False
+    else:
+        spec = str(dask)
+        try:
+            if spec.startswith("local:"):
+                n = _local_workers(spec)
+                cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+                )
+                client = Client(cluster)
+            else:
+                client = Client(spec, timeout="15s")
+        except (OSError, TimeoutError, ValueError) as e:
+            if cluster is not None:
+                cluster.close()
+            raise SweepError(f"cannot connect to Dask scheduler {spec!r}: {_one_line(e)}") from None
+        own = True
+    lost: list[str] = []
+    try:
+        futures = [client.submit(run_combo, c, pure=False) for c in todo]
+        by_key = {f.key: c for f, c in zip(futures, todo, strict=True)}
+        for fut in as_completed(futures):
+            try:
+                row = fut.result()
+            except Exception as e:  # a worker died (KilledWorker) or the cluster went away
+                lost.append(f"{by_key[fut.key].label()}: {_one_line(e)}")
+                continue
+            record(row)
+    finally:
+        if own:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return lost
+
+
+def _local_workers(spec: str) -> int:
+    text = spec.partition(":")[2]
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise SweepError(f"--dask {spec!r}: expected local:N with N a positive integer")
+    return n
+
+
+def without_wall_time(rows: Iterable[Mapping[str, str]]) -> list[dict[str, str]]:
+    """Rows minus the wall-clock columns: what must be identical between two runs."""
+    return [{c: r[c] for c in COLUMNS if c not in WALL_COLUMNS} for r in rows]
+
+
+__all__ = [
+    "COLUMNS",
+    "KEY_COLUMNS",
+    "WALL_COLUMNS",
+    "Combo",
+    "Grid",
+    "Progress",
+    "SweepError",
+    "SweepResult",
+    "grid_from_dict",
+    "load_grid",
+    "parse_option_args",
+    "read_results",
+    "run_combo",
+    "run_sweep",
+    "typed_value",
+    "without_wall_time",
+]
