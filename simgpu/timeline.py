@@ -7,12 +7,15 @@ compared field by field. Times are microseconds from the start of the program.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
+# Records are NamedTuples, not frozen dataclasses: a simulation makes one per command,
+# and a tuple is built several times faster — it showed in the throughput profile.
 
-@dataclass(frozen=True)
-class KernelRecord:
+
+class KernelRecord(NamedTuple):
     """One kernel: issued by the host at ``issue_us``, ran from ``start_us`` to ``end_us``."""
 
     op: str
@@ -28,8 +31,7 @@ class KernelRecord:
     batches: int  # dispatch batches (waves) it took
 
 
-@dataclass(frozen=True)
-class CommandRecord:
+class CommandRecord(NamedTuple):
     """A non-kernel stream command: event record, event wait, or an op with no device work."""
 
     kind: str  # "record" | "wait" | "noop"
@@ -41,8 +43,7 @@ class CommandRecord:
     op: str | None = None
 
 
-@dataclass(frozen=True)
-class HostRecord:
+class HostRecord(NamedTuple):
     """Time the host thread spent in one API call (or blocked in a synchronize)."""
 
     api: str

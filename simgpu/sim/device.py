@@ -108,26 +108,13 @@ class KernelRun:
 class Batch:
     """Blocks of one kernel placed at one instant: they end together (one event)."""
 
-    __slots__ = (
-        "blocks",
-        "demand",
-        "finish",
-        "last_t",
-        "rate",
-        "run",
-        "start",
-        "uid",
-        "where",
-        "work",
-    )
+    __slots__ = ("blocks", "demand", "finish", "last_t", "rate", "run", "uid", "work")
 
-    def __init__(self, uid: int, run: KernelRun, where: list, blocks: int, start: float) -> None:
+    def __init__(self, uid: int, run: KernelRun, blocks: int, start: float) -> None:
         k = run.kernel
         self.uid = uid
         self.run = run
-        self.where = where
         self.blocks = blocks
-        self.start = start
         self.work = k.block_us  # full-speed microseconds still to run
         self.demand = blocks * k.block_bytes / k.block_us if k.block_us > 0 else 0.0
         self.rate = 1.0
@@ -148,8 +135,9 @@ class Device:
         self.pool = SMPool(gpu)
         self.next_uid = 0
         self.fifo: deque[KernelRun] = deque()
-        self.active: list[Batch] = []
+        self.active: dict[int, Batch] = {}  # by uid, in placement order
         self.timers: dict[float, list[Batch]] = {}
+        self._at = sim.env.at
         self.dram_capacity = gpu.dram_bytes_per_us * gpu.dram_efficiency
         self.demand = 0.0
         self.contended = False
@@ -158,6 +146,8 @@ class Device:
         self.gap = gpu.kernel_gap_us
         # accounting
         self.counters: list[tuple[float, int, float]] = [(0.0, 0, 0.0)]
+        self._last_busy = 0
+        self._last_bw = 0.0
         self.kernel_log: list[tuple] = []
         self.command_log: list[tuple] = []
         # (start, end, op, [(SM indices, blocks each)], Need) per batch, for invariant tests
@@ -179,7 +169,7 @@ class Device:
         q = entry.stream.queue
         q.items.append(entry)
         if len(q.items) == 1:
-            self.advance(q)
+            self.advance(q, self.env._now)
 
     def wait_idle(self) -> simpy.Event:
         ev = self.env.event()
@@ -189,8 +179,8 @@ class Device:
             self.idle_waiters.append(ev)
         return ev
 
-    def _complete_one(self) -> None:
-        self.pending -= 1
+    def _complete_one(self, count: int = 1) -> None:
+        self.pending -= count
         if self.pending == 0 and self.idle_waiters:
             waiters, self.idle_waiters = self.idle_waiters, []
             for ev in waiters:
@@ -199,19 +189,18 @@ class Device:
     # -- queues -------------------------------------------------------------------------
 
     def _wake(self, ev: simpy.Event) -> None:
-        self.advance(ev._value)
+        self.advance(ev._value, self.env._now)
 
-    def advance(self, q: HwQueue) -> None:
-        """Move commands off the head of ``q`` while their stream and events allow."""
+    def advance(self, q: HwQueue, now: float) -> None:
+        """Move commands off the head of ``q`` while their stream and events allow.
+        ``now`` is the simulation time (passed down: SimPy's ``now`` is a property)."""
         items = q.items
-        env = self.env
         while items:
             e = items[0]
-            now = env.now
             if e.available > now:
                 if q.wake_at != e.available:
                     q.wake_at = e.available
-                    self.sim.call_at(e.available, self._wake, q)
+                    self._at(e.available, self._wake, q)
                 return
             s = e.stream
             if s.busy:
@@ -228,7 +217,7 @@ class Device:
                 run = KernelRun(e, k, self._need(k), base + self.gap)
                 self.fifo.append(run)
                 if len(self.fifo) == 1:
-                    self.dispatch()
+                    self.dispatch(now)
                 continue
             if kind == WAIT:
                 slot = e.event
@@ -254,7 +243,7 @@ class Device:
                 waiters, slot.waiters = slot.waiters, []
                 for wq in waiters:
                     if wq is not q:
-                        self.advance(wq)
+                        self.advance(wq, now)
 
     # -- block dispatch (left-over policy) ----------------------------------------------
 
@@ -266,13 +255,16 @@ class Device:
             need = self._needs[key] = Need(o.warps, o.regs_alloc, o.smem_alloc)
         return need
 
-    def dispatch(self) -> None:
+    def dispatch(self, now: float) -> None:
         """Place blocks of the FIFO head; the next kernel only gets what is left over
         once every block of the head is placed."""
         fifo = self.fifo
+        if not fifo:
+            return
         pool = self.pool
         placed_any = False
-        now = self.env.now
+        active = self.active
+        timers = self.timers
         while fifo:
             run = fifo[0]
             uid = self.next_uid
@@ -285,10 +277,18 @@ class Device:
             if run.first_start < 0:
                 run.first_start = start
             run.n_batches += 1
-            b = Batch(uid, run, where, blocks, start)
-            self.active.append(b)
-            self._arm(b)
-            self._add_demand(b)
+            b = Batch(uid, run, blocks, start)
+            active[uid] = b
+            t = b.finish  # arm its timer (inline _arm: the hot path)
+            bucket = timers.get(t)
+            if bucket is None:
+                timers[t] = [b]
+                self._at(t, self._on_timer, t)
+            else:
+                bucket.append(b)
+            self.demand += b.demand
+            if self.contended or self.demand > self.dram_capacity:
+                self._reshare(now)
             placed_any = True
             if self.batch_log is not None:
                 rec = [start, -1.0, run.kernel.op, where, run.need]
@@ -298,7 +298,7 @@ class Device:
                 break
             fifo.popleft()
         if placed_any:
-            self._account()
+            self._account(now)
 
     # -- batch timing and DRAM sharing --------------------------------------------------
 
@@ -307,53 +307,53 @@ class Device:
         bucket = self.timers.get(t)
         if bucket is None:
             self.timers[t] = [b]
-            self.sim.call_at(t, self._on_timer, t)
+            self._at(t, self._on_timer, t)
         else:
             bucket.append(b)
 
     def _on_timer(self, ev: simpy.Event) -> None:
         t = ev._value
         due = self.timers.pop(t)
-        finished = list(dict.fromkeys(b for b in due if b.finish == t and b.blocks))
-        if not finished:
-            return
+        if len(due) == 1:  # the common case: one batch, armed once
+            if due[0].finish != t or not due[0].blocks:
+                return
+            finished = due
+        else:  # a batch re-armed by DRAM sharing may sit in a bucket twice, or be stale
+            finished = list(dict.fromkeys(b for b in due if b.finish == t and b.blocks))
+            if not finished:
+                return
         pool = self.pool
+        active = self.active
+        log = self._open_logs if self.batch_log is not None else None
         for b in finished:
             pool.release(b.uid, b.run.need, t)
-            self.active.remove(b)
+            del active[b.uid]
             self.demand -= b.demand
-            if self.batch_log is not None:
-                self._open_logs.pop(b.uid)[1] = t
+            if log is not None:
+                log.pop(b.uid)[1] = t
         for b in finished:
             run = b.run
             run.remaining -= b.blocks
             b.blocks = 0
-            if run.remaining == 0:
-                self._kernel_done(run, t)
+            if run.remaining == 0:  # the kernel is done: its stream moves on
+                e = run.entry
+                self.kernel_log.append((e, run.first_start, t, run.n_batches))
+                s = e.stream
+                s.busy = False
+                self.pending -= 1
+                if self.pending == 0 and self.idle_waiters:
+                    self._complete_one(0)
+                self.advance(s.queue, t)
         if self.contended or self.demand > self.dram_capacity:
-            self._reshare()
-        self._account()
-        self.dispatch()
+            self._reshare(t)
+        self._account(t)
+        self.dispatch(t)
 
-    def _kernel_done(self, run: KernelRun, t: float) -> None:
-        e = run.entry
-        self.kernel_log.append((e, run.first_start, t, run.n_batches))
-        s = e.stream
-        s.busy = False
-        self._complete_one()
-        self.advance(s.queue)
-
-    def _add_demand(self, b: Batch) -> None:
-        self.demand += b.demand
-        if self.contended or self.demand > self.dram_capacity:
-            self._reshare()
-
-    def _reshare(self) -> None:
+    def _reshare(self, now: float) -> None:
         """Max-min fair split of DRAM bandwidth among running batches (processor
         sharing): a batch demanding less than its fair share runs at full speed; the
         rest slow down in proportion. Re-arms every batch whose end moved."""
-        now = self.env.now
-        active = self.active
+        active = list(self.active.values())
         cap = self.dram_capacity
         for b in active:
             if now > b.last_t:
@@ -377,14 +377,17 @@ class Device:
             b.finish = base + max(0.0, b.work) / r
             self._arm(b)
 
-    def _account(self) -> None:
+    def _account(self, now: float) -> None:
         """Log the SMs-busy and DRAM counters at a change point."""
-        now = self.env.now
         busy = self.pool.busy
-        bw = min(self.demand, self.dram_capacity) / 1e3  # bytes/us -> GB/s
-        last = self.counters[-1]
-        if last[1] != busy or last[2] != bw:
-            if last[0] == now:
-                self.counters[-1] = (now, busy, bw)
+        dem = self.demand
+        cap = self.dram_capacity
+        bw = (dem if dem < cap else cap) / 1e3  # bytes/us -> GB/s
+        if busy != self._last_busy or bw != self._last_bw:
+            self._last_busy = busy
+            self._last_bw = bw
+            counters = self.counters
+            if counters[-1][0] == now:
+                counters[-1] = (now, busy, bw)
             else:
-                self.counters.append((now, busy, bw))
+                counters.append((now, busy, bw))

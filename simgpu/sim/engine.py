@@ -8,13 +8,13 @@ in :mod:`simgpu.sim.device`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
+from heapq import heappush
+from operator import itemgetter
 from typing import Any
 
 import simpy
 from simpy.core import NORMAL
-from simpy.events import Event
 
 from simgpu.errors import DeadlockError, ProgramError
 from simgpu.hardware import GPUSpec, Machine
@@ -23,30 +23,44 @@ from simgpu.sim.device import LAUNCH, NOOP, RECORD, WAIT, Device, Entry, EventSl
 from simgpu.timeline import CommandRecord, HostRecord, KernelRecord, Timeline
 
 
+class _Timer:
+    """The cheapest object SimPy's loop accepts as an event: callbacks and an ok flag."""
+
+    __slots__ = ("_ok", "_value", "callbacks")
+
+    def __init__(self, fn: Callable[[Any], None], arg: Any) -> None:
+        self.callbacks = [fn]
+        self._ok = True
+        self._value = arg
+
+
+class _Environment(simpy.Environment):
+    """SimPy's environment plus scheduling at an absolute time.
+
+    ``schedule`` takes a delay, and ``now + (t - now)`` can round one ulp short of
+    ``t`` — a batch ending then would miss the instant its neighbours end at. Pushing
+    the absolute time onto the queue (the same tuple ``schedule`` pushes) lands exactly.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduled = 0  # events pushed by ``at``, for the throughput benchmark
+
+    def at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
+        """Run ``fn(event)`` at time ``t``, the event's ``_value`` being ``arg``."""
+        heappush(self._queue, (t, NORMAL, next(self._eid), _Timer(fn, arg)))
+        self.scheduled += 1
+
+
 class Simulation:
     """One run of one program on one machine. Use :func:`simulate`."""
 
     def __init__(self, machine: Machine, record_batches: bool = False) -> None:
-        self.env = simpy.Environment()
+        self.env = _Environment()
         self.machine = machine
         self.devices = [Device(self, i, g, record_batches) for i, g in enumerate(machine.devices)]
         self.host_log: list[tuple[str, int, float, float, str | None]] = []
-        self.scheduled = 0
         self.host_blocked: int | None = None  # command index of a synchronize in progress
-
-    def call_at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
-        """Run ``fn(arg)`` at simulated time ``t``: one bare SimPy event carrying ``arg``
-        (a Timeout plus a closure costs twice as much, and this is the hot path)."""
-        env = self.env
-        ev = Event(env)
-        ev._ok = True
-        ev._value = arg
-        ev.callbacks.append(fn)
-        d = t - env.now
-        while env.now + d < t:  # land exactly on t: now + (t - now) can round one ulp short
-            d = math.nextafter(d, math.inf)
-        env.schedule(ev, NORMAL, d)
-        self.scheduled += 1
 
     # -- host thread ---------------------------------------------------------------------
 
@@ -185,36 +199,37 @@ class Simulation:
         return ""
 
     def _timeline(self) -> Timeline:
+        # records are built with tuple.__new__: the NamedTuple constructor adds a Python
+        # frame per record, and a run makes one record per command
+        new = tuple.__new__
+        kinds = {RECORD: "record", WAIT: "wait", NOOP: "noop"}
         kernels: list[KernelRecord] = []
         commands: list[CommandRecord] = []
         end = 0.0
         for d in self.devices:
+            di = d.index
             for e, start, stop, batches in d.kernel_log:
                 k = e.kernel
+                s = e.stream
                 kernels.append(
-                    KernelRecord(
-                        e.op,
-                        k.name,
-                        d.index,
-                        e.stream.id,
-                        e.stream.queue.id,
-                        e.issue,
-                        start,
-                        stop,
-                        k.grid,
-                        k.threads,
-                        batches,
+                    new(
+                        KernelRecord,
+                        (e.op, k.name, di, s.id, s.queue.id, e.issue, start, stop, k.grid,
+                         k.threads, batches),
                     )
-                )
-                end = max(end, stop)
+                )  # fmt: skip
+                if stop > end:
+                    end = stop
             for e, done in d.command_log:
-                kind = {RECORD: "record", WAIT: "wait", NOOP: "noop"}[e.kind]
                 ev = e.event.name if e.event is not None else None
-                commands.append(CommandRecord(kind, d.index, e.stream.id, e.issue, done, ev, e.op))
-                end = max(end, done)
-            d._account()
-        kernels.sort(key=lambda k: (k.start_us, k.device, k.stream, k.end_us))
-        host = [HostRecord(api, dev, s, e, op) for api, dev, s, e, op in self.host_log]
+                commands.append(
+                    new(CommandRecord, (kinds[e.kind], di, e.stream.id, e.issue, done, ev, e.op))
+                )
+                if done > end:
+                    end = done
+            d._account(self.env._now)
+        kernels.sort(key=_KERNEL_ORDER)
+        host = [new(HostRecord, h) for h in self.host_log]
         return Timeline(
             gpu_names=[d.gpu.name for d in self.devices],
             sm_counts=[d.gpu.sm_count for d in self.devices],
@@ -224,8 +239,12 @@ class Simulation:
             makespan_us=end,
             counters=[d.counters for d in self.devices],
             sm_transitions=[d.pool.transitions for d in self.devices],
-            events=self.scheduled,
+            events=self.env.scheduled,
         )
+
+
+# kernels listed by start, then device, stream and end (KernelRecord field positions)
+_KERNEL_ORDER = itemgetter(6, 2, 3, 7)
 
 
 def simulate(

@@ -43,8 +43,10 @@ class SMPool:
     def __init__(self, gpu: GPUSpec) -> None:
         self.cap = (gpu.max_warps_per_sm, gpu.regs_per_sm, gpu.smem_per_sm, gpu.max_blocks_per_sm)
         self.n = gpu.sm_count
-        self.groups: list[Group] = [Group(list(range(self.n)), (), *self.cap)]
+        self.all_sms = list(range(self.n))  # never mutated: groups get new lists
+        self.groups: list[Group] = [Group(self.all_sms, (), *self.cap)]
         self.busy = 0  # SMs with at least one resident block
+        self.batches = 0  # batches resident
         # (time, +1 busy / -1 idle, SM indices): per-SM busy time is derived from it lazily
         self.transitions: list[tuple[float, int, list[int]]] = []
 
@@ -56,11 +58,13 @@ class SMPool:
         any. Returns the blocks placed and where: [(SM indices, blocks each)]."""
         w, r, s = need.warps, need.regs, need.smem
         groups = self.groups
+        self.batches += 1
         if len(groups) == 1:  # every SM alike: the common case, without the general loop
             g = groups[0]
             c = min(g.fb, g.fw // w, g.fr // r, g.fs // s if s else g.fb)
             m = len(g.sms)
             if c == 0:
+                self.batches -= 1
                 return 0, []
             if n >= c * m:
                 self._add(g, uid, c, w, r, s, now)
@@ -94,6 +98,7 @@ class SMPool:
             caps.append(c)
             total += c * len(g.sms)
         if total == 0:
+            self.batches -= 1
             return 0, []
         where: list[tuple[list[int], int]] = []
         if n >= total:
@@ -150,6 +155,14 @@ class SMPool:
 
     def release(self, uid: int, need: Need, now: float) -> None:
         """Free every block of batch ``uid``; merge groups that became identical."""
+        self.batches -= 1
+        if not self.batches:  # the pool is empty again: back to one group, in SM order
+            for g in self.groups:
+                if g.res:
+                    self.transitions.append((now, -1, g.sms))
+            self.groups = [Group(self.all_sms, (), *self.cap)]
+            self.busy = 0
+            return
         w, r, s = need.warps, need.regs, need.smem
         touched = False
         for g in self.groups:
