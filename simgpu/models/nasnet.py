@@ -58,8 +58,8 @@ def _separable_branch(b: GraphBuilder, x: str, cout: int, kernel: int, stride: i
     h = b.relu(x, name="relu")
     for i, s in ((1, stride), (2, 1)):
         c = b.shape(h)[1]
-        h = b.conv(h, c, kernel, s, pad, groups=c, act=None, folded_bn=False,
-                   name=f"separable_{i}.depthwise")  # fmt: skip
+        dw = f"separable_{i}.depthwise"
+        h = b.conv(h, c, kernel, s, pad, groups=c, act=None, folded_bn=False, name=dw)
         h = b.conv(h, cout, 1, act="relu" if i == 1 else None, name=f"separable_{i}.pointwise")
     return h
 
