@@ -145,6 +145,7 @@ class Grid:
 
         if not self.models:
             raise SweepError("the grid has no model (give --model NAME or 'all')")
+        self._check_names()
         models = _expand(self.models, model_names)
         scheds = _expand(
             self.schedulers or ["all"],
@@ -179,6 +180,25 @@ class Grid:
                     gpu, machine = (hw, "") if kind == "gpu" else ("", hw)
                     out.append(Combo(model, batch, size, dtype, gpu, machine, sched, opts))
         return _dedupe(out)
+
+    def _check_names(self) -> None:
+        """Names become CSV cells of one line each: no control characters, no blanks."""
+        named = [("model", self.models), ("dtype", self.dtypes), ("gpu", self.gpus)]
+        named += [("machine", self.machines), ("scheduler", self.schedulers)]
+        for sched, opts in self.options.items():
+            named.append(("scheduler", [sched]))
+            for key, values in opts.items():
+                named += [(f"option {sched}", [key]), (f"option {sched}.{key}", values)]
+        for what, names in named:
+            for n in names:
+                if not isinstance(n, str) or not n.strip() or not n.isprintable():
+                    raise SweepError(f"bad {what} name {n!r} in the grid")
+                if what.startswith("option") and (";" in n or "=" in n):
+                    raise SweepError(f"bad {what} {n!r} in the grid: ';' and '=' are separators")
+        for what, nums in (("batch size", self.batches), ("image size", self.image_sizes)):
+            for v in nums:
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                    raise SweepError(f"bad {what} {v!r} in the grid: expected a positive integer")
 
 
 def _dedupe(items: Iterable[Any]) -> list[Any]:
@@ -378,6 +398,10 @@ def _measure(combo: Combo) -> dict[str, str]:
     }
     try:
         bound = _lower_bound_ms(graph, machine)
+        run_graph = getattr(res.schedule, "graph", None)
+        if bound is not None and run_graph is not None and run_graph is not graph:
+            # a schedule that rewrites the graph (merged ops) is bounded by the better of both
+            bound = min(bound, _lower_bound_ms(run_graph, machine) or bound)
     except SimGPUError as e:  # the schedule is fine; say why its bound is missing
         out["error"] = f"lower bound: {_one_line(e)}"
         bound = None
@@ -429,20 +453,22 @@ def read_results(path: str | Path) -> list[dict[str, str]]:
     """Rows of a results CSV. A partial last line (a sweep killed mid-write) is ignored."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as e:
         raise SweepError(f"cannot read results {p}: {e.strerror or e}") from None
+    try:
+        # Cut before decoding: a kill can split a multi-byte character too.
+        text = _complete_prefix(data).decode("utf-8")
     except UnicodeDecodeError:
-        raise SweepError(f"{p}: not a results CSV (not text)") from None
+        raise SweepError(f"{p}: not a results CSV (not UTF-8 text)") from None
     return _parse_results(text, str(p))
 
 
-def _complete_prefix(text: str) -> str:
-    return text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+def _complete_prefix(data: bytes) -> bytes:
+    return data[: data.rfind(b"\n") + 1]
 
 
 def _parse_results(text: str, source: str) -> list[dict[str, str]]:
-    text = _complete_prefix(text)
     if not text:
         return []
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -662,10 +688,10 @@ def _load_existing(path: Path) -> list[dict[str, str]]:
     rows = read_results(path)
     # Drop a partial last line now, so appended rows start on a line of their own.
     try:
-        text = path.read_text(encoding="utf-8")
-        if text and not text.endswith("\n"):
-            with path.open("r+", encoding="utf-8", newline="") as f:
-                f.truncate(len(_complete_prefix(text).encode("utf-8")))
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with path.open("r+b") as f:
+                f.truncate(len(_complete_prefix(data)))
     except OSError as e:
         raise SweepError(f"cannot repair {path}: {e.strerror or e}") from None
     return rows
@@ -754,6 +780,7 @@ def _run_dask(
                 )
                 client = Client(cluster)
             else:
+                _check_reachable(spec)
                 client = Client(spec, timeout="15s")
         except (OSError, TimeoutError, ValueError) as e:
             if cluster is not None:
@@ -777,6 +804,23 @@ def _run_dask(
             if cluster is not None:
                 cluster.close()
     return lost
+
+
+def _check_reachable(spec: str) -> None:
+    """Fail at once on a TCP address nobody listens on (Dask would retry until its timeout)."""
+    import socket
+
+    rest = spec.removeprefix("tcp://")
+    if "://" in rest:
+        return  # another transport: leave it to Dask
+    host, colon, port = rest.rpartition(":")
+    if not colon or not port.isdigit():
+        raise SweepError(f"--dask {spec!r}: expected HOST:PORT, tcp://HOST:PORT or local:N")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=10):
+            pass
+    except OSError as e:
+        raise SweepError(f"cannot connect to Dask scheduler {spec!r}: {e.strerror or e}") from None
 
 
 def _local_workers(spec: str) -> int:
