@@ -280,22 +280,33 @@ def plot_pareto(results: Sequence[Result], stats: Sequence[VariantStats], path: 
     fig.savefig(path, dpi=110)
 
 
-def plot_winner_gantt(winner: Result, path: Path) -> None:
-    """Re-simulate the winning combination (and sequential) and stack their Gantt charts."""
+def resimulate(result: Result, scheduler: str | None = None) -> Any:
+    """Run a row's combination again (or ``scheduler`` on its configuration): a RunResult.
+
+    The simulator is deterministic, so its latency is the row's, bit for bit."""
     from schedulers.base import run_scheduler
-    from simgpu.gantt import plot_gantt, plot_gantt_compare
     from simgpu.models import build_model
     from simgpu.sweep import machine_for
 
-    c = winner.combo
+    c = result.combo
     graph = build_model(c.model, c.batch, c.image_size, c.dtype)
     machine = machine_for(c.gpu, c.machine)
-    res = run_scheduler(c.scheduler, graph, machine, dict(c.options))
+    if scheduler is not None:
+        return run_scheduler(scheduler, graph, machine)
+    return run_scheduler(c.scheduler, graph, machine, dict(c.options))
+
+
+def plot_winner_gantt(winner: Result, path: Path) -> None:
+    """Re-simulate the winning combination (and sequential) and stack their Gantt charts."""
+    from simgpu.gantt import plot_gantt, plot_gantt_compare
+
+    c = winner.combo
+    res = resimulate(winner)
     title = f"{c.model} b{c.batch} on {winner.hardware}"
     if winner.variant == "sequential":
         plot_gantt(res.timeline, path, title=f"{title}: sequential")
         return
-    seq = run_scheduler("sequential", graph, machine)
+    seq = resimulate(winner, "sequential")
     plot_gantt_compare(
         {f"{title}: sequential": seq.timeline, f"{title}: {winner.variant}": res.timeline}, path
     )
@@ -555,6 +566,7 @@ __all__ = [
     "load_results",
     "make_report",
     "pareto_front",
+    "resimulate",
     "variant_stats",
     "winners",
 ]
