@@ -13,7 +13,7 @@ import dataclasses
 import importlib
 import pkgutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -154,6 +154,9 @@ class Profiler:
     cache: dict[tuple, float] = field(default_factory=dict)
     gpu_search_us: float = 0.0
     sim_wall_s: float = 0.0
+    _stage_ops: dict[int, tuple[OpGraph, dict[str, tuple]]] = field(
+        default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         self.kernels = KernelCache(self.machine.gpu)
@@ -186,6 +189,80 @@ class Profiler:
         t0 = time.perf_counter()
         lat = simulate(program, self.machine).makespan_us
         self.sim_wall_s += time.perf_counter() - t0
+        self.cache[key] = lat
+        self.gpu_search_us += (self.warmup + self.repeat) * lat
+        return lat
+
+    def op_latency_us(self, graph: OpGraph, op_name: str) -> float:
+        """Latency in microseconds of one op run alone (eager, one stream): what a
+        per-op profile gives list schedulers such as LIOS and HEFT. Memoised by the op's
+        kernel signature, so ops of equal shape cost one measurement; counted in
+        ``calls``/``distinct``/``gpu_search_s`` like :meth:`measure`."""
+        from simgpu.kernels import signature
+
+        if op_name not in graph:
+            raise SchedulerError(f"profiler: op '{op_name}' is not in graph '{graph.name}'")
+        self.calls += 1
+        key = ("op", signature(graph, op_name))
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        ks = self.kernels.lower(graph, op_name)
+        cmds = [Launch(op_name, k, 0) for k in ks] or [Launch(op_name, None, 0)]
+        t0 = time.perf_counter()
+        lat = simulate(StreamProgram(cmds, name=f"op:{op_name}"), self.machine).makespan_us
+        self.sim_wall_s += time.perf_counter() - t0
+        self.cache[key] = lat
+        self.gpu_search_us += (self.warmup + self.repeat) * lat
+        return lat
+
+    def measure_stage(self, graph: OpGraph, groups: Sequence[Sequence[str]]) -> float:
+        """Latency in microseconds of one stage measured as IOS measures it: group i's
+        ops in order on stream i, then a synchronize; from the first API call until the
+        synchronize returns (so a chain of stages costs the sum of its stages).
+
+        Built straight from kernels (no subgraph, no lowering) and memoised by kernel
+        content, not op names: stages of equal shapes (repeated blocks) cost one
+        simulation. Counted in ``calls``/``distinct``/``gpu_search_s`` like :meth:`measure`.
+        """
+        from simgpu.program import Synchronize
+
+        self.calls += 1
+        memo = self._stage_ops.get(id(graph))
+        if memo is None or memo[0] is not graph:  # the graph is kept, so its id stays its own
+            memo = self._stage_ops[id(graph)] = (graph, {})
+        per_op = memo[1]
+        entries = []
+        for gi, group in enumerate(groups):
+            for op in group:
+                hit = per_op.get(op)
+                if hit is None:
+                    if op not in graph:
+                        raise SchedulerError(
+                            f"profiler: op '{op}' is not in graph '{graph.name}'"
+                        )
+                    ks = self.kernels.lower(graph, op)
+                    content = tuple(
+                        (k.name, k.grid, k.threads, k.regs, k.smem, k.block_bytes, k.block_us)
+                        for k in ks
+                    )
+                    hit = per_op[op] = (ks, content)
+                entries.append((gi, op, hit))
+        key = ("stage", *((gi, hit[1]) for gi, _, hit in entries))
+        lat = self.cache.get(key)
+        if lat is not None:
+            return lat
+        cmds: list = []
+        for gi, op, (ks, _) in entries:
+            if ks:
+                cmds.extend(Launch(op, k, gi) for k in ks)
+            else:
+                cmds.append(Launch(op, None, gi))
+        cmds.append(Synchronize(0))
+        t0 = time.perf_counter()
+        tl = simulate(StreamProgram(cmds, name="stage"), self.machine)
+        self.sim_wall_s += time.perf_counter() - t0
+        lat = max(tl.makespan_us, max((h.end_us for h in tl.host), default=0.0))
         self.cache[key] = lat
         self.gpu_search_us += (self.warmup + self.repeat) * lat
         return lat

@@ -51,14 +51,70 @@ def _model(args: argparse.Namespace):
 
 
 def _graph_arg(spec: str, args: argparse.Namespace):
-    """A graph from a file (simgpu JSON) or, for convenience, a built-in model name."""
+    """A graph from a file (simgpu graph JSON, IOS JSON or ONNX, told apart by content)
+    or, for convenience, a built-in model name."""
+    return _graph_file_or_model(spec, args)[0]
+
+
+def _file_format(path: Path) -> str:
+    """The file's format, "json" or "onnx", by content: JSON starts with a brace or bracket, an ONNX
+    ModelProto with field 1 (ir_version, a varint: byte 0x08); the extension decides
+    what an unreadable file is reported as."""
+    from simgpu.errors import FormatError
+
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":
+        return "onnx"
+    if path.suffix.lower() == ".json":
+        return "json"  # reported with the JSON parser's line and column
+    raise FormatError(
+        f"{path}: unrecognised file (not a simgpu graph JSON, an IOS graph JSON or an ONNX model)"
+    )
+
+
+def _graph_file_or_model(spec: str, args: argparse.Namespace):
+    """(graph, the stages an IOS file carries or None, format) for a file or model name.
+
+    ``--batch``/``--dtype`` (None when not given) rebuild IOS and ONNX graphs; a simgpu
+    graph file has fixed shapes, so asking it for another batch or dtype is an error."""
     from simgpu.graph import OpGraph, read_json
     from simgpu.models import MODELS, build_model
 
-    if Path(spec).exists() or spec.endswith(".json"):
-        return OpGraph.from_json(read_json(spec), source=spec)
+    batch, dtype = getattr(args, "batch", None), getattr(args, "dtype", None)
+    path = Path(spec)
+    if path.exists() or path.suffix.lower() in (".json", ".onnx"):
+        if _file_format(path) == "onnx":
+            from simgpu.models.onnx import load_onnx
+
+            return load_onnx(path, batch=batch, dtype=dtype), None, "onnx"
+        data = read_json(path)
+        from simgpu.models.ios import is_ios, read_ios
+
+        if is_ios(data):
+            g, stages = read_ios(data, batch or 1, dtype or "fp32", source=spec)
+            return g, stages, "ios"
+        g = OpGraph.from_json(data, source=spec)
+        first = g.inputs[0].output_shape[0] if g.inputs else None
+        if batch is not None and batch != first:
+            raise SimGPUError(
+                f"{spec}: a simgpu graph file has fixed shapes (batch {first}); "
+                f"--batch {batch} applies to models, IOS and ONNX files"
+            )
+        if dtype is not None and any(op.dtype != dtype for op in g):
+            raise SimGPUError(
+                f"{spec}: a simgpu graph file has fixed dtypes; --dtype {dtype} differs"
+            )
+        return g, None, "opgraph"
     if spec in MODELS:
-        return build_model(spec, batch=args.batch, dtype=args.dtype)
+        return build_model(spec, batch=batch or 1, dtype=dtype or "fp32"), None, "model"
     raise SimGPUError(f"{spec}: no such file, and not a built-in model")
 
 
@@ -227,18 +283,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from simgpu.schedule import schedule_from_json
     from simgpu.sim.engine import simulate
 
-    graph = _graph_arg(args.graph, args)
-    machine = _machine(args)
     if args.schedule and args.scheduler:
         raise SimGPUError("give --schedule FILE or --scheduler NAME, not both")
+    options = parse_options(args.option or [])
+    graph, file_stages, fmt = _graph_file_or_model(args.graph, args)
+    # what makes the schedule: a schedule file, the IOS file's own stages (unless a
+    # scheduler is named), or a scheduler (default sequential)
+    if args.schedule:
+        runs, source = None, args.schedule
+    elif file_stages is not None and not args.scheduler:
+        runs, source = None, "ios-stages"
+    else:
+        runs = source = args.scheduler or "sequential"
+    for sched in options:
+        if sched != runs:
+            why = f"the schedule comes from {source}" if runs is None else f"{runs} is run"
+            raise SimGPUError(
+                f"option given for scheduler '{sched}', which is not being run ({why})"
+            )
+    machine = _machine(args)
     if args.schedule:
         schedule = schedule_from_json(read_json(args.schedule), source=args.schedule)
-        source = args.schedule
+    elif runs is None:
+        schedule = file_stages
     else:
-        name = args.scheduler or "sequential"
-        opts = parse_options(args.option or []).get(name)
-        schedule = make_scheduler(name, opts).schedule(graph, Profiler(machine))
-        source = name
+        schedule = make_scheduler(runs, options.get(runs)).schedule(graph, Profiler(machine))
     program = lower(schedule, graph, machine.gpu, name=source)
     validate_program(program, schedule.graph or graph)
     tl = simulate(program, machine)
@@ -261,9 +330,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "streams": len(program.streams),
         "syncs": program.syncs,
         "ops": len(schedule.graph or graph),
+        "format": fmt,
+        "batch": graph.inputs[0].output_shape[0] if graph.inputs else None,
         "sm_utilisation": tl.mean_sm_utilisation(),
         "kernel_time_ms": tl.kernel_time_us() / 1e3,
     }
+    if fmt == "ios":
+        from simgpu.models.ios import ios_nodes
+
+        out["ios_nodes"] = len(ios_nodes(graph))
     if args.json:
         print(json.dumps(out, indent=1))
     else:
@@ -492,16 +567,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--schedule-out", help="write the fastest schedule as JSON")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("simulate", help="simulate a graph file with a schedule file or a scheduler")
-    s.add_argument("graph", help="simgpu graph JSON (or a built-in model name)")
+    s = sub.add_parser(
+        "simulate", help="simulate a graph file (simgpu, IOS or ONNX) with a schedule or scheduler"
+    )
+    s.add_argument(
+        "graph",
+        help="simgpu graph JSON, IOS graph JSON or ONNX model (format told by content), "
+        "or a built-in model name",
+    )
     s.add_argument("--schedule", help="schedule JSON (from `run --schedule-out`)")
     s.add_argument(
-        "--scheduler", help="compute the schedule with this scheduler (default sequential)"
+        "--scheduler",
+        help="compute the schedule with this scheduler (default: an IOS file's own stages, "
+        "else sequential)",
     )
     s.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE")
     s.add_argument("--gpu", default="v100")
-    s.add_argument("--batch", type=_positive, default=1)
-    s.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    s.add_argument(
+        "--batch",
+        type=_positive,
+        default=None,
+        help="batch size for models, IOS files (default 1) and ONNX files (default: the model's)",
+    )
+    s.add_argument(
+        "--dtype",
+        default=None,
+        choices=["fp32", "fp16", "bf16"],
+        help="element type for models and IOS files (default fp32); overrides an ONNX model's",
+    )
     s.add_argument("--json", action="store_true")
     s.add_argument("--trace")
     s.add_argument("--gantt")

@@ -1,0 +1,132 @@
+"""Lower bounds on the simulated latency of *any* schedule of a graph on one GPU.
+
+Not a scheduler (``discover`` skips this module): ``simgpu run`` reports each
+schedule's gap to the best bound, and the property tests check every scheduler
+against them. Each bound follows from what the simulator guarantees, for either
+launch mode (eager or one CUDA Graph), so it holds whichever mode a schedule uses:
+
+* no kernel starts before the host's first call reached the GPU: in eager mode its
+  launch call (``launch_api_us + framework_dispatch_us``), in graph mode the graph
+  launch (``graph_launch_api_us``), then ``launch_latency_us``, then the per-kernel
+  start-up (``kernel_gap_us`` eager, ``graph_node_us`` in a graph);
+* a kernel starts no earlier than that start-up after whatever it depends on ended
+  (stream order, an event or a synchronize), and event latency only adds to it;
+* a block never runs faster than its ``block_us`` (DRAM sharing only slows blocks
+  down), and an SM holds at most ``occupancy.blocks`` blocks of one kernel — so a
+  kernel takes at least ``waves x block_us`` (:func:`standalone_time_us`);
+* at any instant the resident blocks of all kernels fit the SMs' warps, registers,
+  shared memory and block slots, and together draw at most the DRAM bandwidth the
+  simulator shares out (``dram_gbps x dram_efficiency``).
+
+Merged ops (IOS conv merge) change the graph, so a bound is for the graph run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from simgpu.graph import OpGraph
+from simgpu.hardware import GPUSpec
+from simgpu.kernels import Kernel, KernelCache, standalone_time_us
+
+
+def _modes(gpu: GPUSpec) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(host cost before the first kernel is visible, per-kernel start-up) for eager
+    launches and for one CUDA Graph launch."""
+    eager = (gpu.launch_api_us + gpu.framework_dispatch_us, gpu.kernel_gap_us)
+    graph = (gpu.graph_launch_api_us, gpu.graph_node_us)
+    return eager, graph
+
+
+def first_start_us(gpu: GPUSpec) -> float:
+    """Earliest time any kernel can start, counted from the host's first API call."""
+    return gpu.launch_latency_us + min(host + gap for host, gap in _modes(gpu))
+
+
+def _kernels(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None) -> dict[str, list[Kernel]]:
+    c = cache if cache is not None and cache.gpu is gpu else KernelCache(gpu)
+    return {name: c.lower(graph, name) for name in graph.ops}
+
+
+def critical_path_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> float:
+    """Longest dependency path, each kernel on it at its standalone time plus its
+    start-up, after the launch cost of the first; the cheaper launch mode decides.
+    Ops without kernels (views) cost nothing on the path."""
+    ks = _kernels(graph, gpu, cache)
+    times = {n: [standalone_time_us(k, gpu) for k in kernels] for n, kernels in ks.items()}
+    if not any(times.values()):
+        return 0.0
+    best = math.inf
+    for host, gap in _modes(gpu):
+        finish: dict[str, float] = {}
+        for n in graph.topo_order:
+            own = math.fsum(t + gap for t in times[n])
+            finish[n] = own + max((finish[u] for u in graph.predecessors(n)), default=0.0)
+        best = min(best, gpu.launch_latency_us + host + max(finish.values()))
+    return best
+
+
+@dataclass(frozen=True)
+class WorkBreakdown:
+    """Busy time the GPU needs at full capacity, per resource, in microseconds."""
+
+    warps: float
+    registers: float
+    shared_memory: float
+    block_slots: float
+    dram: float
+
+    @property
+    def binding(self) -> tuple[str, float]:
+        items = [
+            ("warps", self.warps),
+            ("registers", self.registers),
+            ("shared memory", self.shared_memory),
+            ("block slots", self.block_slots),
+            ("DRAM", self.dram),
+        ]
+        return max(items, key=lambda kv: kv[1])
+
+
+def work_breakdown(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> WorkBreakdown:
+    """Resource-time each SM resource and DRAM must supply, divided by its capacity.
+
+    A block holds its warps, registers, shared memory and one block slot for at least
+    ``block_us``; all SMs together offer ``sm_count x`` the per-SM capacity of each, so
+    no schedule finishes the blocks sooner than sum(grid x block_us x use) / capacity,
+    for every resource separately (blocks of different kernels may be limited by
+    different resources, so the resources are not added). DRAM likewise: every byte
+    a block moves passes through at most the shared bandwidth.
+    """
+    warps = regs = smem = slots = 0.0
+    nbytes = 0.0
+    for kernels in _kernels(graph, gpu, cache).values():
+        for k in kernels:
+            o = k.occupancy
+            busy = k.grid * k.block_us
+            warps += busy * o.warps
+            regs += busy * o.regs_alloc
+            smem += busy * o.smem_alloc
+            slots += busy
+            nbytes += k.grid * k.block_bytes
+    n = gpu.sm_count
+    return WorkBreakdown(
+        warps / (gpu.max_warps_per_sm * n),
+        regs / (gpu.regs_per_sm * n),
+        smem / (gpu.smem_per_sm * n),
+        slots / (gpu.max_blocks_per_sm * n),
+        nbytes / (gpu.dram_bytes_per_us * gpu.dram_efficiency),
+    )
+
+
+def work_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> float:
+    """Launch cost before the first kernel plus the binding resource's busy time."""
+    w = work_breakdown(graph, gpu, cache)
+    busy = w.binding[1]
+    return first_start_us(gpu) + busy if busy > 0 else 0.0
+
+
+def lower_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> float:
+    """The best of the bounds: no schedule of ``graph`` on ``gpu`` can be faster."""
+    return max(critical_path_bound_us(graph, gpu, cache), work_bound_us(graph, gpu, cache))
