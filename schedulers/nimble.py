@@ -50,19 +50,16 @@ def transitive_closure(graph: OpGraph) -> list[tuple[str, str]]:
 
 def maximum_matching(edges: list[tuple[str, str]], ops: list[str]) -> dict[str, str]:
     """Maximum matching of the split graph (left copy u -> right copy v per edge), as
-    ``{u: v}``. Nodes and edges go in in a fixed order and Hopcroft-Karp walks them in
-    insertion order, so the same graph always gives the same matching."""
-    # Integer node ids: networkx keeps the two sides in sets, and a set of string tuples
-    # iterates in an order that changes with PYTHONHASHSEED (a different matching in
-    # every process); ints hash to themselves, so the order is fixed.
-    idx = {n: i for i, n in enumerate(ops)}
-    k = len(ops)
+    ``{u: v}``, by networkx's Hopcroft-Karp. Its walk follows set iteration order, so
+    the copies are integers (left ``i``, right ``n + i``): their hashes, hence the
+    matching, are the same in every process, whatever PYTHONHASHSEED."""
+    num = {op: i for i, op in enumerate(ops)}
+    n = len(ops)
     b = nx.Graph()
-    b.add_nodes_from(range(k), bipartite=0)
-    b.add_nodes_from(range(k, 2 * k), bipartite=1)
-    b.add_edges_from((idx[u], k + idx[v]) for u, v in edges)
-    m = nx.bipartite.hopcroft_karp_matching(b, top_nodes=range(k))
-    return {ops[u]: ops[v - k] for u, v in m.items() if u < k}
+    b.add_nodes_from(range(2 * n))
+    b.add_edges_from((num[u], n + num[v]) for u, v in edges)
+    m = nx.bipartite.hopcroft_karp_matching(b, top_nodes=range(n))
+    return {ops[u]: ops[v - n] for u, v in sorted(m.items()) if u < n}
 
 
 def chains(ops: list[str], succ: dict[str, str]) -> list[list[str]]:

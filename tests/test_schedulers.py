@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -436,6 +439,39 @@ def test_nimble_modes_and_matching_determinism() -> None:
     assert a.streams == b.streams
     edges = transitive_reduction(g)
     assert maximum_matching(edges, g.topo_order) == maximum_matching(edges, g.topo_order)
+
+
+MINE = ("greedy", "nimble", "nimble-eager", "lios", "heft", "wavefront")
+_HASH_SCRIPT = """
+import hashlib, json
+from schedulers.base import Profiler, make_scheduler
+from simgpu.hardware import Machine, preset
+from simgpu.models import build_model
+from simgpu.schedule import schedule_to_json
+g = build_model("randwire_small")
+for name in %r:
+    s = make_scheduler(name).schedule(g, Profiler(Machine.single(preset("v100"))))
+    print(name, hashlib.sha256(json.dumps(schedule_to_json(s)).encode()).hexdigest())
+"""
+
+
+def test_schedules_are_the_same_in_every_process() -> None:
+    """Nothing may depend on string hashing (set order): two PYTHONHASHSEEDs, one answer.
+    (networkx's Hopcroft-Karp walks a set of nodes; with string nodes it did differ.)"""
+    outs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        res = subprocess.run(
+            [sys.executable, "-c", _HASH_SCRIPT % (MINE,)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        outs.append(res.stdout)
+    assert outs[0] == outs[1]
+    assert len(outs[0].splitlines()) == len(MINE)
 
 
 # --- LIOS and HEFT ----------------------------------------------------------------------
