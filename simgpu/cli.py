@@ -57,9 +57,9 @@ def _graph_arg(spec: str, args: argparse.Namespace):
 
 
 def _file_format(path: Path) -> str:
-    """The file's format, "json" or "onnx", by content: JSON starts with a brace or bracket, an ONNX
-    ModelProto with field 1 (ir_version, a varint: byte 0x08); the extension decides
-    what an unreadable file is reported as."""
+    """The file's format, "json" or "onnx", by content: JSON starts with a brace or a
+    bracket, an ONNX ModelProto with field 1 (ir_version, a varint: byte 0x08); the
+    extension decides what an unreadable file is reported as."""
     from simgpu.errors import FormatError
 
     try:
@@ -363,29 +363,45 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "name": name,
                 "ops": len(g),
                 "macs": g.macs,
+                "flops": g.flops,
                 "params": g.params,
+                # one input: its shape; several (BERT's ids, segments, mask): each shape
                 "input": inp[0] if len(inp) == 1 else inp,
+                "inputs": [
+                    {"name": op.name, "shape": list(op.output_shape), "dtype": op.dtype}
+                    for op in g.inputs
+                ],
+                "batch": 1,
+                "image_size": info.default_image_size,
+                "dtype": g.inputs[0].dtype if g.inputs else None,
                 "description": info.description,
             }
         )
     if args.json:
         print(json.dumps(rows, indent=1))
-    else:
-        print(
-            _table(
+        return 0
+
+    def shapes(r: dict[str, Any]) -> str:
+        text = ["x".join(map(str, i["shape"])) for i in r["inputs"]]
+        if len(set(text)) == 1 and len(text) > 1:
+            return f"{len(text)} x {text[0]}"
+        return ", ".join(text)
+
+    print(
+        _table(
+            [
                 [
-                    [
-                        r["name"],
-                        str(r["ops"]),
-                        f"{r['macs'] / 1e9:.2f}",
-                        f"{r['params'] / 1e6:.2f}",
-                        "x".join(map(str, r["input"])),
-                    ]
-                    for r in rows
-                ],
-                ["model", "ops", "GMACs", "M params", "input"],
-            )
+                    r["name"],
+                    str(r["ops"]),
+                    f"{r['macs'] / 1e9:.2f}",
+                    f"{r['params'] / 1e6:.2f}",
+                    shapes(r),
+                ]
+                for r in rows
+            ],
+            ["model", "ops", "GMACs", "M params", "input"],
         )
+    )
     return 0
 
 

@@ -162,7 +162,7 @@ def _gemm(
     """An implicit-GEMM kernel: the largest tile that still fills one wave of SMs."""
     # PyTorch lets cuDNN convolutions use TF32 by default (torch.backends.cudnn.allow_tf32);
     # fp32 matmuls stay on CUDA cores (torch.backends.cuda.matmul.allow_tf32 is False)
-    tf32 = dtype == "fp32" and kind == "conv" and "tf32_tensor" in gpu.peak_tflops
+    tf32 = dtype == "fp32" and kind in ("conv", "deconv") and "tf32_tensor" in gpu.peak_tflops
     tensor = tf32 or (
         dtype in TENSOR_DTYPES and any(key.endswith("_tensor") for key in gpu.peak_tflops)
     )
@@ -359,6 +359,29 @@ def lower_op(graph: OpGraph, name: str, gpu: GPUSpec) -> list[Kernel]:
                 dt,
                 nbytes,
                 epilogue,
+                gpu,
+            )
+        ]
+    if op.kind == "conv_transpose":
+        # cuDNN's dgrad as a GEMM (input pixels x (Cout/g * kh * kw) x Cin/g) + col2im
+        n, c, h, w = ins[0]
+        kh, kw = (
+            (op.attrs["kernel"],) * 2 if isinstance(op.attrs["kernel"], int) else op.attrs["kernel"]
+        )
+        groups = int(op.attrs.get("groups", 1))
+        cout_g = op.output_shape[1] // groups
+        extra = st.flops - 2 * st.macs
+        return [
+            _gemm(
+                name,
+                "deconv",
+                groups,
+                n * h * w,
+                cout_g * kh * kw,
+                c // groups,
+                dt,
+                nbytes,
+                extra,
                 gpu,
             )
         ]

@@ -107,6 +107,45 @@ def _conv_count(op: Op, ins: list[Shape]) -> Counts:
     return Counts(macs, 2 * macs + epilogue, params)
 
 
+def _conv_transpose_infer(op: Op, ins: list[Shape]) -> Shape:
+    """Transposed conv (the gradient of a conv w.r.t. its input): each input pixel
+    scatters a kernel-sized patch; ``output_padding`` resolves the size ambiguity."""
+    x = ins[0]
+    _need_rank(op, x, 4)
+    n, c, h, w = x
+    a = op.attrs
+    kh, kw = _pair(a["kernel"])
+    sh, sw = _pair(a.get("stride", 1))
+    ph, pw = _pair(a.get("padding", 0))
+    oh, ow = _pair(a.get("output_padding", 0))
+    dh, dw = _pair(a.get("dilation", 1))
+    groups = int(a.get("groups", 1))
+    cout = int(a["out_channels"])
+    if min(kh, kw, sh, sw, dh, dw, groups, cout) <= 0 or min(ph, pw, oh, ow) < 0:
+        raise _fail(op, "kernel, stride, dilation, groups and out_channels must be positive")
+    if c % groups or cout % groups:
+        raise _fail(op, f"channels in {c} / out {cout} not divisible by groups {groups}")
+    if oh >= max(sh, dh) or ow >= max(sw, dw):
+        raise _fail(op, "output_padding must be smaller than stride or dilation")
+    ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oh + 1
+    wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + ow + 1
+    if ho <= 0 or wo <= 0:
+        raise _fail(op, f"padding {ph},{pw} leaves no output from input {h}x{w}")
+    return (n, cout, ho, wo)
+
+
+def _conv_transpose_count(op: Op, ins: list[Shape]) -> Counts:
+    n, c, h, w = ins[0]
+    cout = int(op.attrs["out_channels"])
+    kh, kw = _pair(op.attrs["kernel"])
+    groups = int(op.attrs.get("groups", 1))
+    per_in = (cout // groups) * kh * kw  # outputs each input element contributes to
+    macs = n * c * h * w * per_in
+    bias = bool(op.attrs.get("bias", False))
+    params = c * per_in + (cout if bias else 0)
+    return Counts(macs, 2 * macs + numel(op.output_shape) * int(bias), params)
+
+
 # --- linear / matmul ------------------------------------------------------------------
 
 
@@ -176,6 +215,29 @@ def _per_element(cost: int) -> Callable[[Op, list[Shape]], Counts]:
         return Counts(0, cost * numel(op.output_shape) * max(1, len(ins) - 1), 0)
 
     return count
+
+
+def _eltwise_infer(op: Op, ins: list[Shape]) -> Shape:
+    """One tensor input, optionally against a constant operand of ``const_shape``."""
+    const = tuple(int(d) for d in op.attrs.get("const_shape", ()))
+    if any(d <= 0 for d in const):
+        raise _fail(op, f"const_shape {list(const)} must be positive")
+    if int(op.attrs.get("cost", 1)) < 0:
+        raise _fail(op, "cost (FLOPs per element) must not be negative")
+    try:
+        return _broadcast(ins[0], const) if "const_shape" in op.attrs else ins[0]
+    except ValueError:
+        raise _fail(
+            op, f"constant {list(const)} does not broadcast with input {list(ins[0])}"
+        ) from None
+
+
+def _eltwise_count(op: Op, ins: list[Shape]) -> Counts:
+    """``cost`` FLOPs per output element; a constant operand (a bias, a scale) is
+    part of the model, so its elements count as parameters."""
+    const = op.attrs.get("const_shape")
+    params = numel(const) if const is not None else 0
+    return Counts(0, int(op.attrs.get("cost", 1)) * numel(op.output_shape), params)
 
 
 def _norm_count(cost: int) -> Callable[[Op, list[Shape]], Counts]:
@@ -308,6 +370,7 @@ def register_kind(kind: OpKind) -> OpKind:
 for _k in (
     OpKind("input", (0, 0), _input_infer, _zero, view=True),
     OpKind("conv", (1, 1), _conv_infer, _conv_count),
+    OpKind("conv_transpose", (1, 1), _conv_transpose_infer, _conv_transpose_count),
     OpKind("linear", (1, 1), _linear_infer, _linear_count),
     OpKind("matmul", (2, 2), _matmul_infer, _matmul_count),
     OpKind("embedding", (1, 1), _embedding_infer, _embedding_count),
@@ -323,6 +386,7 @@ for _k in (
     OpKind("gelu", (1, 1), _same_infer, _per_element(8)),
     OpKind("silu", (1, 1), _same_infer, _per_element(5)),
     OpKind("clip", (1, 1), _same_infer, _per_element(2)),
+    OpKind("eltwise", (1, 1), _eltwise_infer, _eltwise_count),
     OpKind("batchnorm", (1, 1), _same_infer, _norm_count(2)),
     OpKind("layernorm", (1, 1), _same_infer, _norm_count(8)),
     OpKind("softmax", (1, 1), _same_infer, _per_element(5)),

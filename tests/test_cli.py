@@ -19,7 +19,7 @@ from schedulers.base import scheduler_names
 from simgpu.cli import main
 from simgpu.graph import FORMAT, VERSION
 from simgpu.hardware import PRESETS
-from simgpu.models import MODELS
+from simgpu.models import MODELS, build_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RESULT_KEYS = {
@@ -275,11 +275,22 @@ def test_models(capsys: pytest.CaptureFixture[str]) -> None:
     data = run_json(capsys, "models", "--json")
     assert [m["name"] for m in data] == list(MODELS)
     for m in data:
-        assert {"name", "ops", "macs", "params", "input"} <= set(m)
+        assert {"name", "ops", "macs", "flops", "params", "input", "inputs"} <= set(m)
         assert m["ops"] > 0 and m["macs"] > 0 and m["params"] > 0
+        assert m["flops"] >= 2 * m["macs"]
+        g = build_model(m["name"])
+        assert (m["ops"], m["macs"], m["params"]) == (len(g), g.macs, g.params)
+        assert [i["shape"] for i in m["inputs"]] == [list(op.output_shape) for op in g.inputs]
+        assert [i["name"] for i in m["inputs"]] == [op.name for op in g.inputs]
+        assert m["input"] == (
+            m["inputs"][0]["shape"] if len(m["inputs"]) == 1 else [i["shape"] for i in m["inputs"]]
+        )
+        assert m["image_size"] == MODELS[m["name"]].default_image_size
     inc = next(m for m in data if m["name"] == "inception_v3")
-    assert inc["input"] == [1, 3, 299, 299]
-    assert "inception_v3" in run_ok(capsys, "models")
+    assert inc["input"] == [1, 3, 299, 299] and inc["image_size"] == 299
+    table = run_ok(capsys, "models")
+    assert "inception_v3" in table and "1x3x299x299" in table
+    assert "[" not in table  # several inputs read "3 x 1x128", not Python lists
 
 
 def test_schedulers(capsys: pytest.CaptureFixture[str]) -> None:
@@ -443,13 +454,75 @@ def test_option_for_a_scheduler_not_run(capsys: pytest.CaptureFixture[str]) -> N
     assert "sequential-graph" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cmd_simulate looks up options only for the scheduler it runs and silently "
-    "drops the rest (and all options when --schedule is given), unlike cmd_run",
+def test_simulate_option_for_a_scheduler_not_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = run_error(capsys, "simulate", "inception_v3", "--option", "ios.r=1")
+    assert "'ios'" in line and "not being run" in line
+    line = run_error(
+        capsys,
+        "simulate",
+        "inception_v3",
+        "--scheduler",
+        "sequential-graph",
+        "--option",
+        "sequential.graph_mode=1",
+    )
+    assert "'sequential'" in line
+    # with --schedule no scheduler runs, so every option is an error
+    g = _graph_file(tmp_path, SMALL_OPS)
+    s = _schedule_file(tmp_path, [["x", "a", "b", "c"]])
+    line = run_error(
+        capsys, "simulate", str(g), "--schedule", str(s), "--option", "sequential.graph_mode=1"
+    )
+    assert "'sequential'" in line and str(s) in line
+
+
+def test_simulate_option_reaches_the_scheduler(capsys: pytest.CaptureFixture[str]) -> None:
+    base = run_json(capsys, "simulate", "inception_v3", "--json")
+    opt = run_json(
+        capsys, "simulate", "inception_v3", "--option", "sequential.graph_mode=true", "--json"
+    )
+    assert opt["schedule"] == "sequential"
+    assert opt["latency_ms"] < base["latency_ms"]  # graph mode: no per-kernel launch cost
+
+
+def test_simulate_batch_and_dtype_of_a_model(capsys: pytest.CaptureFixture[str]) -> None:
+    one = run_json(capsys, "simulate", "inception_v3", "--json")
+    four = run_json(capsys, "simulate", "inception_v3", "--batch", "4", "--json")
+    half = run_json(capsys, "simulate", "inception_v3", "--batch", "4", "--dtype", "fp16", "--json")
+    assert (one["batch"], four["batch"], one["format"]) == (1, 4, "model")
+    assert four["latency_ms"] > one["latency_ms"] > 0
+    assert half["latency_ms"] < four["latency_ms"]
+
+
+def test_simulate_graph_file_has_fixed_batch_and_dtype(
+    exported: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = run_json(capsys, "simulate", str(exported), "--batch", "1", "--json")
+    assert out["format"] == "opgraph" and out["batch"] == 1
+    assert "--batch 2" in run_error(capsys, "simulate", str(exported), "--batch", "2")
+    assert "--dtype fp16" in run_error(capsys, "simulate", str(exported), "--dtype", "fp16")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x00\x01garbage\xff", b"hello world", b"\xef\xbb\xbf{}"],
+    ids=["empty", "binary", "text", "bom"],
 )
-def test_simulate_option_for_a_scheduler_not_run(capsys: pytest.CaptureFixture[str]) -> None:
-    run_error(capsys, "simulate", "inception_v3", "--option", "ios.r=1")
+@pytest.mark.parametrize("suffix", ["", ".json", ".bin"])
+def test_simulate_unreadable_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, suffix: str
+) -> None:
+    p = tmp_path / f"junk{suffix}"
+    p.write_bytes(content)
+    assert str(p) in run_error(capsys, "simulate", str(p))
+
+
+def test_simulate_directory_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "dir.json"
+    d.mkdir()
+    assert str(d) in run_error(capsys, "simulate", str(d))
 
 
 def test_missing_graph_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
