@@ -22,6 +22,8 @@ from simgpu.program import Launch, Record, StreamProgram, Synchronize, Wait
 from simgpu.sim.device import LAUNCH, NOOP, RECORD, WAIT, Device, Entry, EventSlot
 from simgpu.timeline import CommandRecord, HostRecord, KernelRecord, Timeline
 
+new_record = tuple.__new__  # NamedTuple records without a Python frame each
+
 
 class _Timer:
     """The cheapest object SimPy's loop accepts as an event: callbacks and an ok flag."""
@@ -59,7 +61,7 @@ class Simulation:
         self.env = _Environment()
         self.machine = machine
         self.devices = [Device(self, i, g, record_batches) for i, g in enumerate(machine.devices)]
-        self.host_log: list[tuple[str, int, float, float, str | None]] = []
+        self.host_log: list[HostRecord] = []
         self.host_blocked: int | None = None  # command index of a synchronize in progress
 
     # -- host thread ---------------------------------------------------------------------
@@ -74,12 +76,26 @@ class Simulation:
         avail_base = 0.0
         if graph:
             g0 = devices[0].gpu
-            log.append(("graph_launch", 0, t, t + g0.graph_launch_api_us, None))
+            log.append(
+                new_record(HostRecord, ("graph_launch", 0, t, t + g0.graph_launch_api_us, None))
+            )
             t += g0.graph_launch_api_us
             avail_base = t + g0.launch_latency_us
             for d in devices:
                 d.gap = d.gpu.graph_node_us
         n_dev = len(devices)
+        # per device: (launch, no-op dispatch, record, wait) host costs and launch latency
+        costs = [
+            (
+                d.gpu.launch_api_us + d.gpu.framework_dispatch_us,
+                d.gpu.framework_dispatch_us,
+                d.gpu.event_record_api_us,
+                d.gpu.event_wait_api_us,
+                d.gpu.launch_latency_us,
+            )
+            for d in devices
+        ]
+        now = env._now
         for i, c in enumerate(program.commands):
             ctype = type(c)
             d = c.device
@@ -94,23 +110,20 @@ class Simulation:
                 yield dev.wait_idle()
                 self.host_blocked = None
                 t = env.now + dev.gpu.sync_api_us
-                log.append(("synchronize", d, start, t, None))
+                log.append(new_record(HostRecord, ("synchronize", d, start, t, None)))
+                now = env._now
                 continue
-            gpu = dev.gpu
+            c_launch, c_noop, c_record, c_wait, latency = costs[d]
             stream = dev.streams.get(c.stream) or dev.stream(c.stream)
             if ctype is Launch:
                 k = c.kernel
                 if k is None:
-                    kind, cost, api = NOOP, gpu.framework_dispatch_us, "dispatch"
+                    kind, cost, api = NOOP, c_noop, "dispatch"
                 else:
-                    kind, cost, api = (
-                        LAUNCH,
-                        gpu.launch_api_us + gpu.framework_dispatch_us,
-                        "launch",
-                    )
+                    kind, cost, api = LAUNCH, c_launch, "launch"
                 op, slot = c.op, None
             elif ctype is Record:
-                kind, cost, api = RECORD, gpu.event_record_api_us, "event_record"
+                kind, cost, api = RECORD, c_record, "event_record"
                 k = op = None
                 slot = events.get((d, c.event))
                 if slot is None or slot.stream is not None:
@@ -120,7 +133,7 @@ class Simulation:
             elif ctype is Wait:
                 # binds to the latest record issued before it, or else to the next one; a
                 # record that never comes leaves the stream stuck and is reported as a deadlock
-                kind, cost, api = WAIT, gpu.event_wait_api_us, "stream_wait_event"
+                kind, cost, api = WAIT, c_wait, "stream_wait_event"
                 k = op = None
                 slot = events.get((d, c.event))
                 if slot is None:
@@ -128,14 +141,17 @@ class Simulation:
             else:
                 raise ProgramError(f"command {i}: unknown command {c!r}")
             if graph:
-                available = avail_base
-                issue = t
+                entry = Entry(kind, stream, avail_base, t, i, k, op, slot)
             else:
-                log.append((api, d, t, t + cost, op))
-                t += cost
-                issue = t
-                available = t + gpu.launch_latency_us
-            dev.enqueue(Entry(kind, stream, available, issue, i, k, op, slot))
+                end = t + cost
+                log.append(new_record(HostRecord, (api, d, t, end, op)))
+                t = end
+                entry = Entry(kind, stream, t + latency, t, i, k, op, slot)
+            dev.pending += 1  # enqueue (inline: once per command)
+            items = stream.queue.items
+            items.append(entry)
+            if len(items) == 1:
+                dev.advance(stream.queue, now)
         # the program ends with the host waiting for every device
         if t > env.now:
             yield env.timeout(t - env.now)
@@ -201,7 +217,7 @@ class Simulation:
     def _timeline(self) -> Timeline:
         # records are built with tuple.__new__: the NamedTuple constructor adds a Python
         # frame per record, and a run makes one record per command
-        new = tuple.__new__
+        new = new_record
         kinds = {RECORD: "record", WAIT: "wait", NOOP: "noop"}
         kernels: list[KernelRecord] = []
         commands: list[CommandRecord] = []
@@ -229,13 +245,12 @@ class Simulation:
                     end = done
             d._account(self.env._now)
         kernels.sort(key=_KERNEL_ORDER)
-        host = [new(HostRecord, h) for h in self.host_log]
         return Timeline(
             gpu_names=[d.gpu.name for d in self.devices],
             sm_counts=[d.gpu.sm_count for d in self.devices],
             kernels=kernels,
             commands=commands,
-            host=host,
+            host=self.host_log,
             makespan_us=end,
             counters=[d.counters for d in self.devices],
             sm_transitions=[d.pool.transitions for d in self.devices],

@@ -83,32 +83,38 @@ class SMPool:
                 where.append((g.sms, level - 1))
             self.groups = [head, g]
             return n, where
-        else:
-            groups.sort(key=_load_key)
+        groups.sort(key=_load_key)
         caps = []
         total = 0
         for g in groups:
             c = g.fb
-            if w and g.fw // w < c:
-                c = g.fw // w
-            if r and g.fr // r < c:
-                c = g.fr // r
-            if s and g.fs // s < c:
-                c = g.fs // s
+            x = g.fw // w
+            if x < c:
+                c = x
+            x = g.fr // r
+            if x < c:
+                c = x
+            if s:
+                x = g.fs // s
+                if x < c:
+                    c = x
             caps.append(c)
             total += c * len(g.sms)
         if total == 0:
             self.batches -= 1
             return 0, []
         where: list[tuple[list[int], int]] = []
+        add = self._add
         if n >= total:
             for g, c in zip(groups, caps, strict=True):
                 if c:
-                    self._add(g, uid, c, w, r, s, now)
+                    add(g, uid, c, w, r, s, now)
                     where.append((g.sms, c))
             return total, where
-        sizes = [len(g.sms) for g in groups]
+        # breadth-first: find the level at which the n-th block lands; groups before it
+        # in load order take one block more at that level
         level, below = 0, 0  # blocks placed by levels 1..level-1
+        sizes = [len(g.sms) for g in groups]
         while True:
             level += 1
             step = 0
@@ -120,25 +126,29 @@ class SMPool:
             below += step
         rem = n - below
         out: list[Group] = []
-        for g, c in zip(groups, caps, strict=True):
-            base = c if c < level else level - 1
-            extra = 0
-            if c >= level and rem:
-                extra = min(rem, len(g.sms))
-                rem -= extra
-            if extra and extra < len(g.sms):  # split: the first SMs take one block more
-                head = Group(g.sms[:extra], g.res, g.fw, g.fr, g.fs, g.fb)
-                g.sms = g.sms[extra:]
-                self._add(head, uid, base + 1, w, r, s, now)
-                where.append((head.sms, base + 1))
+        for g, c, m in zip(groups, caps, sizes, strict=True):
+            if c < level:
+                if c:
+                    add(g, uid, c, w, r, s, now)
+                    where.append((g.sms, c))
+            elif rem == 0:
+                if level > 1:
+                    add(g, uid, level - 1, w, r, s, now)
+                    where.append((g.sms, level - 1))
+            elif rem >= m:  # the whole group takes the extra block
+                rem -= m
+                add(g, uid, level, w, r, s, now)
+                where.append((g.sms, level))
+            else:  # split: the first SMs take one block more
+                head = Group(g.sms[:rem], g.res, g.fw, g.fr, g.fs, g.fb)
+                g.sms = g.sms[rem:]
+                rem = 0
+                add(head, uid, level, w, r, s, now)
+                where.append((head.sms, level))
                 out.append(head)
-                if base:
-                    self._add(g, uid, base, w, r, s, now)
-                    where.append((g.sms, base))
-            elif base + (1 if extra else 0):
-                k = base + (1 if extra else 0)
-                self._add(g, uid, k, w, r, s, now)
-                where.append((g.sms, k))
+                if level > 1:
+                    add(g, uid, level - 1, w, r, s, now)
+                    where.append((g.sms, level - 1))
             out.append(g)
         self.groups = out
         return n, where
@@ -164,29 +174,32 @@ class SMPool:
             self.busy = 0
             return
         w, r, s = need.warps, need.regs, need.smem
-        touched = False
-        for g in self.groups:
-            for i, (u, k) in enumerate(g.res):
-                if u == uid:
-                    g.res = g.res[:i] + g.res[i + 1 :]
+        groups = self.groups
+        touched = 0
+        for g in groups:
+            res = g.res
+            for i, e in enumerate(res):
+                if e[0] == uid:
+                    k = e[1]
+                    g.res = res = res[:i] + res[i + 1 :]
                     g.fw += k * w
                     g.fr += k * r
                     g.fs += k * s
                     g.fb += k
-                    touched = True
-                    if not g.res:
+                    touched += 1
+                    if not res:
                         self.busy -= len(g.sms)
                         self.transitions.append((now, -1, g.sms))
                     break
-        if touched and len(self.groups) > 1:
+        if touched and len(groups) > 1:
             merged: dict[tuple, Group] = {}
-            for g in self.groups:
+            for g in groups:
                 m = merged.get(g.res)
                 if m is None:
                     merged[g.res] = g
                 else:
                     m.sms = m.sms + g.sms
-            if len(merged) != len(self.groups):
+            if len(merged) != len(groups):
                 self.groups = list(merged.values())
 
 
