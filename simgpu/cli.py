@@ -509,6 +509,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         dask=args.dask,
         retry_failed=args.retry_failed,
+        timeout_s=args.timeout,
         progress=not args.quiet,
     )
     summary = {
@@ -652,7 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-o", "--out", required=True, help="results CSV (appended to, resumable)")
     w.add_argument("--workers", type=_positive, help="local processes (default: every core)")
     w.add_argument("--dask", metavar="ADDRESS|local:N", help="run on a Dask cluster")
-    w.add_argument("--retry-failed", action="store_true", help="rerun rows recorded as errors")
+    w.add_argument(
+        "--retry-failed", action="store_true", help="rerun rows recorded as errors or timeouts"
+    )
+    w.add_argument("--timeout", type=float, metavar="S", help="limit each combination to S seconds")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     w.add_argument("--json", action="store_true", help="print a JSON summary")
     w.set_defaults(func=cmd_sweep)

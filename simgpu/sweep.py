@@ -15,13 +15,16 @@ worker count or on completion order — only the wall-time columns differ betwee
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
 import itertools
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -337,21 +340,55 @@ def _option_value(v: Any, where: str) -> str:
 # --- one combination ------------------------------------------------------------------
 
 
-def run_combo(combo: Combo) -> dict[str, str]:
+class CombinationTimeout(BaseException):
+    """A combination ran past ``--timeout``. A BaseException, so that a scheduler's own
+    ``except Exception`` cannot swallow it."""
+
+
+def run_combo(combo: Combo, timeout_s: float | None = None) -> dict[str, str]:
     """Run one combination; never raises for a failure of the combination itself.
 
-    This is what the workers execute: a module-level function of a picklable argument.
+    This is what the workers execute: a module-level function of picklable arguments.
+    With ``timeout_s`` the row becomes ``status=timeout`` when the combination runs
+    longer (POSIX, main thread: an interval timer interrupts it).
     """
     t0 = time.perf_counter()
     row = dict(zip(KEY_COLUMNS, combo.key(), strict=True))
     try:
-        metrics = _measure(combo)
+        with _time_limit(timeout_s):
+            metrics = _measure(combo)
+    except CombinationTimeout:
+        row.update(status="timeout", error=f"timed out after {timeout_s:g} s")
     except Exception as e:  # any failure of one combination is data, not a crash
         row.update(status="error", error=_one_line(e))
     else:
         row.update(status="ok", **metrics)
     row["wall_s"] = _fmt(time.perf_counter() - t0)
     return {c: row.get(c, "") for c in COLUMNS}
+
+
+def timeout_supported() -> bool:
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    if not seconds:
+        yield
+        return
+    if not timeout_supported():
+        raise SweepError("a per-combination timeout needs a POSIX system and the main thread")
+
+    def expire(signum: int, frame: Any) -> None:
+        raise CombinationTimeout
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _one_line(e: BaseException) -> str:
@@ -622,6 +659,7 @@ def run_sweep(
     workers: int | None = None,
     dask: Any = None,
     retry_failed: bool = False,
+    timeout_s: float | None = None,
     progress: bool = True,
     progress_stream: TextIO | None = None,
 ) -> SweepResult:
@@ -629,18 +667,35 @@ def run_sweep(
 
     ``dask`` is None (local processes, ``workers`` of them; 1 runs in this process), a
     scheduler address, ``"local:N"`` for a LocalCluster of N workers started for the
-    run, or a ``distributed.Client``. ``retry_failed`` reruns rows recorded as errors.
+    run, or a ``distributed.Client``. ``retry_failed`` reruns rows recorded as errors
+    or timeouts. ``timeout_s`` limits each combination (local runs only).
     """
     t0 = time.perf_counter()
     combos = grid.combos() if isinstance(grid, Grid) else _dedupe(grid)
     path = Path(out)
     if path.is_dir():
         raise SweepError(f"{path} is a directory; give a CSV file name")
+    if path.suffix.lower() == ".parquet":
+        raise SweepError(f"{path}: give a .csv name; the Parquet copy is written beside it")
+    if timeout_s is not None:
+        if not timeout_s > 0:
+            raise SweepError(f"the timeout must be positive, not {timeout_s}")
+        if dask is not None:
+            raise SweepError("--timeout applies to local workers, not to --dask")
+        if not timeout_supported():
+            raise SweepError("--timeout needs a POSIX system (and the main thread)")
     existing = _load_existing(path)
     finished = {row_key(r) for r in existing if r["status"] == "ok" or not retry_failed}
     todo = [c for c in combos if c.key() not in finished]
 
     bar = Progress(len(todo), progress_stream, enabled=progress)
+    if progress and len(todo) < len(combos):
+        done = len(combos) - len(todo)
+        print(
+            f"sweep: {done} of {len(combos)} combinations already in {path}",
+            file=bar.stream,
+            flush=True,
+        )
     lost: list[str] = []
     try:
         with _Appender(path) as app:
@@ -654,9 +709,10 @@ def run_sweep(
                     lost = _run_dask(todo, dask, record)
                 elif (workers or default_workers()) <= 1 or len(todo) == 1:
                     for c in todo:
-                        record(run_combo(c))
+                        record(run_combo(c, timeout_s))
                 else:
-                    lost = _run_processes(todo, workers or default_workers(), record)
+                    n = workers or default_workers()
+                    lost = _run_processes(todo, n, record, timeout_s)
     finally:
         bar.close()
     if lost:
@@ -666,7 +722,10 @@ def run_sweep(
         )
     rows, kept = _finalise(path, combos)
     parquet = path.with_suffix(".parquet")
-    wrote_parquet = write_parquet(rows, parquet)
+    try:
+        wrote_parquet = write_parquet(rows, parquet)
+    except OSError as e:
+        raise SweepError(f"cannot write {parquet}: {_one_line(e)}") from None
     keys = {c.key() for c in combos}
     failed = sum(1 for r in rows if r["status"] != "ok" and row_key(r) in keys)
     return SweepResult(
@@ -736,18 +795,19 @@ def _finalise(path: Path, combos: Sequence[Combo]) -> tuple[list[dict[str, str]]
 
 
 def _run_processes(
-    todo: Sequence[Combo], workers: int, record: Callable[[dict[str, str]], None]
+    todo: Sequence[Combo],
+    workers: int,
+    record: Callable[[dict[str, str]], None],
+    timeout_s: float | None = None,
 ) -> list[str]:
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    # spawn: workers start clean (no inherited threads or state), on every OS alike.
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _mp_context()
     lost: list[str] = []
     ex = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx)
     try:
-        futures = {ex.submit(run_combo, c): c for c in todo}
+        futures = {ex.submit(run_combo, c, timeout_s): c for c in todo}
         for fut in as_completed(futures):
             try:
                 row = fut.result()
@@ -758,6 +818,22 @@ def _run_processes(
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
     return lost
+
+
+def _mp_context() -> Any:
+    """Workers must start clean (no inherited threads or state): fork is out. A fork
+    server that has imported simgpu and every scheduler once starts each worker in
+    milliseconds, where a spawned worker pays a second or more of imports."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    from schedulers.base import discover
+
+    mods = sorted({info.cls.__module__ for info in discover().values()})
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["simgpu.sweep", "simgpu.models", "schedulers.base", *mods])
+    return ctx
 
 
 def _run_dask(
@@ -843,6 +919,7 @@ __all__ = [
     "COLUMNS",
     "KEY_COLUMNS",
     "WALL_COLUMNS",
+    "CombinationTimeout",
     "Combo",
     "Grid",
     "Progress",

@@ -3,6 +3,7 @@ same results from 1 worker, N local processes and a real Dask LocalCluster."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -316,6 +317,51 @@ def test_failing_combinations_are_rows_not_crashes(tmp_path: Path, monkeypatch) 
             assert r["latency_ms"] == "" and "\n" not in r["error"]
 
 
+@dataclass
+class Stuck:
+    """A scheduler that never finishes, and swallows ordinary exceptions on the way."""
+
+    name: ClassVar[str] = "stuck"
+    multi_gpu: ClassVar[bool] = False
+
+    def schedule(self, graph, profiler):
+        while True:
+            with contextlib.suppress(Exception):
+                time.sleep(0.01)
+
+
+def test_timeout_stops_one_combination_not_the_sweep(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(REGISTRY, "stuck", SchedulerInfo("stuck", Stuck, "never ends", False))
+    grid = small_grid(batches=[1], gpus=["v100"], schedulers=["stuck", "sequential"])
+    t0 = time.perf_counter()
+    res = sweep(grid, tmp_path / "r.csv", workers=1, timeout_s=0.3)
+    assert time.perf_counter() - t0 < 10
+    stuck, seq = res.rows
+    assert (stuck["status"], stuck["error"]) == ("timeout", "timed out after 0.3 s")
+    assert 0.3 <= float(stuck["wall_s"]) < 5
+    assert seq["status"] == "ok" and res.failed == 1
+    # a timeout is done (skipped on resume) unless retried
+    assert sweep(grid, tmp_path / "r.csv", workers=1, timeout_s=0.3).ran == 0
+    again = sweep(grid, tmp_path / "r.csv", workers=1, timeout_s=0.2, retry_failed=True)
+    assert again.ran == 1 and again.rows[0]["error"] == "timed out after 0.2 s"
+
+
+def test_timeout_with_worker_processes(tmp_path: Path) -> None:
+    """Real workers: a generous limit changes nothing, a tiny one times every row out."""
+    grid = small_grid(batches=[1], gpus=["v100"])
+    ok = sweep(grid, tmp_path / "ok.csv", workers=2, timeout_s=60)
+    ref = sweep(grid, tmp_path / "ref.csv", workers=1)
+    assert without_wall_time(ok.rows) == without_wall_time(ref.rows)
+    tiny = sweep(grid, tmp_path / "tiny.csv", workers=2, timeout_s=1e-6)
+    assert {r["status"] for r in tiny.rows} == {"timeout"} and tiny.failed == 2
+
+
+def test_bad_timeouts(tmp_path: Path, capsys) -> None:
+    argv = ["sweep", "--model", "squeezenet1_1", "--quiet", "-o", str(tmp_path / "r.csv")]
+    assert "must be positive" in run_error(capsys, *argv, "--timeout", "0")
+    assert "not to --dask" in run_error(capsys, *argv, "--timeout", "5", "--dask", "local:1")
+
+
 def test_bad_option_is_a_failed_row(tmp_path: Path) -> None:
     grid = small_grid(batches=[1], gpus=["v100"], options={"sequential": {"nosuch": ["1"]}})
     rows = sweep(grid, tmp_path / "r.csv", workers=1).rows
@@ -499,6 +545,8 @@ def test_not_a_results_file(tmp_path: Path, capsys) -> None:
     assert out.read_text() == "a,b\n1,2\n"  # never overwritten
     line = run_error(capsys, "sweep", "--model", "squeezenet1_1", "-o", str(tmp_path), "--quiet")
     assert "is a directory" in line
+    line = run_error(capsys, "sweep", "--model", "m", "-o", str(tmp_path / "r.parquet"))
+    assert "give a .csv name" in line
 
 
 @settings(max_examples=60, deadline=None)
@@ -584,6 +632,7 @@ def test_cli_sweep_end_to_end(tmp_path: Path) -> None:
     argv[argv.index("--workers") + 1] = "1"
     p = subprocess.run(cmd + argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "ran 0, 2 already done" in p.stdout
+    assert f"sweep: 2 of 2 combinations already in {out}" in p.stderr
 
 
 def test_run_combo_is_deterministic() -> None:
