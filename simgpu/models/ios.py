@@ -24,7 +24,8 @@ Mapping, each choice so that the written file reads back as the same OpGraph:
   ``identity`` is the ``concat`` itself.
 
 The file's stages name IOS nodes; each node expands, in place, to its ops in order
-(term ops first), and the input op runs first in the first group.
+(term ops first); the input op runs first (in the first group when the first stage
+has only one, else in a stage of its own).
 """
 
 from __future__ import annotations
@@ -219,7 +220,10 @@ class _Reader:
     # -- one node -----------------------------------------------------------------------
 
     def _add(self, kind: str, inputs: list[str], name: str, **attrs: Any) -> str:
-        out = self.b.op(kind, inputs, name, **attrs)
+        try:
+            out = self.b.op(kind, inputs, name, **attrs)
+        except GraphError as e:
+            raise self.fail(str(e)) from None
         self.ops_of[self._node].append(out)
         return out
 
@@ -414,10 +418,12 @@ class _Reader:
             [[op for n in group for op in self.ops_of[n]] for group in stage]
             for stage in node_stages
         ]
-        if stages:
+        # the input (a view: no kernel) runs first: in the first group if the first
+        # stage has one group, else in a stage of its own (every group reads it)
+        if len(stages[:1]) == 1 and len(stages[0]) == 1:
             stages[0][0].insert(0, self.input_name)
         else:
-            stages = [[[self.input_name]]]
+            stages.insert(0, [[self.input_name]])
         sched = StageSchedule(stages, barrier="sync", meta={"source": "ios"})
         validate_schedule(sched, graph)
         return sched
@@ -463,7 +469,10 @@ class _Writer:
         if op.kind == "slice":
             return True
         owner = op.attrs.get(TERM)
-        return owner is not None and all(c == owner for c in self.g.successors(op.name))
+        return owner is not None and all(
+            c == owner or (self.g[c].attrs.get(TERM) == owner and self._folded(self.g[c]))
+            for c in self.g.successors(op.name)
+        )
 
     def _top(self, op: Op) -> str | None:
         if op.kind == "input" or op.kind == "slice":
@@ -620,6 +629,7 @@ class _Writer:
             "hint_name": self.input,
             "output_shape": list(self.g[self.input].output_shape[1:]),
         }
+        index = {n: i for i, n in enumerate(nodes)}
         blocks: list[dict[str, Any]] = []
         enter = placeholder
         done = {self.input}
@@ -630,15 +640,15 @@ class _Writer:
             for group in stage:
                 members += group
                 done.update(group)
+            # the exit is the block's last node (in graph order) and the only one
+            # that later blocks read
+            exit_name = max(members, key=index.__getitem__)
             live = [n for n in done if consumers[n] - done]
-            cut = (
-                len(live) == 1
-                and live[0] in members
-                and (len(producers[live[0]]) > 1 or len(consumers[live[0]]) > 1)
+            cut = live == [exit_name] and (
+                len(producers[exit_name]) > 1 or len(consumers[exit_name]) > 1
             )
             if not cut and k < len(stages) - 1:
                 continue
-            exit_name = live[0] if cut else members[-1]
             inside = set(members)
             block: dict[str, Any] = {
                 "enter_name": enter["name"],
