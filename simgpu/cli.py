@@ -180,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "gpu_search_s": r.gpu_search_s,
                 "sm_utilisation": r.timeline.mean_sm_utilisation(),
                 "lower_bound_ms": bound,
-                "bound_gap": r.latency_ms / bound - 1.0 if bound > 0 else float("nan"),
+                "bound_gap": r.latency_ms / bound - 1.0 if bound > 0 else None,
             }
         )
     best = min(results.values(), key=lambda r: (r.latency_ms, r.scheduler))
@@ -223,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"{r['schedule_s']:.3f}",
                 str(r["profiler_calls"]),
                 f"{r['gpu_search_s']:.2f}",
-                f"{100 * r['bound_gap']:.1f}%",
+                "-" if r["bound_gap"] is None else f"{100 * r['bound_gap']:.1f}%",
                 "",
             ]
         )

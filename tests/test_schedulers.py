@@ -132,12 +132,24 @@ def _run(name: str, graph: OpGraph, machine: Machine):
 
 
 @pytest.mark.parametrize("name", SINGLE_GPU)
-@settings(max_examples=20, **SETTINGS)
-@given(case=cases(max_ops=16))
+@settings(max_examples=30, **SETTINGS)
+@given(case=cases(max_ops=12))
 def test_every_scheduler_is_valid_bounded_and_deterministic(
     name: str, case: tuple[OpGraph, GPUSpec]
 ) -> None:
-    graph, gpu = case
+    _check_scheduler(name, *case)
+
+
+@pytest.mark.parametrize("name", ["greedy", "nimble", "nimble-eager", "lios", "heft", "wavefront"])
+@settings(max_examples=25, **SETTINGS)
+@given(case=cases(max_ops=40))
+def test_list_and_stream_schedulers_on_larger_graphs(
+    name: str, case: tuple[OpGraph, GPUSpec]
+) -> None:
+    _check_scheduler(name, *case)
+
+
+def _check_scheduler(name: str, graph: OpGraph, gpu: GPUSpec) -> None:
     machine = Machine.single(gpu)
     r = _run(name, graph, machine)
     if r is None:
