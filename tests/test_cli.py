@@ -519,6 +519,15 @@ def test_simulate_unreadable_files(
     assert str(p) in run_error(capsys, "simulate", str(p))
 
 
+def test_simulate_onnx_without_the_onnx_package(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    p = tmp_path / "m.onnx"
+    p.write_bytes(b"\x08\x07")
+    assert "pip install 'simgpu[onnx]'" in run_error(capsys, "simulate", str(p))
+
+
 def test_simulate_directory_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "dir.json"
     d.mkdir()

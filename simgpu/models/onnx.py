@@ -225,6 +225,10 @@ class _Importer:
         """ONNX's own shape inference at our input shapes, to cross-check ours."""
         m = self.onnx.ModelProto()
         m.CopyFrom(self.model)
+        # shapes the file declares are for its own batch: let ONNX infer them afresh
+        m.graph.ClearField("value_info")
+        for vi in m.graph.output:
+            vi.type.tensor_type.ClearField("shape")
         for vi in m.graph.input:
             op = self.ops.get(self.tensor_op.get(vi.name, ""))
             if op is None:
