@@ -204,35 +204,57 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
 
 
 def plot_speedups(results: Sequence[Result], path: Path) -> None:
-    """Grouped bars: speedup over sequential per configuration, one panel per GPU/machine."""
+    """Horizontal grouped bars: speedup over sequential per configuration (rows), one
+    panel per GPU/machine side by side; a log axis when speedups span a decade."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ok = [r for r in results if r.ok and r.get("speedup") is not None]
     hws = sorted({r.hardware for r in ok})
     variants = sorted({r.variant for r in ok})
     colors = _colors(variants)
     labels = _config_labels(ok)
-    n_cfg = max(len({r.config[:4] for r in ok if r.hardware == hw}) for hw in hws)
-    width_in = min(max(6.0, 0.35 * n_cfg * max(len(variants), 1) * 0.6 + 2.5), 30.0)
-    fig = Figure(figsize=(width_in, 3.2 * len(hws) + 0.8), layout="constrained")
-    axes = fig.subplots(len(hws), 1, squeeze=False)[:, 0]
-    bar_w = 0.8 / max(len(variants), 1)
+    cfgs = sorted({r.config[:4] for r in ok})  # the rows: model, batch, size, dtype
+    y_of = {c: i for i, c in enumerate(cfgs)}
+    label_of = {r.config[:4]: labels[r.config] for r in ok}
+    speeds = [r.get("speedup") for r in ok if r.get("speedup") > 0]
+    log = bool(speeds) and max(speeds) / min(speeds) > 10
+    height = min(max(3.0, 0.11 * len(cfgs) * len(variants) + 1.5), 60.0)
+    fig = Figure(figsize=(4.5 * len(hws) + 2.5, height), layout="constrained")
+    axes = fig.subplots(1, len(hws), squeeze=False, sharey=True)[0]
+    bar_h = 0.8 / max(len(variants), 1)
     for ax, hw in zip(axes, hws, strict=True):
         rows = [r for r in ok if r.hardware == hw]
-        cfgs = sorted({r.config for r in rows})
-        x_of = {c: i for i, c in enumerate(cfgs)}
         for j, v in enumerate(variants):
-            pts = [(x_of[r.config], r.get("speedup")) for r in rows if r.variant == v]
+            pts = [(y_of[r.config[:4]], r.get("speedup")) for r in rows if r.variant == v]
             if pts:
-                xs = [x + (j - (len(variants) - 1) / 2) * bar_w for x, _ in pts]
-                ax.bar(xs, [s for _, s in pts], bar_w, color=colors[v], label=v)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(cfgs)), [labels[c] for c in cfgs], rotation=30, ha="right")
-        ax.set_ylabel("speedup over sequential")
-        ax.set_title(hw, fontsize=10, loc="left")
-        ax.grid(axis="y", linewidth=0.4, alpha=0.5)
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=7, ncols=min(len(variants), 5), loc="outside upper center")
+                ys = [y + (j - (len(variants) - 1) / 2) * bar_h for y, _ in pts]
+                ax.barh(ys, [s for _, s in pts], bar_h, color=colors[v], label=v)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("speedup over sequential" + (" (log)" if log else ""))
+        ax.set_title(hw, fontsize=10)
+        ax.grid(axis="x", linewidth=0.4, alpha=0.5)
+    axes[0].set_yticks(range(len(cfgs)), [label_of[c] for c in cfgs])
+    axes[0].invert_yaxis()  # first configuration at the top
+    handles, names = [], []
+    for ax in axes:  # a variant may only have run on some of the GPUs
+        for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    fig.legend(
+        [handles[i] for i in order],
+        [names[i] for i in order],
+        fontsize=7,
+        ncols=min(len(variants), 6),
+        loc="outside upper center",
+    )
     fig.savefig(path, dpi=110)
 
 
@@ -379,7 +401,8 @@ def _tables(results: Sequence[Result], stats: Sequence[VariantStats]) -> list[Ta
                 ]
                 for s in stats
             ],
-            "Speedups are over `sequential` on the same model, batch, size, dtype and GPU. "
+            "Speedups are over `sequential` on the same model, batch, size, dtype and GPU; "
+            "a scheduler's averages cover the configurations it ran on (see failed). "
             "The bound gap is latency over the best lower bound, minus one.",
         )
     )
