@@ -128,6 +128,20 @@ TINY: dict[str, list[Op]] = {
             attrs={"kernel": 3, "padding": 1, "out_channels": 16},
         ),
     ],
+    "conv_transpose": [
+        _x(),
+        Op(
+            "t",
+            "conv_transpose",
+            ("x",),
+            (2, 4, 13, 13),
+            attrs={"kernel": 3, "stride": 2, "out_channels": 4, "groups": 2, "bias": True},
+        ),
+    ],
+    "eltwise": [
+        _x(),
+        Op("t", "eltwise", ("x",), X4, attrs={"fn": "div", "cost": 4, "const_shape": (8, 1, 1)}),
+    ],
     "linear": [_x((4, 32)), Op("t", "linear", ("x",), (4, 10), attrs={"out_features": 10})],
     "matmul": [_x((3, 4, 5)), _x((3, 5, 6), "y"), Op("t", "matmul", ("x", "y"), (3, 4, 6))],
     "pool": [

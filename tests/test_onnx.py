@@ -572,3 +572,12 @@ def test_conv_and_pool_shapes_agree_with_onnx(
     assert g["op"].output_shape == want
     if pool is None:
         assert g.macs == math.prod(want) * 4 * k * k
+
+
+def test_conv_transpose_output_padding_must_be_below_stride() -> None:
+    node = oh.make_node(
+        "ConvTranspose", ["x", "w"], ["y"], name="up", strides=[2, 2], output_padding=[2, 2]
+    )
+    m = model([node], [w("w", 8, 6, 3, 3)], {"x": [1, 8, 8, 8]}, {})
+    with pytest.raises(GraphError, match=r"ConvTranspose 'up' .*output_padding"):
+        load_onnx(m)
