@@ -1,0 +1,749 @@
+"""PyTorch profiler (Kineto) traces: import, and replay on the simulator.
+
+Import reads a Chrome trace (plain or gzipped JSON) into typed records: the GPU
+activities (kernels with their launch configuration, memcpys, memsets), the runtime
+calls that launched them (matched by correlation id), event records and stream waits
+(bound through the ``cuda_sync`` events that name the recording stream), host
+synchronisations, and the ``deviceProperties`` block.
+
+Replay turns the trace into a :class:`~simgpu.program.StreamProgram` and simulates it.
+Each kernel carries its recorded duration; the simulator decides when it *starts*, from
+the host's issue times, stream order, events and the SMs it must share — recorded start
+times are never used. The host side is replayed one of two ways:
+
+- ``host="recorded"``: every command is issued at its recorded host time. The engine
+  charges fixed per-API costs, so those are set to zero and each recorded gap between
+  two commands becomes a *host-gap* command pair on an extra, otherwise unused device:
+  a kernel lasting exactly the gap, then a synchronize on that device. The host is
+  blocked for the gap, as the real thread was busy for it. Gaps are measured from the
+  previous command (from a synchronize's recorded return), so a sync that returns
+  earlier or later in the simulation shifts everything after it, as it would for real.
+- ``host="median"``: no gaps; the GPU spec's host costs are the trace's medians
+  (:func:`calibrate.fit.fit_host_costs`) — what a simulation of a schedule would use.
+
+What would make the recorded mode exact without the extra device: an optional
+per-command host cost (or absolute issue time) on ``Launch``/``Record``/``Wait`` that
+``Simulation.host`` uses in place of the spec's per-API cost.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import statistics
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calibrate.errors import TraceError
+from simgpu.errors import LoweringError, SimGPUError
+from simgpu.hardware import GPUSpec, gpu_from_json
+from simgpu.kernels import Kernel, Occupancy, occupancy, waves
+from simgpu.program import Command, Launch, Record, StreamProgram, Synchronize, Wait
+from simgpu.timeline import Timeline
+
+GPU_CATEGORIES = {
+    "kernel": "kernel",
+    "gpu_memcpy": "memcpy",
+    "memcpy": "memcpy",
+    "gpu_memset": "memset",
+    "memset": "memset",
+}
+CALL_CATEGORIES = {"cuda_runtime", "runtime", "cuda_driver", "driver"}
+SYNC_CALLS = {
+    "cudaDeviceSynchronize": "device",
+    "cuCtxSynchronize": "device",
+    "cudaStreamSynchronize": "stream",
+    "cuStreamSynchronize": "stream",
+    "cudaEventSynchronize": "event",
+    "cuEventSynchronize": "event",
+}
+RECORD_CALLS = {"cudaEventRecord", "cudaEventRecordWithFlags", "cuEventRecord"}
+WAIT_CALLS = {"cudaStreamWaitEvent", "cuStreamWaitEvent"}
+NO_STREAM = {-1, 4294967295}
+
+
+# --- records --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuntimeCall:
+    """A CUDA runtime (or driver) API call on a host thread; times in microseconds."""
+
+    name: str
+    ts: float
+    dur: float
+    correlation: int
+    tid: int = 0
+
+    @property
+    def end(self) -> float:
+        return self.ts + self.dur
+
+
+@dataclass(frozen=True)
+class GpuActivity:
+    """A kernel, memcpy or memset as the GPU ran it."""
+
+    index: int  # position among the trace's activities, by recorded start
+    kind: str  # "kernel" | "memcpy" | "memset"
+    name: str
+    device: int
+    stream: int
+    ts: float
+    dur: float
+    correlation: int
+    grid: tuple[int, int, int] = (1, 1, 1)
+    block: tuple[int, int, int] = (1, 1, 1)
+    regs: int = 0
+    smem: int = 0
+    nbytes: int = 0
+
+    @property
+    def end(self) -> float:
+        return self.ts + self.dur
+
+    @property
+    def blocks(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def threads(self) -> int:
+        return math.prod(self.block)
+
+
+@dataclass(frozen=True)
+class EventRecordCall:
+    """cudaEventRecord; its stream is known only where a wait or sync names it."""
+
+    call: RuntimeCall
+    stream: int | None
+    device: int = 0
+
+
+@dataclass(frozen=True)
+class StreamWaitCall:
+    """cudaStreamWaitEvent: ``stream`` waits for the record whose call is ``record``."""
+
+    call: RuntimeCall
+    stream: int | None
+    record: int | None  # correlation id of the cudaEventRecord call
+    device: int = 0
+
+
+@dataclass(frozen=True)
+class SyncCall:
+    """A host synchronisation: ``kind`` is "device", "stream" or "event"."""
+
+    call: RuntimeCall
+    kind: str
+    stream: int | None
+    device: int = 0
+
+
+@dataclass
+class KinetoTrace:
+    source: str
+    device_properties: list[dict[str, Any]]
+    activities: list[GpuActivity]
+    calls: list[RuntimeCall]
+    launches: dict[int, RuntimeCall]  # correlation -> the call that launched it
+    records: list[EventRecordCall] = field(default_factory=list)
+    waits: list[StreamWaitCall] = field(default_factory=list)
+    syncs: list[SyncCall] = field(default_factory=list)
+
+    @property
+    def devices(self) -> list[int]:
+        return sorted({a.device for a in self.activities})
+
+    @property
+    def streams(self) -> list[tuple[int, int]]:
+        return sorted({(a.device, a.stream) for a in self.activities})
+
+    def count(self, kind: str) -> int:
+        return sum(1 for a in self.activities if a.kind == kind)
+
+    def props(self, device: int = 0) -> dict[str, Any] | None:
+        for p in self.device_properties:
+            if int(p.get("id", -1)) == device:
+                return p
+        return None
+
+    def launcher(self, a: GpuActivity) -> RuntimeCall | None:
+        return self.launches.get(a.correlation)
+
+    @property
+    def orphans(self) -> list[GpuActivity]:
+        """Activities whose launching call is not in the trace (launched before it began)."""
+        return [a for a in self.activities if a.correlation not in self.launches]
+
+    def span_us(self) -> float:
+        """Recorded GPU span: first activity start to last activity end."""
+        return max(a.end for a in self.activities) - min(a.ts for a in self.activities)
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def read_trace_json(path: str | Path) -> Any:
+    """The JSON of a trace file, gzipped or not; every failure is one TraceError line."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise TraceError(f"{p}: no such file") from None
+    except OSError as e:
+        raise TraceError(f"{p}: cannot read ({e.strerror or e})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except EOFError:
+            raise TraceError(
+                f"{p}: truncated gzip file (the compressed stream ends early)"
+            ) from None
+        except (OSError, zlib.error) as e:
+            raise TraceError(f"{p}: corrupt gzip data ({e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{p}: not UTF-8 text at byte {e.start} (not a JSON trace)") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TraceError(
+            f"{p}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
+
+
+def load_trace(path: str | Path) -> KinetoTrace:
+    return parse_trace(read_trace_json(path), source=str(path))
+
+
+def _num(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise ValueError(f"{what} is {v!r}")
+    x = float(v)
+    if not math.isfinite(x):
+        raise ValueError(f"{what} is {v!r}")
+    return x
+
+
+def _int(v: Any, what: str) -> int:
+    x = _num(v, what)
+    if not x.is_integer():
+        raise ValueError(f"{what} is {v!r}, not an integer")
+    return int(x)
+
+
+def _dim3(v: Any, what: str) -> tuple[int, int, int]:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        v = [v, 1, 1]
+    if not isinstance(v, list | tuple) or not 1 <= len(v) <= 3:
+        raise ValueError(f"{what} is {v!r}, not [x, y, z]")
+    dims = [_int(x, what) for x in v] + [1] * (3 - len(v))
+    if any(d < 1 for d in dims):
+        raise ValueError(f"{what} is {v!r}: dimensions must be positive")
+    return (dims[0], dims[1], dims[2])
+
+
+def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
+    """Typed records from a trace's JSON. Malformed events are errors that name the
+    event; events of other categories (CPU ops, annotations, flows) are ignored."""
+    if isinstance(data, dict):
+        events = data.get("traceEvents")
+        props = data.get("deviceProperties", [])
+    else:
+        events, props = data, []
+    if not isinstance(events, list):
+        raise TraceError(f'{source}: not a Chrome trace (no "traceEvents" list)')
+    if not isinstance(props, list) or not all(isinstance(p, dict) for p in props):
+        raise TraceError(f"{source}: deviceProperties must be a list of objects")
+    raw_acts: list[tuple[float, int, int, dict[str, Any]]] = []
+    calls: list[RuntimeCall] = []
+    call_cat: dict[int, str] = {}
+    sync_args: dict[int, dict[str, Any]] = {}
+    for i, e in enumerate(events):
+        if not isinstance(e, dict):
+            raise TraceError(f"{source}: traceEvents[{i}] is not an object")
+        if e.get("ph") != "X":
+            continue
+        cat = str(e.get("cat", "")).lower()
+        if cat not in GPU_CATEGORIES and cat not in CALL_CATEGORIES and cat != "cuda_sync":
+            continue
+        name = str(e.get("name", ""))
+        where = f"{source}: traceEvents[{i}] ({cat} '{name[:60]}')"
+        args = e.get("args", {})
+        if not isinstance(args, dict):
+            raise TraceError(f"{where}: args is not an object")
+        try:
+            ts, dur = _num(e.get("ts"), "ts"), _num(e.get("dur"), "dur")
+            if dur < 0:
+                raise ValueError(f"dur is {dur}")
+            corr = _int(args.get("correlation"), "args.correlation")
+            if cat == "cuda_sync":
+                sync_args[corr] = args
+            elif cat in CALL_CATEGORIES:
+                tid = e.get("tid", 0)
+                c = RuntimeCall(name, ts, dur, corr, tid if isinstance(tid, int) else 0)
+                calls.append(c)
+                prev = call_cat.get(corr)
+                # a runtime call and the driver call beneath it may share an id: runtime wins
+                if prev is None or (prev != "cuda_runtime" and cat == "cuda_runtime"):
+                    call_cat[corr] = cat
+            else:
+                kind = GPU_CATEGORIES[cat]
+                fields: dict[str, Any] = {
+                    "kind": kind,
+                    "name": name,
+                    "device": _int(args.get("device", 0), "args.device"),
+                    "stream": _int(args.get("stream"), "args.stream"),
+                    "ts": ts,
+                    "dur": dur,
+                    "correlation": corr,
+                }
+                if kind == "kernel":
+                    fields["grid"] = _dim3(args.get("grid"), "args.grid")
+                    fields["block"] = _dim3(args.get("block"), "args.block")
+                    fields["regs"] = _int(args.get("registers per thread", 0), "registers")
+                    fields["smem"] = _int(args.get("shared memory", 0), "shared memory")
+                else:
+                    fields["nbytes"] = _int(args.get("bytes", 0), "args.bytes")
+                raw_acts.append((ts, corr, i, fields))
+        except ValueError as err:
+            raise TraceError(f"{where}: {err}") from None
+    if not raw_acts:
+        raise TraceError(f"{source}: no GPU kernels, memcpys or memsets in the trace")
+    raw_acts.sort(key=lambda x: (x[0], x[1], x[2]))
+    acts = [GpuActivity(index=n, **f) for n, (_, _, _, f) in enumerate(raw_acts)]
+    calls.sort(key=lambda c: (c.ts, c.correlation, c.name))
+    launched = {a.correlation for a in acts}
+    launches: dict[int, RuntimeCall] = {}
+    for c in calls:
+        if c.correlation in launched and c.correlation not in launches:
+            launches[c.correlation] = c
+    # a record's stream comes from the cuda_sync events that wait on it
+    rec_stream: dict[int, tuple[int, int]] = {}
+    for a in sync_args.values():
+        try:
+            rc = int(a.get("wait_on_cuda_event_record_corr_id", -1))
+            ws = int(a.get("wait_on_stream", -1))
+        except (TypeError, ValueError):
+            continue
+        if rc >= 0 and ws not in NO_STREAM:
+            rec_stream.setdefault(rc, (ws, int(a.get("device", 0) or 0)))
+    records, waits, syncs = [], [], []
+    for c in calls:
+        if c.name in RECORD_CALLS:
+            s = rec_stream.get(c.correlation)
+            records.append(EventRecordCall(c, s[0] if s else None, s[1] if s else 0))
+        elif c.name in WAIT_CALLS:
+            a = sync_args.get(c.correlation, {})
+            st = _opt_stream(a.get("stream"))
+            rc = a.get("wait_on_cuda_event_record_corr_id")
+            rc = int(rc) if isinstance(rc, int) and rc >= 0 else None
+            waits.append(StreamWaitCall(c, st, rc, int(a.get("device", 0) or 0)))
+        elif c.name in SYNC_CALLS:
+            a = sync_args.get(c.correlation, {})
+            dev = a.get("device", 0)
+            syncs.append(
+                SyncCall(
+                    c,
+                    SYNC_CALLS[c.name],
+                    _opt_stream(a.get("stream")),
+                    int(dev) if isinstance(dev, int) else 0,
+                )
+            )
+    return KinetoTrace(source, props, acts, calls, launches, records, waits, syncs)
+
+
+def _opt_stream(v: Any) -> int | None:
+    if isinstance(v, int) and not isinstance(v, bool) and v not in NO_STREAM:
+        return v
+    return None
+
+
+# --- host timing rules ----------------------------------------------------------------
+
+
+def blocking_copy(call: RuntimeCall, acts: Sequence[GpuActivity]) -> bool:
+    """A copy whose call spans it: a synchronous cudaMemcpy, or one from or to pageable
+    host memory (the driver stages it through a pinned buffer inside the call, sending
+    chunks as they are staged). The copy is issued when the call begins: issuing it at
+    the call's return, as for kernels, would start a copy of many chunks far too late."""
+    copies = [a for a in acts if a.kind == "memcpy"]
+    if not copies:
+        return False
+    if "Async" not in call.name:
+        return True
+    return any("pageable" in a.name.lower() for a in copies)
+
+
+def issue_time(call: RuntimeCall, acts: Sequence[GpuActivity]) -> float:
+    """When a launch reaches the GPU's queues, by host timestamps only: when its call
+    returns (the kernel is visible by then), or when it begins for a blocking copy."""
+    return call.ts if blocking_copy(call, acts) else call.end
+
+
+def launch_groups(trace: KinetoTrace) -> list[tuple[RuntimeCall, list[GpuActivity]]]:
+    """Launching calls in host order with the activities each launched (several for a
+    CUDA Graph launch), activities in recorded order."""
+    by_corr: dict[int, list[GpuActivity]] = {}
+    for a in trace.activities:
+        if a.correlation in trace.launches:
+            by_corr.setdefault(a.correlation, []).append(a)
+    groups = [(trace.launches[c], acts) for c, acts in by_corr.items()]
+    groups.sort(key=lambda g: (g[0].ts, g[0].correlation))
+    return groups
+
+
+# --- replay ---------------------------------------------------------------------------
+
+HOST_COST_FIELDS = (
+    "launch_api_us",
+    "framework_dispatch_us",
+    "event_record_api_us",
+    "event_wait_api_us",
+    "sync_api_us",
+)
+
+
+@dataclass(frozen=True)
+class StreamError:
+    device: int
+    stream: int
+    kernels: int
+    recorded_ms: float  # the stream's own span: its first start to its last end
+    simulated_ms: float
+    error_pct: float
+    start_mae_us: float  # mean |simulated - recorded| start, both from the host origin
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "stream": self.stream,
+            "kernels": self.kernels,
+            "recorded_ms": self.recorded_ms,
+            "simulated_ms": self.simulated_ms,
+            "error_pct": self.error_pct,
+            "start_mae_us": self.start_mae_us,
+        }
+
+
+@dataclass
+class ReplayResult:
+    source: str
+    gpu: str
+    host: str
+    syncs: str
+    recorded_ms: float
+    simulated_ms: float
+    kernels: int
+    memcpys: int
+    memsets: int
+    streams: int
+    per_stream: list[StreamError]
+    start_mae_us: float
+    kernel_time_ms: float
+    counts: dict[str, int]  # what became which command, and what stayed host-only
+    params: dict[str, float]  # the GPU spec fields the replay set
+    timeline: Timeline | None = field(default=None, repr=False)
+    program: StreamProgram | None = field(default=None, repr=False)
+
+    @property
+    def error_pct(self) -> float:
+        return _err(self.simulated_ms, self.recorded_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trace": self.source,
+            "gpu": self.gpu,
+            "host": self.host,
+            "syncs": self.syncs,
+            "recorded_ms": self.recorded_ms,
+            "simulated_ms": self.simulated_ms,
+            "error_pct": self.error_pct,
+            "kernels": self.kernels,
+            "memcpys": self.memcpys,
+            "memsets": self.memsets,
+            "streams": self.streams,
+            "start_mae_us": self.start_mae_us,
+            "kernel_time_ms": self.kernel_time_ms,
+            "per_stream": [s.to_json() for s in self.per_stream],
+            "counts": dict(self.counts),
+            "params": dict(self.params),
+        }
+
+
+def _err(sim: float, rec: float) -> float:
+    return (sim - rec) / rec * 100.0 if rec > 0 else (0.0 if sim == rec else math.inf)
+
+
+def gpu_for_trace(trace: KinetoTrace, device: int | None = None) -> GPUSpec:
+    """The GPU a trace ran on, from its deviceProperties (a preset overridden by the
+    recorded limits, so recorded launch configurations fit as they did)."""
+    from calibrate.probe import spec_from_facts
+
+    dev = trace.devices[0] if device is None else device
+    props = trace.props(dev)
+    if props is None:
+        raise TraceError(
+            f"{trace.source}: no deviceProperties for device {dev}: name the GPU (--gpu)"
+        )
+    try:
+        return gpu_from_json(spec_from_facts(props), source=trace.source)
+    except SimGPUError as e:
+        raise TraceError(f"{trace.source}: deviceProperties of device {dev}: {e}") from None
+
+
+_COPY_OCC: dict[int, Occupancy] = {}
+
+
+def activity_kernel(a: GpuActivity, gpu: GPUSpec, op: str) -> Kernel:
+    """A Kernel that runs ``a`` for its recorded duration when it has the GPU to itself.
+
+    Its launch configuration is the recorded one, so it takes the SMs it took; the time
+    per block is the duration over its waves, as the measured-table path of
+    ``simgpu.kernels`` does. Copies and memsets run on copy engines: one single-thread
+    block, so they keep their stream's order without taking SM room. No DRAM traffic is
+    modelled: the recorded durations already include the contention of their run.
+    """
+    if a.kind == "kernel":
+        regs = max(1, a.regs)
+        try:
+            occ = occupancy(a.threads, regs, a.smem, gpu, what=f"kernel '{a.name[:60]}'")
+        except LoweringError as e:
+            raise TraceError(f"activity {a.index}: {e}") from None
+        grid, threads, smem = a.blocks, a.threads, a.smem
+    else:
+        occ = occupancy(1, 1, 0, gpu)
+        grid, threads, regs, smem = 1, 1, 1, 0
+    rounds = waves(grid, occ, gpu)
+    return Kernel(a.name[:120], op, grid, threads, regs, smem, 0.0, 0.0, a.dur / rounds, occ, True)
+
+
+def _zero_host(gpu: GPUSpec) -> GPUSpec:
+    """Per-API costs off: recorded gaps carry the host time. A synchronize keeps its
+    return cost, paid after the GPU is idle, which no recorded gap can stand for."""
+    return gpu.replace(**{f: 0.0 for f in HOST_COST_FIELDS if f != "sync_api_us"})
+
+
+@dataclass
+class _Builder:
+    """Commands in host order; in recorded mode, host-gap pairs between them."""
+
+    recorded: bool
+    gap_device: int
+    gap_gpu: GPUSpec | None
+    cmds: list[Command] = field(default_factory=list)
+    anchor: float = 0.0
+    gaps: int = 0
+    gap_us: float = 0.0
+
+    def at(self, t: float) -> None:
+        if not self.recorded or self.gap_gpu is None:
+            return
+        gap = t - self.anchor
+        if gap > 1e-9:
+            occ = _gap_occupancy(self.gap_gpu)
+            k = Kernel("host_gap", "host_gap", 1, 1, 1, 0, 0.0, 0.0, gap, occ, True)
+            self.cmds.append(Launch("host_gap", k, 0, self.gap_device))
+            self.cmds.append(Synchronize(self.gap_device))
+            self.gaps += 1
+            self.gap_us += gap
+        self.anchor = max(self.anchor, t)
+
+    def add(self, t: float, c: Command, anchor_after: float | None = None) -> None:
+        self.at(t)
+        self.cmds.append(c)
+        if anchor_after is not None:
+            self.anchor = anchor_after
+
+
+def _gap_occupancy(gpu: GPUSpec) -> Occupancy:
+    occ = _COPY_OCC.get(id(gpu))
+    if occ is None:
+        occ = _COPY_OCC[id(gpu)] = occupancy(1, 1, 0, gpu)
+    return occ
+
+
+def build_program(
+    trace: KinetoTrace,
+    gpus: Mapping[int, GPUSpec],
+    host: str = "recorded",
+    syncs: str = "device",
+) -> tuple[StreamProgram, list[GPUSpec], dict[str, Any]]:
+    """The StreamProgram a trace replays as, the per-device specs to run it on (plus the
+    host-gap device in recorded mode), and bookkeeping (what became which command)."""
+    if host not in ("recorded", "median"):
+        raise TraceError(f"host mode must be 'recorded' or 'median', got {host!r}")
+    if syncs not in ("device", "none"):
+        raise TraceError(f"sync mode must be 'device' or 'none', got {syncs!r}")
+    devs = trace.devices
+    dmap = {d: i for i, d in enumerate(devs)}
+    smap: dict[tuple[int, int], int] = {}
+    for d, s in trace.streams:
+        smap[(d, s)] = sum(1 for k in smap if k[0] == d)
+    specs = [gpus[d] for d in devs]
+    recorded = host == "recorded"
+    gap_gpu = None
+    if recorded:
+        specs = [_zero_host(g) for g in specs]
+        gap_gpu = specs[0].replace(
+            name="host-gaps", launch_latency_us=0.0, kernel_gap_us=0.0, sync_api_us=0.0, hw_queues=1
+        )
+    b = _Builder(recorded, len(specs), gap_gpu)
+    counts = {
+        "orphan_activities": 0,
+        "records": 0,
+        "records_host_only": 0,
+        "waits": 0,
+        "waits_host_only": 0,
+        "syncs": 0,
+        "syncs_host_only": 0,
+    }
+    kernels: dict[int, Kernel] = {}
+
+    def launch(a: GpuActivity) -> Launch:
+        op = f"a{a.index}"
+        k = activity_kernel(a, gpus[a.device], op)
+        kernels[a.index] = k
+        return Launch(op, k, smap[(a.device, a.stream)], dmap[a.device])
+
+    items: list[tuple[float, int, int, Any]] = []  # (time, seq, kind, payload)
+    origin = min(
+        [c.ts for c in trace.launches.values()]
+        + [r.call.ts for r in trace.records]
+        + [w.call.ts for w in trace.waits]
+        + [s.call.ts for s in trace.syncs],
+        default=0.0,
+    )
+    # activities launched before the trace began: issued first, in recorded order
+    for a in trace.orphans:
+        counts["orphan_activities"] += 1
+        items.append((origin, a.index - len(trace.activities), 0, [a]))
+    for call, acts in launch_groups(trace):
+        items.append((issue_time(call, acts), call.correlation, 0, acts))
+    recorded_streams = {r.call.correlation: r for r in trace.records if r.stream is not None}
+    for r in trace.records:
+        if r.stream is None or (r.device, r.stream) not in smap:
+            counts["records_host_only"] += 1
+            continue
+        items.append((r.call.end, r.call.correlation, 1, r))
+    for w in trace.waits:
+        rec = recorded_streams.get(w.record) if w.record is not None else None
+        if w.stream is None or rec is None or (w.device, w.stream) not in smap:
+            counts["waits_host_only"] += 1
+            continue
+        if (rec.device, rec.stream) not in smap:
+            counts["waits_host_only"] += 1
+            continue
+        items.append((w.call.end, w.call.correlation, 2, w))
+    for s in trace.syncs:
+        if syncs == "none" or s.device not in dmap:
+            counts["syncs_host_only"] += 1
+            continue
+        items.append((s.call.ts, s.call.correlation, 3, s))
+    items.sort(key=lambda x: (x[0], x[1], x[2]))
+    for t, _, kind, payload in items:
+        rel = t - origin
+        if kind == 0:
+            for a in payload:
+                b.add(rel, launch(a))
+        elif kind == 1:
+            counts["records"] += 1
+            b.add(rel, Record(f"r{payload.call.correlation}", smap[(payload.device, payload.stream)], dmap[payload.device]))  # fmt: skip
+        elif kind == 2:
+            counts["waits"] += 1
+            b.add(rel, Wait(f"r{payload.record}", smap[(payload.device, payload.stream)], dmap[payload.device]))  # fmt: skip
+        else:
+            counts["syncs"] += 1
+            b.add(rel, Synchronize(dmap[payload.device]), anchor_after=payload.call.end - origin)
+    if gap_gpu is not None:
+        specs.append(gap_gpu)
+    counts["host_gaps"] = b.gaps
+    info = {"counts": counts, "smap": smap, "dmap": dmap, "origin": origin, "kernels": kernels}
+    return StreamProgram(b.cmds, False, Path(trace.source).name), specs, info
+
+
+def replay(
+    trace: KinetoTrace,
+    gpu: GPUSpec | None = None,
+    host: str = "recorded",
+    syncs: str = "device",
+    fit: bool = True,
+) -> ReplayResult:
+    """Simulate a trace and compare with what was recorded.
+
+    ``gpu`` defaults to the one the trace names. With ``fit`` the device-side launch
+    latency and the gap between back-to-back kernels are fitted to the trace first
+    (:func:`calibrate.fit.fit_device_latencies`); in ``median`` mode the host costs too.
+    """
+    from calibrate.fit import fit_device_latencies, fit_host_costs
+    from simgpu.sim.engine import simulate
+
+    base = {d: (gpu if gpu is not None else gpu_for_trace(trace, d)) for d in trace.devices}
+    params: dict[str, float] = {}
+    if host == "median":  # the mode is defined by the trace's median host costs
+        params.update(fit_host_costs(trace))
+    if fit:
+        params.update(fit_device_latencies(trace))
+        if host == "recorded" and trace.syncs:
+            params["sync_api_us"] = fit_host_costs(trace)["sync_api_us"]
+    if params:
+        base = {d: g.replace(**params) for d, g in base.items()}
+    program, specs, info = build_program(trace, base, host=host, syncs=syncs)
+    tl = simulate(program, specs)
+    return _compare(trace, tl, program, info, base, host, syncs, params)
+
+
+def _compare(trace, tl, program, info, base, host, syncs, params) -> ReplayResult:
+    n_real = len(info["dmap"])
+    origin = info["origin"]
+    sim: dict[int, tuple[float, float]] = {}
+    for k in tl.kernels:
+        if k.device < n_real:
+            sim[int(k.op[1:])] = (k.start_us, k.end_us)
+    missing = [a.index for a in trace.activities if a.index not in sim]
+    if missing:  # pragma: no cover - every activity is launched; a gap here is a bug
+        raise SimGPUError(f"replay lost {len(missing)} activities (first: {missing[0]})")
+    acts = trace.activities
+    rec_span = trace.span_us()
+    sim_span = max(e for _, e in sim.values()) - min(s for s, _ in sim.values())
+    per_stream = []
+    for (d, s), _ in sorted(info["smap"].items()):
+        mine = [a for a in acts if a.device == d and a.stream == s]
+        r0, r1 = min(a.ts for a in mine), max(a.end for a in mine)
+        s0 = min(sim[a.index][0] for a in mine)
+        s1 = max(sim[a.index][1] for a in mine)
+        mae = statistics.fmean(abs(sim[a.index][0] - (a.ts - origin)) for a in mine)
+        per_stream.append(
+            StreamError(d, s, len(mine), (r1 - r0) / 1e3, (s1 - s0) / 1e3, _err(s1 - s0, r1 - r0), mae)
+        )  # fmt: skip
+    mae = statistics.fmean(abs(sim[a.index][0] - (a.ts - origin)) for a in acts)
+    first = base[trace.devices[0]]
+    return ReplayResult(
+        source=trace.source,
+        gpu=first.name,
+        host=host,
+        syncs=syncs,
+        recorded_ms=rec_span / 1e3,
+        simulated_ms=sim_span / 1e3,
+        kernels=trace.count("kernel"),
+        memcpys=trace.count("memcpy"),
+        memsets=trace.count("memset"),
+        streams=len(info["smap"]),
+        per_stream=per_stream,
+        start_mae_us=mae,
+        kernel_time_ms=math.fsum(a.dur for a in acts) / 1e3,
+        counts=info["counts"],
+        params=params,
+        timeline=tl,
+        program=program,
+    )
+
+
+def replay_file(path: str | Path, **kw: Any) -> ReplayResult:
+    return replay(load_trace(path), **kw)
