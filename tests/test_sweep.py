@@ -91,6 +91,18 @@ def test_grid_defaults_resolve_image_size_and_gpu() -> None:
     assert c2.key() == c.key()
 
 
+def test_a_gpu_given_as_a_machine_gives_the_same_metrics(tmp_path: Path) -> None:
+    by_gpu = sweep(small_grid(batches=[1], gpus=["v100"]), tmp_path / "g.csv", workers=1)
+    by_machine = sweep(
+        small_grid(batches=[1], gpus=[], machines=["v100"]), tmp_path / "m.csv", workers=1
+    )
+    assert [r["machine"] for r in by_machine.rows] == ["v100", "v100"]
+    metrics = [c for c in COLUMNS if c not in KEY_COLUMNS and c not in WALL_COLUMNS]
+    assert [[r[c] for c in metrics] for r in by_machine.rows] == [
+        [r[c] for c in metrics] for r in by_gpu.rows
+    ]
+
+
 def test_all_expands_both_registries() -> None:
     combos = Grid(models=["all"], schedulers=["all"]).combos()
     assert list(dict.fromkeys(c.model for c in combos)) == model_names()
