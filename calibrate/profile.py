@@ -1,0 +1,362 @@
+"""Per-op profiling of a model on a real GPU -> a measured kernel table.
+
+Every distinct op (by :func:`simgpu.kernels.signature`) is built as the PyTorch call
+that computes it, warmed up, and timed alone: the median of many CUDA-event timings,
+plus one profiled run whose Kineto trace gives each launched kernel's name, grid,
+block, registers, shared memory and duration. The table maps signature -> kernels in
+the format ``GPUSpec.kernel_table`` and ``simgpu.kernels`` read.
+
+The op -> call mapping is data (:class:`TorchCall`), so it is tested without torch;
+:func:`build` turns it into a closure over real tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calibrate.errors import CalibrationError, require_cuda
+from simgpu.graph import OpGraph
+from simgpu.kernels import signature
+from simgpu.ops import kind_of
+
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
+UNARY = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "gelu": "gelu", "silu": "silu"}
+
+
+@dataclass(frozen=True)
+class TorchCall:
+    """One op as a PyTorch call: ``fn`` names a torch.nn.functional (or torch) function
+    applied to ``inputs`` (tensor shapes) and ``params`` (weight shapes), with
+    ``kwargs``; ``then`` is a fused activation applied after it."""
+
+    fn: str
+    inputs: tuple[tuple[int, ...], ...]
+    dtype: str
+    params: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    then: str | None = None
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+def op_call(graph: OpGraph, name: str) -> TorchCall | None:
+    """The PyTorch call that computes op ``name``; None for ops without device work.
+
+    Raises CalibrationError for an op this mapping cannot express (named)."""
+    op = graph[name]
+    if kind_of(op).view or (op.kind == "slice" and op.attrs.get("view") is True):
+        return None
+    if op.dtype not in TORCH_DTYPES:
+        raise CalibrationError(f"op '{name}': dtype {op.dtype} has no PyTorch kernel to profile")
+    ins = tuple(tuple(s) for s in graph.input_shapes(name))
+    a = op.attrs
+    act = a.get("activation")
+    if act is not None and act not in UNARY:
+        raise CalibrationError(f"op '{name}': fused activation {act!r} not mapped")
+    dt = op.dtype
+    k = op.kind
+    if k == "conv":
+        cin, cout, g = ins[0][1], int(a["out_channels"]), int(a.get("groups", 1))
+        kh, kw = _pair(a["kernel"])
+        params = {"weight": (cout, cin // g, kh, kw)}
+        if a.get("bias") or a.get("folded_bn"):
+            params["bias"] = (cout,)
+        kw_ = {
+            "stride": _pair(a.get("stride", 1)),
+            "padding": _pair(a.get("padding", 0)),
+            "dilation": _pair(a.get("dilation", 1)),
+            "groups": g,
+        }
+        return TorchCall("conv2d", ins, dt, params, kw_, act)
+    if k == "conv_transpose":
+        cin, cout, g = ins[0][1], int(a["out_channels"]), int(a.get("groups", 1))
+        kh, kw = _pair(a["kernel"])
+        params = {"weight": (cin, cout // g, kh, kw)}
+        if a.get("bias"):
+            params["bias"] = (cout,)
+        kw_ = {
+            "stride": _pair(a.get("stride", 1)),
+            "padding": _pair(a.get("padding", 0)),
+            "output_padding": _pair(a.get("output_padding", 0)),
+            "dilation": _pair(a.get("dilation", 1)),
+            "groups": g,
+        }
+        return TorchCall("conv_transpose2d", ins, dt, params, kw_, act)
+    if k == "linear":
+        out = int(a["out_features"])
+        params = {"weight": (out, ins[0][-1])}
+        if a.get("bias", True):
+            params["bias"] = (out,)
+        return TorchCall("linear", ins, dt, params, {}, act)
+    if k == "matmul":
+        return TorchCall("matmul", ins, dt)
+    if k == "pool":
+        fn = "max_pool2d" if a.get("pool_type", "max") == "max" else "avg_pool2d"
+        kw_ = {
+            "kernel_size": _pair(a["kernel"]),
+            "stride": _pair(a.get("stride", a["kernel"])),
+            "padding": _pair(a.get("padding", 0)),
+            "ceil_mode": bool(a.get("ceil_mode", False)),
+        }
+        return TorchCall(fn, ins, dt, {}, kw_)
+    if k == "global_pool":
+        fn = "adaptive_max_pool2d" if a.get("pool_type") == "max" else "adaptive_avg_pool2d"
+        return TorchCall(fn, ins, dt, {}, {"output_size": 1})
+    if k == "concat":
+        return TorchCall("cat", ins, dt, {}, {"dim": int(a.get("axis", 1))})
+    if k == "slice":
+        ax = int(a.get("axis", 1))
+        b, e = int(a["begin"]), int(a["end"])
+        return TorchCall("narrow_copy", ins, dt, {}, {"dim": ax, "start": b, "length": e - b})
+    if k == "transpose":
+        return TorchCall("permute_copy", ins, dt, {}, {"dims": tuple(a["perm"])})
+    if k in ("add", "mul"):
+        return TorchCall(k, ins, dt)
+    if k in UNARY:
+        return TorchCall(UNARY[k], ins, dt)
+    if k == "clip":
+        return TorchCall("clamp", ins, dt, {}, {"min": a.get("min"), "max": a.get("max")})
+    if k == "eltwise":
+        const = tuple(int(d) for d in a.get("const_shape", ()))
+        return TorchCall("mul", ins, dt, {"const": const} if const else {}, {})
+    if k == "batchnorm":
+        c = op.output_shape[int(a.get("axis", 1))]
+        params = {n: (c,) for n in ("running_mean", "running_var", "weight", "bias")}
+        return TorchCall("batch_norm", ins, dt, params, {"training": False})
+    if k == "layernorm":
+        n = op.output_shape[-1]
+        return TorchCall(
+            "layer_norm", ins, dt, {"weight": (n,), "bias": (n,)}, {"normalized_shape": (n,)}
+        )
+    if k == "softmax":
+        return TorchCall("softmax", ins, dt, {}, {"dim": int(a.get("axis", -1))})
+    if k == "embedding":
+        vocab, dim = int(a["num_embeddings"]), int(a["embedding_dim"])
+        return TorchCall("embedding", ins, dt, {"weight": (vocab, dim)}, {"num_embeddings": vocab})
+    raise CalibrationError(f"op '{name}': kind {k!r} has no PyTorch mapping for profiling")
+
+
+def build(call: TorchCall, torch: Any, device: Any) -> Callable[[], Any]:
+    """A closure that runs ``call`` on fresh tensors of the right shapes on ``device``."""
+    F = torch.nn.functional
+    dt = getattr(torch, TORCH_DTYPES[call.dtype])
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(shape: Sequence[int]) -> Any:
+        return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dt)
+
+    if call.fn == "embedding":
+        vocab = call.kwargs["num_embeddings"]
+        idx = torch.randint(0, vocab, call.inputs[0], generator=gen).to(device)
+        w = rand(call.params["weight"])
+        return lambda: F.embedding(idx, w)
+    xs = [rand(s) for s in call.inputs]
+    p = {k: rand(s) for k, s in call.params.items()}
+    if call.fn == "batch_norm":
+        p["running_var"] = p["running_var"].abs() + 1
+    kw = dict(call.kwargs)
+    then = getattr(F, call.then) if call.then else None
+    fn = call.fn
+    if fn in ("conv2d", "conv_transpose2d", "linear"):
+        f = getattr(F, fn)
+
+        def run() -> Any:
+            y = f(xs[0], p["weight"], p.get("bias"), **kw)
+            return then(y) if then else y
+
+        return run
+    if fn == "matmul":
+        return lambda: torch.matmul(xs[0], xs[1])
+    if fn in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"):
+        f = getattr(F, fn)
+        return lambda: f(xs[0], **kw)
+    if fn == "cat":
+        return lambda: torch.cat(xs, dim=kw["dim"])
+    if fn == "narrow_copy":
+        return lambda: xs[0].narrow(kw["dim"], kw["start"], kw["length"]).contiguous()
+    if fn == "permute_copy":
+        return lambda: xs[0].permute(*kw["dims"]).contiguous()
+    if fn in ("add", "mul"):
+        if "const" in p:
+            c = p["const"]
+            return lambda: xs[0] * c
+
+        def reduce_() -> Any:
+            y = xs[0]
+            for x in xs[1:]:
+                y = y + x if fn == "add" else y * x
+            return y
+
+        return reduce_
+    if fn in UNARY.values():
+        f = getattr(F, fn)
+        return lambda: f(xs[0])
+    if fn == "clamp":
+        return lambda: torch.clamp(xs[0], min=kw.get("min"), max=kw.get("max"))
+    if fn == "batch_norm":
+        return lambda: F.batch_norm(
+            xs[0], p["running_mean"], p["running_var"], p["weight"], p["bias"], training=False
+        )
+    if fn == "layer_norm":
+        return lambda: F.layer_norm(xs[0], kw["normalized_shape"], p["weight"], p["bias"])
+    if fn == "softmax":
+        return lambda: F.softmax(xs[0], dim=kw["dim"])
+    raise CalibrationError(f"no builder for PyTorch call {fn!r}")
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpProfile:
+    """One distinct op measured alone."""
+
+    signature: str
+    op: str  # the first op of the graph with this signature
+    median_us: float  # CUDA-event time of the whole op (all its kernels)
+    samples: int
+    kernels: tuple[
+        dict[str, Any], ...
+    ]  # {"name", "grid", "threads", "regs", "smem", "duration_us"}
+
+
+def table_from_profiles(profiles: Sequence[OpProfile]) -> dict[str, list[dict[str, Any]]]:
+    """signature -> kernel entries. An op whose profiler run showed no kernel (it ran on
+    the host, or the profiler missed it) is refused, not written with no kernels."""
+    table: dict[str, list[dict[str, Any]]] = {}
+    for p in profiles:
+        if not p.kernels:
+            raise CalibrationError(f"op '{p.op}': the profiler recorded no kernel")
+        entries = []
+        for k in p.kernels:
+            e = {
+                "name": str(k["name"]),
+                "grid": int(k["grid"]),
+                "threads": int(k["threads"]),
+                "regs": max(1, int(k.get("regs", 32))),
+                "smem": int(k.get("smem", 0)),
+                "duration_us": float(k["duration_us"]),
+            }
+            if e["grid"] < 1 or not e["duration_us"] > 0:
+                raise CalibrationError(
+                    f"op '{p.op}': kernel entry {e} needs grid >= 1, duration > 0"
+                )
+            entries.append(e)
+        table[p.signature] = entries
+    return table
+
+
+def write_table(
+    path: str | Path, profiles: Sequence[OpProfile], meta: Mapping[str, Any] | None = None
+) -> Path:
+    """A kernel-table file: ``{"format": "simgpu.kernel_table", "kernel_table": {...},
+    "ops": [...per-op medians...], ...meta}``."""
+    data = {
+        "format": "simgpu.kernel_table",
+        "version": 1,
+        **dict(meta or {}),
+        "kernel_table": table_from_profiles(profiles),
+        "ops": [
+            {"op": p.op, "signature": p.signature, "median_us": p.median_us, "samples": p.samples}
+            for p in profiles
+        ],
+    }
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(data, indent=1) + "\n")
+    except OSError as e:
+        raise CalibrationError(f"cannot write {p}: {e.strerror or e}") from None
+    return p
+
+
+def read_table(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    from simgpu.graph import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("kernel_table"), dict):
+        raise CalibrationError(f'{path}: not a kernel table (no "kernel_table" object)')
+    return data["kernel_table"]
+
+
+# --- measurement (GPU) ----------------------------------------------------------------
+
+
+def _kernels_of_one_run(torch: Any, fn: Callable[[], Any], device: Any) -> list[dict[str, Any]]:
+    """Launch configurations and durations of the kernels one call launches (Kineto)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from calibrate.kineto import load_trace
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(device)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "op.json"
+        prof.export_chrome_trace(str(path))
+        try:
+            trace = load_trace(path)
+        except CalibrationError:
+            return []
+        except Exception as e:  # a trace Kineto wrote but we cannot read is a bug to report
+            raise CalibrationError(f"cannot read the profiler trace: {e}") from None
+    return [
+        {
+            "name": a.name[:200],
+            "grid": a.blocks,
+            "threads": a.threads,
+            "regs": a.regs,
+            "smem": a.smem,
+            "duration_us": a.dur,
+        }
+        for a in trace.activities
+        if a.kind == "kernel"
+    ]
+
+
+def profile_graph(
+    graph: OpGraph,
+    device: int = 0,
+    warmup: int = 10,
+    repeats: int = 50,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[OpProfile]:
+    """Measure every distinct op of ``graph`` alone on CUDA device ``device``."""
+    torch = require_cuda("per-op profiling")
+    dev = torch.device("cuda", device)
+    seen: dict[str, str] = {}
+    for name in graph.topo_order:
+        call = op_call(graph, name)
+        if call is not None:
+            seen.setdefault(signature(graph, name), name)
+    out = []
+    for i, (sig, name) in enumerate(seen.items()):
+        if progress:
+            progress(name, i, len(seen))
+        fn = build(op_call(graph, name), torch, dev)  # type: ignore[arg-type]
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize(dev)
+        samples = []
+        for _ in range(repeats):
+            e0, e1 = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            e0.record()
+            fn()
+            e1.record()
+            torch.cuda.synchronize(dev)
+            samples.append(e0.elapsed_time(e1) * 1e3)
+        kernels = _kernels_of_one_run(torch, fn, dev)
+        out.append(OpProfile(sig, name, float(statistics.median(samples)), repeats, tuple(kernels)))
+    return out

@@ -1,0 +1,249 @@
+"""The validation harness: schedules run on a real GPU vs the simulator's prediction.
+
+:func:`validate_model` (GPU) runs every scheduler on a model, executes each resulting
+StreamProgram on the GPU exactly as lowered (:mod:`calibrate.executor`), simulates the
+same program with the calibrated GPU, and records both — together with each schedule
+and the GPU spec, so :func:`resimulate` can re-simulate a recorded file with today's
+code, on any machine, and report how far the simulator is from the hardware:
+``{"schedules", "mape", "kendall_tau", "per_schedule": [...]}``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from calibrate.errors import CalibrationError, require_cuda
+from simgpu.errors import SimGPUError
+from simgpu.graph import read_json
+from simgpu.hardware import GPUSpec, Machine, gpu_from_json
+
+FORMAT = "simgpu.validation"
+VERSION = 1
+
+
+def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Kendall's tau-b (ties in either ranking handled): 1 when the simulator orders the
+    schedules exactly as the GPU does. NaN for fewer than two schedules or no order."""
+    n = len(xs)
+    if n != len(ys):
+        raise CalibrationError("kendall_tau: sequences differ in length")
+    conc = disc = tx = ty = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx = (xs[i] > xs[j]) - (xs[i] < xs[j])
+            dy = (ys[i] > ys[j]) - (ys[i] < ys[j])
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                tx += 1
+            elif dy == 0:
+                ty += 1
+            elif dx == dy:
+                conc += 1
+            else:
+                disc += 1
+    denom = math.sqrt((conc + disc + tx) * (conc + disc + ty))
+    return (conc - disc) / denom if denom else float("nan")
+
+
+def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Rows with ``measured_ms`` and ``simulated_ms`` -> error per schedule, MAPE, tau."""
+    per = []
+    for r in rows:
+        m, s = float(r["measured_ms"]), float(r["simulated_ms"])
+        if not (m > 0 and math.isfinite(m)):
+            raise CalibrationError(f"schedule '{r.get('scheduler')}': measured_ms must be > 0")
+        per.append({**dict(r), "error_pct": (s - m) / m * 100.0})
+    meas = [p["measured_ms"] for p in per]
+    sim = [p["simulated_ms"] for p in per]
+    return {
+        "schedules": len(per),
+        "mape": statistics.fmean(abs(p["error_pct"]) for p in per) if per else float("nan"),
+        "kendall_tau": kendall_tau(meas, sim) if len(per) >= 2 else float("nan"),
+        "per_schedule": per,
+    }
+
+
+def _gpu_of(data: Mapping[str, Any], source: str) -> GPUSpec:
+    g = data.get("gpu")
+    if not isinstance(g, dict):
+        raise CalibrationError(f'{source}: no "gpu" object (the spec the run was simulated with)')
+    return gpu_from_json(g, source=source)
+
+
+def resimulate(data: Any, source: str = "<validation>") -> dict[str, Any]:
+    """Re-simulate every schedule of a recorded validation file with today's code.
+
+    The file keeps the model (name, batch, image size, dtype), the GPU spec, and per
+    schedule its JSON and the measured latency; the simulated figure is recomputed.
+    """
+    from simgpu.models import build_model
+    from simgpu.program import lower
+    from simgpu.schedule import schedule_from_json
+    from simgpu.sim.engine import simulate
+
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CalibrationError(f'{source}: not a validation file (missing "format": "{FORMAT}")')
+    if data.get("version") != VERSION:
+        raise CalibrationError(
+            f"{source}: validation version {data.get('version')!r} not supported"
+        )
+    gpu = _gpu_of(data, source)
+    m = data.get("model")
+    if not isinstance(m, dict) or "name" not in m:
+        raise CalibrationError(f'{source}: no "model" object naming the model')
+    graph = build_model(
+        m["name"],
+        batch=int(m.get("batch", 1)),
+        image_size=m.get("image_size"),
+        dtype=m.get("dtype", "fp32"),
+    )
+    rows = []
+    entries = data.get("schedules")
+    if not isinstance(entries, list) or not entries:
+        raise CalibrationError(f'{source}: "schedules" must be a non-empty list')
+    for i, e in enumerate(entries):
+        try:
+            name = str(e["scheduler"])
+            measured = float(e["measured_ms"])
+            sched = schedule_from_json(e["schedule"], source=f"{source} schedules[{i}]")
+        except (KeyError, TypeError, ValueError) as err:
+            raise CalibrationError(f"{source}: schedules[{i}] malformed ({err!r})") from None
+        program = lower(sched, graph, gpu, name=name)
+        sim = simulate(program, Machine.single(gpu)).latency_ms
+        rows.append({"scheduler": name, "measured_ms": measured, "simulated_ms": sim, "mode": "graph" if program.graph_mode else "eager"})  # fmt: skip
+    out = summarise(rows)
+    out["model"] = m["name"]
+    out["gpu"] = gpu.name
+    return out
+
+
+def resimulate_file(path: str | Path) -> dict[str, Any]:
+    return resimulate(read_json(path), source=str(path))
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """A plain-text table of a summary, schedules by measured latency."""
+    rows = sorted(summary["per_schedule"], key=lambda r: (r["measured_ms"], r["scheduler"]))
+    head = ["scheduler", "measured ms", "simulated ms", "error %"]
+    body = [
+        [
+            r["scheduler"],
+            f"{r['measured_ms']:.3f}",
+            f"{r['simulated_ms']:.3f}",
+            f"{r['error_pct']:+.1f}",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(4)]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+
+    lines = [fmt(head), "  ".join("-" * w for w in widths), *(fmt(r) for r in body)]
+    tau = summary["kendall_tau"]
+    lines.append(
+        f"{summary['schedules']} schedules  MAPE {summary['mape']:.1f}%  "
+        f"Kendall tau {'n/a' if math.isnan(tau) else f'{tau:.2f}'}"
+    )
+    return "\n".join(lines)
+
+
+def scatter(summary: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
+    """Measured vs simulated latency, one point per schedule, with the y = x line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["per_schedule"]
+    xs = [r["measured_ms"] for r in rows]
+    ys = [r["simulated_ms"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    ax.scatter(xs, ys)
+    for r in rows:
+        ax.annotate(r["scheduler"], (r["measured_ms"], r["simulated_ms"]), fontsize=7)
+    lo, hi = min(xs + ys) * 0.9, max(xs + ys) * 1.1
+    ax.plot([lo, hi], [lo, hi], linestyle="--", linewidth=1)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("simulated latency (ms)")
+    ax.set_title(title or f"MAPE {summary['mape']:.1f}%")
+    p = Path(path)
+    try:
+        fig.savefig(p, bbox_inches="tight")
+    except OSError as e:
+        raise CalibrationError(f"cannot write {p}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
+    return p
+
+
+def validate_model(
+    model: str,
+    schedulers: Sequence[str],
+    gpu: GPUSpec,
+    device: int = 0,
+    batch: int = 1,
+    image_size: int | None = None,
+    dtype: str = "fp32",
+    warmup: int = 5,
+    repeats: int = 30,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run every scheduler's program on the GPU and simulate it: a validation record."""
+    torch = require_cuda("validation")
+    from calibrate.executor import measure
+    from schedulers.base import run_scheduler
+    from simgpu.models import build_model
+    from simgpu.schedule import schedule_to_json
+
+    graph = build_model(model, batch=batch, image_size=image_size, dtype=dtype)
+    machine = Machine.single(gpu)
+    entries, failures = [], {}
+    for i, name in enumerate(schedulers):
+        if progress:
+            progress(name, i, len(schedulers))
+        try:
+            res = run_scheduler(name, graph, machine)
+            g = res.schedule.graph or graph
+            m = measure(res.program, g, device, warmup, repeats)
+        except SimGPUError as e:
+            failures[name] = str(e).splitlines()[0]
+            continue
+        entries.append(
+            {
+                "scheduler": name,
+                "measured_ms": m["median_us"] / 1e3,
+                "simulated_ms": res.latency_ms,
+                "streams": res.streams,
+                "kernels": res.program.kernels,
+                "mode": "graph" if res.program.graph_mode else "eager",
+                "schedule": schedule_to_json(res.schedule),
+            }
+        )
+    if not entries:
+        raise CalibrationError(f"no scheduler could be validated on {model}: {failures}")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "date": _dt.date.today().isoformat(),
+        "device": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "model": {"name": model, "batch": batch, "image_size": image_size, "dtype": dtype},
+        "gpu": gpu.to_json(),
+        "warmup": warmup,
+        "repeats": repeats,
+        "schedules": entries,
+        "failures": failures,
+    }
