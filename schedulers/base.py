@@ -21,7 +21,7 @@ from simgpu.errors import SimGPUError
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec, Machine
 from simgpu.kernels import KernelCache
-from simgpu.program import Launch, Record, StreamProgram, Wait, lower
+from simgpu.program import Copy, Launch, Record, StreamProgram, Wait, lower
 from simgpu.schedule import Schedule
 from simgpu.sim.engine import simulate
 from simgpu.timeline import Timeline
@@ -174,7 +174,7 @@ class Profiler:
         return self.gpu_search_us / 1e6
 
     def program(self, schedule: Schedule, graph: OpGraph) -> StreamProgram:
-        return lower(schedule, graph, self.gpu, cache=self.kernels)
+        return lower(schedule, graph, list(self.machine.devices), cache=self.kernels)
 
     def measure(self, schedule: Schedule, graph: OpGraph) -> float:
         """Latency in microseconds of ``schedule`` run on ``graph`` (or a subgraph)."""
@@ -276,6 +276,8 @@ def _program_key(p: StreamProgram) -> tuple:
             parts.append(("L", c.device, c.stream, c.op, None if k is None else (k.name, k.grid)))
         elif isinstance(c, Record | Wait):
             parts.append((type(c).__name__, c.device, c.stream, c.event))
+        elif isinstance(c, Copy):
+            parts.append(("C", c.device, c.stream, c.src, c.dst, c.bytes))
         else:
             parts.append(("S", c.device))
     return tuple(parts)

@@ -5,6 +5,9 @@ opened side by side in Perfetto (ui.perfetto.dev) or chrome://tracing:
 
 * one process per GPU (``pid`` = device index), one thread track per stream (``tid`` = stream);
 * kernels as complete (``"X"``) events, ``cat: "kernel"``;
+* peer copies as complete events on their stream track, ``cat: "gpu_memcpy"``, named as
+  Kineto names them ("Memcpy PtoP (Device -> Device)"), with bytes, source and
+  destination GPU and the achieved GB/s in ``args``;
 * event record / wait / no-op commands as instant (``"i"``) events on their stream track, so
   zero-length ones stay visible;
 * a "Host" process with one track per device's host thread, each API call an ``"X"`` event;
@@ -40,6 +43,7 @@ def _t(us: float) -> float:
 def _n_devices(tl: Timeline) -> int:
     """Devices named in the timeline plus any index a record mentions beyond them."""
     idx = [k.device for k in tl.kernels] + [c.device for c in tl.commands]
+    idx += [c.device for c in tl.copies] + [c.dst for c in tl.copies]
     idx += [h.device for h in tl.host]
     return max([len(tl.gpu_names), len(tl.counters), *(i + 1 for i in idx)])
 
@@ -128,6 +132,33 @@ def to_chrome_trace(timeline: Timeline, title: str = "simgpu") -> dict[str, Any]
             }
         )
 
+    # --- peer copies ---------------------------------------------------------------------------
+    for c in tl.copies:
+        dur = c.end_us - c.start_us
+        cargs: dict[str, Any] = {
+            "bytes": int(c.bytes),
+            "src_device": c.src,
+            "dst_device": c.dst,
+            "device": c.device,
+            "stream": c.stream,
+            "issue_us": _t(c.issue_us),
+            "gbps": round(c.bytes / dur / 1e3, 3) if dur > 0 else None,
+        }
+        if c.tensor is not None:
+            cargs["tensor"] = c.tensor
+        events.append(
+            {
+                "ph": "X",
+                "cat": "gpu_memcpy",
+                "name": "Memcpy PtoP (Device -> Device)",
+                "pid": c.device,
+                "tid": c.stream,
+                "ts": _t(c.start_us),
+                "dur": _t(dur),
+                "args": cargs,
+            }
+        )
+
     # --- stream commands (event record / wait / no-op) ------------------------------------
     for c in tl.commands:
         label = c.kind if c.event is None else f"{c.kind} {c.event}"
@@ -213,6 +244,7 @@ def to_chrome_trace(timeline: Timeline, title: str = "simgpu") -> dict[str, Any]
             "gpu_names": list(tl.gpu_names),
             "sm_counts": [int(n) for n in tl.sm_counts],
             "kernels": len(tl.kernels),
+            "copies": len(tl.copies),
         },
     }
 

@@ -21,6 +21,7 @@ _WIDTH_IN = 14.0
 _LABEL_FRAC = 0.035  # label a bar when it spans at least this fraction of the x range
 _MAX_LABELS = 400
 _HOST_COLOR = "#9e9e9e"
+_COPY_COLOR = "#1f77b4"
 _SYNC_COLOR = "#5a5a5a"
 
 
@@ -46,6 +47,7 @@ def _rows(tl: Timeline) -> list[tuple[str, tuple[str, int, int]]]:
 
 def _x_end_ms(tl: Timeline) -> float:
     ends = [tl.makespan_us] + [k.end_us for k in tl.kernels] + [h.end_us for h in tl.host]
+    ends += [c.end_us for c in tl.copies]
     return max(max(ends) / 1e3, 1e-3)
 
 
@@ -69,6 +71,33 @@ def _draw_gantt(ax: Axes, tl: Timeline, max_kernels: int | None) -> int:
         cols.append(_SYNC_COLOR if "sync" in h.api else _HOST_COLOR)
     for y, (xr, cols) in sorted(bars.items()):
         ax.broken_barh(xr, (y - 0.4, 0.8), facecolors=cols, edgecolor="white", linewidth=0.3)
+    # peer copies: hatched bars on their stream's row, labelled with their direction
+    copy_rows: dict[int, list[tuple[float, float]]] = {}
+    for c in tl.copies:
+        copy_rows.setdefault(row_of[("s", c.device, c.stream)], []).append(
+            (c.start_us / 1e3, max(c.end_us - c.start_us, 0.0) / 1e3)
+        )
+    for i, (y, xr) in enumerate(sorted(copy_rows.items())):
+        ax.broken_barh(
+            xr,
+            (y - 0.3, 0.6),
+            facecolors="none",
+            edgecolor=_COPY_COLOR,
+            hatch="////",
+            linewidth=0.6,
+            label="peer copy" if i == 0 else None,
+        )
+    for c in tl.copies if len(tl.copies) <= _MAX_LABELS else ():
+        if (c.end_us - c.start_us) / 1e3 >= _LABEL_FRAC * span_ms:
+            ax.text(
+                (c.start_us + c.end_us) / 2e3,
+                row_of[("s", c.device, c.stream)],
+                f"GPU{c.src}->GPU{c.dst}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                clip_on=True,
+            )
 
     if len(kernels) <= _MAX_LABELS:
         for k in kernels:

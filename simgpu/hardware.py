@@ -9,6 +9,7 @@ and any fields to change, or defines a GPU outright.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -48,6 +49,9 @@ class GPUSpec:
     l2_mb: float = 6.0
     # streams map onto this many hardware queues (CUDA_DEVICE_MAX_CONNECTIONS)
     hw_queues: int = 8
+    # DMA copy engines (deviceQuery's asyncEngineCount): peer copies run on these, beside
+    # kernels; more copies than engines queue for one
+    copy_engines: int = 2
     # host-side API costs (CPU time of the issuing thread)
     launch_api_us: float = 5.0  # cudaLaunchKernel
     framework_dispatch_us: float = 4.0  # eager framework overhead per op kernel
@@ -171,6 +175,7 @@ PRESETS: dict[str, GPUSpec] = {
             dram_gbps=900,
             memory_gb=32,
             l2_mb=6,
+            copy_engines=6,
         ),
         GPUSpec(
             name="a100-sxm4-40gb",
@@ -192,6 +197,7 @@ PRESETS: dict[str, GPUSpec] = {
             dram_gbps=1555,
             memory_gb=40,
             l2_mb=40,
+            copy_engines=3,
         ),
         GPUSpec(
             name="h100-sxm",
@@ -213,6 +219,7 @@ PRESETS: dict[str, GPUSpec] = {
             dram_gbps=3350,
             memory_gb=80,
             l2_mb=50,
+            copy_engines=3,
         ),
         GPUSpec(
             name="t4",
@@ -234,6 +241,7 @@ PRESETS: dict[str, GPUSpec] = {
             dram_gbps=320,
             memory_gb=16,
             l2_mb=4,
+            copy_engines=3,
         ),
         GPUSpec(
             name="rtx3080",
@@ -352,16 +360,112 @@ def load_gpu(name_or_path: str | Path) -> GPUSpec:
     return preset(s)
 
 
+# --- machines: several GPUs and the links between them ------------------------------
+
+
+@dataclass(frozen=True)
+class LinkKind:
+    """A kind of interconnect, per unit (one NVLink link, one x16 PCIe slot): bandwidth
+    per direction in GB/s, and the latency of a peer copy over it in microseconds."""
+
+    name: str
+    gbps: float
+    latency_us: float
+    description: str = ""
+
+
+# Datasheet bandwidths per direction. NVLink 2/3/4 run 25 GB/s per link and direction
+# (V100: 6 links, A100: 12, H100: 18); PCIe x16 after line coding: gen3 15.75, gen4 31.5,
+# gen5 63 GB/s. Latencies are round figures of p2pBandwidthLatencyTest reports (about
+# 2 us between NVLink peers, about 5 us over PCIe); calibration overrides them per link.
+LINK_KINDS: dict[str, LinkKind] = {
+    k.name: k
+    for k in (
+        LinkKind("nvlink2", 25.0, 2.0, "NVLink 2.0 (Volta), per link"),
+        LinkKind("nvlink3", 25.0, 2.0, "NVLink 3.0 (Ampere), per link"),
+        LinkKind("nvlink4", 25.0, 2.0, "NVLink 4.0 (Hopper), per link"),
+        LinkKind("pcie3", 15.75, 5.0, "PCIe 3.0 x16"),
+        LinkKind("pcie4", 31.5, 5.0, "PCIe 4.0 x16"),
+        LinkKind("pcie5", 63.0, 5.0, "PCIe 5.0 x16"),
+    )
+}
+
+Node = int | str  # a GPU index or a switch name
+
+
+@dataclass(frozen=True)
+class Link:
+    """A full-duplex connection between two nodes; ``gbps`` per direction (``count``
+    units of ``kind`` together)."""
+
+    a: Node
+    b: Node
+    kind: str
+    count: int
+    gbps: float
+    latency_us: float
+
+    @property
+    def bytes_per_us(self) -> float:
+        return self.gbps * 1e3
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a peer copy travels: the directed hops it occupies, its bottleneck bandwidth
+    and its latency (the largest of its hops': a switch forwards without adding a copy's
+    start-up again)."""
+
+    channels: tuple[tuple[Node, Node], ...]
+    gbps: float
+    latency_us: float
+
+    def transfer_us(self, nbytes: float) -> float:
+        """Uncontended time of a copy of ``nbytes``: latency + bytes / bandwidth."""
+        return self.latency_us + nbytes / (self.gbps * 1e3)
+
+
 @dataclass(frozen=True)
 class Machine:
-    """One or more GPUs driven from one host. The multi-GPU issue adds links here."""
+    """One or more GPUs driven from one host thread, and the links between them.
+
+    Nodes are GPU indices and named switches (NVSwitch, a PCIe switch). A copy between
+    two GPUs takes the route with the fewest hops — only switches forward, GPUs do not
+    — and, among those, the widest bottleneck.
+    """
 
     name: str
     devices: tuple[GPUSpec, ...]
+    links: tuple[Link, ...] = ()
+    switches: tuple[str, ...] = ()
+    description: str = ""
 
     def __post_init__(self) -> None:
         if not self.devices:
             raise SpecError(f"machine '{self.name}' has no GPU")
+        object.__setattr__(self, "devices", tuple(self.devices))
+        object.__setattr__(self, "links", tuple(self.links))
+        object.__setattr__(self, "switches", tuple(self.switches))
+        n = len(self.devices)
+        if len(set(self.switches)) != len(self.switches):
+            raise SpecError(f"machine '{self.name}': a switch is named twice")
+        for i, link in enumerate(self.links):
+            for end in (link.a, link.b):
+                if isinstance(end, bool) or not (
+                    (isinstance(end, int) and 0 <= end < n)
+                    or (isinstance(end, str) and end in self.switches)
+                ):
+                    raise SpecError(
+                        f"machine '{self.name}': link {i} names {end!r}, which is neither a GPU "
+                        f"(0..{n - 1}) nor a switch ({', '.join(self.switches) or 'none'})"
+                    )
+            if link.a == link.b:
+                raise SpecError(f"machine '{self.name}': link {i} joins {link.a!r} to itself")
+            for what, v in (("gbps", link.gbps), ("latency_us", link.latency_us)):
+                if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                    raise SpecError(f"machine '{self.name}': link {i} {what} must be >= 0")
+            if link.gbps <= 0:
+                raise SpecError(f"machine '{self.name}': link {i} gbps must be positive")
 
     @classmethod
     def single(cls, gpu: GPUSpec) -> Machine:
@@ -370,3 +474,294 @@ class Machine:
     @property
     def gpu(self) -> GPUSpec:
         return self.devices[0]
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.devices)
+
+    @functools.cached_property
+    def _routes(self) -> dict[tuple[int, int], Route | None]:
+        adj: dict[Node, list[tuple[Node, Link]]] = {}
+        for link in self.links:
+            adj.setdefault(link.a, []).append((link.b, link))
+            adj.setdefault(link.b, []).append((link.a, link))
+        out: dict[tuple[int, int], Route | None] = {}
+        n = len(self.devices)
+        for src in range(n):
+            # breadth-first by hops; at each depth keep the widest route to every node
+            best: dict[Node, tuple[float, float, tuple]] = {src: (math.inf, 0.0, ())}
+            frontier: list[Node] = [src]
+            while frontier:
+                nxt: dict[Node, tuple[float, float, tuple]] = {}
+                for node in frontier:
+                    if isinstance(node, int) and node != src:
+                        continue  # GPUs do not forward
+                    bw, lat, hops = best[node]
+                    for other, link in adj.get(node, ()):
+                        if other in best:
+                            continue
+                        cand = (
+                            min(bw, link.gbps),
+                            max(lat, link.latency_us),
+                            (*hops, (node, other)),
+                        )
+                        cur = nxt.get(other)
+                        if cur is None or (cand[0], -cand[1]) > (cur[0], -cur[1]):
+                            nxt[other] = cand
+                for node in sorted(nxt, key=_node_key):
+                    best[node] = nxt[node]
+                frontier = sorted(nxt, key=_node_key)
+            for dst in range(n):
+                if dst == src:
+                    continue
+                hit = best.get(dst)
+                out[(src, dst)] = None if hit is None else Route(hit[2], hit[0], hit[1])
+        return out
+
+    def route(self, src: int, dst: int) -> Route | None:
+        """The route of a copy from GPU ``src`` to GPU ``dst`` (None if they are not
+        connected, or the same GPU)."""
+        return self._routes.get((src, dst))
+
+    def transfer_us(self, src: int, dst: int, nbytes: float) -> float:
+        """Uncontended time to copy ``nbytes`` from ``src`` to ``dst`` (0 on one GPU)."""
+        if src == dst:
+            return 0.0
+        r = self.route(src, dst)
+        if r is None:
+            raise SpecError(f"machine '{self.name}': no route from GPU {src} to GPU {dst}")
+        return r.transfer_us(nbytes)
+
+    def check_connected(self, source: str | None = None) -> None:
+        """Every GPU can reach every other: what a loaded machine must satisfy."""
+        for (src, dst), r in sorted(self._routes.items()):
+            if r is None:
+                where = f"{source}: " if source else ""
+                raise SpecError(
+                    f"{where}machine '{self.name}': no route from GPU {src} to GPU {dst} "
+                    f"(only switches forward copies; add a link)"
+                )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "gpus": [g.name for g in self.devices],
+            "switches": list(self.switches),
+            "links": [
+                {
+                    "between": [link.a, link.b],
+                    "kind": link.kind,
+                    "count": link.count,
+                    "gbps": link.gbps,
+                    "latency_us": link.latency_us,
+                }
+                for link in self.links
+            ],
+        }
+
+
+def _node_key(node: Node) -> tuple[int, int | str]:
+    return (0, node) if isinstance(node, int) else (1, node)
+
+
+_MACHINE_KEYS = {"name", "gpus", "links", "switches", "base", "description"}
+_LINK_KEYS = {"between", "kind", "count", "gbps", "latency_us"}
+
+
+def machine_from_json(data: Any, source: str = "<json>", base_dir: Path | None = None) -> Machine:
+    """A machine from JSON: ``{"name", "gpus": [preset or GPU object...], "switches":
+    [names], "links": [{"between": [a, b], "kind": K, "count": N, "gbps": X,
+    "latency_us": Y}]}``; ``"base": PRESET`` takes a machine preset and replaces the
+    keys given. A link needs a ``kind`` or both ``gbps`` and ``latency_us``; given
+    figures override the kind's."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a machine must be a JSON object")
+    data = dict(data)
+    if "base" in data:
+        base_name = data.pop("base")
+        key = str(base_name).strip().lower()
+        if key not in MACHINE_PRESETS:
+            known = ", ".join(sorted(MACHINE_PRESETS))
+            raise SpecError(f"{source}: unknown base machine {base_name!r} (presets: {known})")
+        merged = dict(MACHINE_PRESETS[key])
+        merged.update(data)
+        if "name" not in data:
+            merged["name"] = f"{key}+{Path(source).stem}"
+        data = merged
+    unknown = sorted(set(data) - _MACHINE_KEYS)
+    if unknown:
+        raise SpecError(
+            f"{source}: unknown machine key(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(_MACHINE_KEYS))})"
+        )
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name:
+        raise SpecError(f'{source}: "name" must be a non-empty string')
+    gpus_in = data.get("gpus")
+    if not isinstance(gpus_in, list) or not gpus_in:
+        raise SpecError(f'{source}: "gpus" must be a non-empty list of GPU presets or objects')
+    devices = []
+    for i, g in enumerate(gpus_in):
+        where = f"{source}: gpus[{i}]"
+        if isinstance(g, str):
+            path = Path(g)
+            if base_dir is not None and not path.is_absolute() and (base_dir / path).is_file():
+                path = base_dir / path
+            devices.append(load_gpu(path if path.is_file() else g))
+        elif isinstance(g, dict):
+            devices.append(gpu_from_json(g, source=where))
+        else:
+            raise SpecError(f"{where}: must be a GPU preset name or a GPU object, got {g!r}")
+    switches = data.get("switches", [])
+    if not isinstance(switches, list) or not all(isinstance(x, str) and x for x in switches):
+        raise SpecError(f'{source}: "switches" must be a list of names')
+    links_in = data.get("links", [])
+    if not isinstance(links_in, list):
+        raise SpecError(f'{source}: "links" must be a list')
+    links = [_link_from_json(x, f"{source}: links[{i}]") for i, x in enumerate(links_in)]
+    try:
+        m = Machine(
+            name, tuple(devices), tuple(links), tuple(switches), str(data.get("description", ""))
+        )
+    except SpecError as e:
+        raise SpecError(f"{source}: {e}") from None
+    m.check_connected(source)
+    return m
+
+
+def _link_from_json(x: Any, where: str) -> Link:
+    if not isinstance(x, dict):
+        raise SpecError(f"{where}: a link must be an object, got {x!r}")
+    unknown = sorted(set(x) - _LINK_KEYS)
+    if unknown:
+        raise SpecError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_LINK_KEYS))})"
+        )
+    ends = x.get("between")
+    if (
+        not isinstance(ends, list)
+        or len(ends) != 2
+        or not all(
+            isinstance(e, str) or (isinstance(e, int) and not isinstance(e, bool)) for e in ends
+        )
+    ):
+        raise SpecError(f'{where}: "between" must list two nodes (GPU indices or switch names)')
+    count = x.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise SpecError(f'{where}: "count" must be a positive integer, got {count!r}')
+    kind_name = x.get("kind")
+    if kind_name is None:
+        if "gbps" not in x or "latency_us" not in x:
+            raise SpecError(
+                f'{where}: give a "kind" ({", ".join(LINK_KINDS)}) or "gbps" and "latency_us"'
+            )
+        kind = LinkKind("custom", 0.0, 0.0)
+    else:
+        kind = LINK_KINDS.get(str(kind_name).lower())
+        if kind is None:
+            raise SpecError(
+                f"{where}: unknown link kind {kind_name!r} (kinds: {', '.join(LINK_KINDS)})"
+            )
+    gbps = x.get("gbps", kind.gbps * count)
+    latency = x.get("latency_us", kind.latency_us)
+    for what, v in (("gbps", gbps), ("latency_us", latency)):
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            raise SpecError(f'{where}: "{what}" must be a number, got {v!r}')
+    if gbps <= 0 or latency < 0:
+        raise SpecError(f'{where}: "gbps" must be positive and "latency_us" not negative')
+    return Link(ends[0], ends[1], kind.name, count, float(gbps), float(latency))
+
+
+def _pairs(n: int, kind: str, count: int) -> list[dict[str, Any]]:
+    return [
+        {"between": [a, b], "kind": kind, "count": count} for a in range(n) for b in range(a + 1, n)
+    ]
+
+
+def _star(n: int, switch: str, kind: str, count: int) -> list[dict[str, Any]]:
+    return [{"between": [i, switch], "kind": kind, "count": count} for i in range(n)]
+
+
+# Machine presets, as the JSON a user would write. Each documents the system it models.
+MACHINE_PRESETS: dict[str, dict[str, Any]] = {
+    "2xv100-nvlink": {
+        "name": "2xv100-nvlink",
+        "description": "two V100-SXM2 joined by two NVLink 2 links (50 GB/s per direction), "
+        "as the doubly linked GPU pairs of a DGX-1",
+        "gpus": ["v100-sxm2"] * 2,
+        "links": _pairs(2, "nvlink2", 2),
+    },
+    "2xa100-nvlink": {
+        "name": "2xa100-nvlink",
+        "description": "two A100s joined by 12 NVLink 3 links (300 GB/s per direction)",
+        "gpus": ["a100-sxm4-40gb"] * 2,
+        "links": _pairs(2, "nvlink3", 12),
+    },
+    "4xa100-nvlink": {
+        "name": "4xa100-nvlink",
+        "description": "HGX A100 4-GPU: every pair joined by 4 NVLink 3 links "
+        "(100 GB/s per direction)",
+        "gpus": ["a100-sxm4-40gb"] * 4,
+        "links": _pairs(4, "nvlink3", 4),
+    },
+    "8xh100-nvswitch": {
+        "name": "8xh100-nvswitch",
+        "description": "HGX H100 8-GPU: each GPU's 18 NVLink 4 links into NVSwitch "
+        "(450 GB/s per direction, all to all)",
+        "gpus": ["h100-sxm"] * 8,
+        "switches": ["nvswitch"],
+        "links": _star(8, "nvswitch", "nvlink4", 18),
+    },
+    "2xgpu-pcie4": {
+        "name": "2xgpu-pcie4",
+        "description": "two A100s on a PCIe 4.0 x16 switch, no NVLink (31.5 GB/s per direction)",
+        "gpus": ["a100-sxm4-40gb"] * 2,
+        "switches": ["pcie"],
+        "links": _star(2, "pcie", "pcie4", 1),
+    },
+    "2xv100-pcie3": {
+        "name": "2xv100-pcie3",
+        "description": "two V100s on a PCIe 3.0 x16 switch, no NVLink (15.75 GB/s per direction)",
+        "gpus": ["v100-sxm2"] * 2,
+        "switches": ["pcie"],
+        "links": _star(2, "pcie", "pcie3", 1),
+    },
+    "2xh100-pcie5": {
+        "name": "2xh100-pcie5",
+        "description": "two H100s on a PCIe 5.0 x16 switch, no NVLink (63 GB/s per direction)",
+        "gpus": ["h100-sxm"] * 2,
+        "switches": ["pcie"],
+        "links": _star(2, "pcie", "pcie5", 1),
+    },
+}
+
+
+def machine_preset(name: str) -> Machine:
+    key = name.strip().lower()
+    if key not in MACHINE_PRESETS:
+        raise SpecError(f"unknown machine '{name}'")
+    return machine_from_json(MACHINE_PRESETS[key], source=key)
+
+
+def load_machine(name_or_path: str | Path) -> Machine:
+    """A machine preset, a machine JSON file, or a GPU (preset or file): one device."""
+    s = str(name_or_path)
+    path = Path(s)
+    if s.endswith(".json") or path.is_file():
+        data = read_json(path)
+        if isinstance(data, dict) and (
+            "gpus" in data or str(data.get("base", "")).lower() in MACHINE_PRESETS
+        ):
+            return machine_from_json(data, source=s, base_dir=path.parent)
+        return Machine.single(gpu_from_json(data, source=s))
+    key = s.strip().lower()
+    if key in MACHINE_PRESETS:
+        return machine_preset(key)
+    try:
+        return Machine.single(preset(s))
+    except SpecError:
+        known = ", ".join(sorted(MACHINE_PRESETS))
+        raise SpecError(
+            f"unknown machine '{s}' (machines: {known}; or a GPU preset, or a JSON file)"
+        ) from None

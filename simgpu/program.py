@@ -9,12 +9,14 @@ ordered by stream order, an event chain or a synchronize.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from simgpu.errors import ProgramError
+from simgpu.errors import ProgramError, ScheduleError
 from simgpu.graph import OpGraph
-from simgpu.hardware import GPUSpec
+from simgpu.hardware import GPUSpec, Machine
 from simgpu.kernels import Kernel, KernelCache
+from simgpu.ops import numel
 from simgpu.schedule import Schedule, StageSchedule, StreamSchedule, validate_schedule
 
 
@@ -31,6 +33,9 @@ class Launch:
 
 @dataclass(frozen=True, slots=True)
 class Record:
+    """Record ``event`` on a stream. Event names are machine-wide, as CUDA events are
+    handles: a stream of another device may wait on it (cudaStreamWaitEvent)."""
+
     event: str
     stream: int
     device: int = 0
@@ -44,13 +49,28 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True)
+class Copy:
+    """Copy ``bytes`` from GPU ``src`` to GPU ``dst`` (cudaMemcpyPeerAsync), in stream
+    order on ``stream`` of ``device``. It runs on a copy engine and over the machine's
+    links, beside kernels, not on SMs. ``tensor`` names the op whose output it moves
+    (the validator then checks it is ordered after that op and before its readers)."""
+
+    bytes: int
+    src: int
+    dst: int
+    stream: int
+    device: int = 0
+    tensor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Synchronize:
     """Block the host until the device is idle (cudaDeviceSynchronize)."""
 
     device: int = 0
 
 
-Command = Launch | Record | Wait | Synchronize
+Command = Launch | Record | Wait | Copy | Synchronize
 
 
 @dataclass
@@ -73,6 +93,10 @@ class StreamProgram:
         return sum(1 for c in self.commands if isinstance(c, Launch) and c.kernel is not None)
 
     @property
+    def copies(self) -> int:
+        return sum(1 for c in self.commands if isinstance(c, Copy))
+
+    @property
     def syncs(self) -> int:
         """Cross-stream waits plus device synchronisations."""
         return sum(1 for c in self.commands if isinstance(c, Wait | Synchronize))
@@ -93,21 +117,39 @@ def _launches(op: str, kernels: list[Kernel], stream: int, device: int) -> list[
 def lower(
     schedule: Schedule,
     graph: OpGraph,
-    gpu: GPUSpec | list[GPUSpec],
+    gpu: GPUSpec | Sequence[GPUSpec] | Machine,
     name: str = "program",
     cache: KernelCache | None = None,
     validate: bool = True,
+    subset: bool = False,
 ) -> StreamProgram:
     """Turn a schedule into the host calls that run it.
 
     ``graph`` is the original graph; a schedule carrying a rewritten graph is lowered
-    against that one. ``gpu`` may list one spec per device.
+    against that one. ``gpu`` may list one spec per device (or be a Machine). A stream
+    schedule whose ``devices`` put a producer and a consumer on different GPUs gets the
+    transfer of the producer's output as a Copy, with the events that order it.
+
+    ``subset``: the schedule runs only some of the graph's ops (a scheduler's partial
+    schedule); inputs from ops it leaves out count as ready and already in place.
     """
     g = schedule.graph or graph
-    if validate:
+    if subset:
+        _check_subset(schedule, g)
+    elif validate:
         validate_schedule(schedule, g)
-    gpus = gpu if isinstance(gpu, list) else [gpu]
-    caches = [cache if cache is not None and cache.gpu is s else KernelCache(s) for s in gpus]
+    if isinstance(gpu, Machine):
+        gpus = list(gpu.devices)
+    elif isinstance(gpu, GPUSpec):
+        gpus = [gpu]
+    else:
+        gpus = list(gpu)
+    caches: list[KernelCache] = []
+    for s in gpus:  # one cache per distinct GPU: equal devices share their kernels
+        hit = next((c for c in caches if c.gpu is s), None)
+        if hit is None and cache is not None and (cache.gpu is s or cache.gpu == s):
+            hit = cache
+        caches.append(hit if hit is not None else KernelCache(s))
 
     def kernels(op: str, device: int) -> list[Kernel]:
         if device >= len(caches):
@@ -120,6 +162,28 @@ def lower(
     else:
         _lower_streams(schedule, g, kernels, cmds)
     return StreamProgram(cmds, schedule.graph_mode, name)
+
+
+def _check_subset(schedule: Schedule, g: OpGraph) -> None:
+    seen: set[str] = set()
+    for op in schedule.ops():
+        if op not in g:
+            raise ScheduleError(f"schedule names op '{op}', not in graph '{g.name}'")
+        if op in seen:
+            raise ScheduleError(f"schedule runs op '{op}' more than once")
+        seen.add(op)
+
+
+def output_bytes(g: OpGraph, op: str) -> int:
+    """Bytes of an op's output: what moves when a consumer runs on another GPU."""
+    o = g[op]
+    return numel(o.output_shape) * o.dtype_bytes
+
+
+def copy_stream(n_streams: int, dst: int) -> int:
+    """Stream id of the copies a device sends to ``dst``: after every schedule stream, so
+    it never shares a stream with kernels (it may still share a hardware queue)."""
+    return n_streams + dst
 
 
 def _lower_stages(schedule: StageSchedule, kernels, cmds: list[Command]) -> None:
@@ -144,36 +208,81 @@ def _lower_stages(schedule: StageSchedule, kernels, cmds: list[Command]) -> None
 def _lower_streams(schedule: StreamSchedule, g: OpGraph, kernels, cmds: list[Command]) -> None:
     """Issue ops in a topological order that interleaves streams by position, and add an
     event only where the consumer's stream does not already know the producer finished
-    (vector clocks), so transitive and same-stream dependencies cost nothing."""
+    (vector clocks), so transitive and same-stream dependencies cost nothing.
+
+    An output read on another GPU is copied there once, right after its producer is
+    issued, on the producer device's copy stream for that destination: the copy waits
+    for the producer's event, and readers wait for the copy's event unless their stream
+    already knows the copy finished. Copy streams are extra vector-clock components.
+    """
     where = {op: (si, pos) for si, ops in enumerate(schedule.streams) for pos, op in enumerate(ops)}
     order = _issue_order(schedule, g, where)
     n = len(schedule.streams)
-    # pass 1: which ops need an event recorded after them
-    clock = [[-1] * n for _ in range(n)]  # clock[s][t]: latest position of t that s has seen
+    dev = [schedule.device_of(s) for s in range(n)]
+    preds = {op: [u for u in g.predecessors(op) if u in where] for op in order}
+    # copies: destinations of every op read on another GPU, and one clock per channel
+    targets: dict[str, list[int]] = {}
+    if len(set(dev)) > 1:
+        for v in order:
+            dv = dev[where[v][0]]
+            for u in preds[v]:
+                du = dev[where[u][0]]
+                if du != dv and dv not in targets.setdefault(u, []):
+                    targets[u].append(dv)
+        for ts in targets.values():
+            ts.sort()
+    chans = sorted({(dev[where[u][0]], t) for u, ts in targets.items() for t in ts})
+    chan = {c: n + i for i, c in enumerate(chans)}
+    width = n + len(chans)
+    # pass 1: which ops need an event recorded after them, and who waits for what
+    clock = [[-1] * width for _ in range(width)]  # clock[s][t]: latest position of t s saw
     rec_clock: dict[str, list[int]] = {}
+    copied: dict[tuple[str, int], tuple[int, int, list[int]]] = {}
     needs: dict[str, list[str]] = {}
+    recorded: set[str] = set()
     for op in order:
         s, pos = where[op]
-        for u in g.predecessors(op):
+        d = dev[s]
+        for u in preds[op]:
             su, pu = where[u]
-            if su != s and clock[s][su] < pu:
-                needs.setdefault(op, []).append(u)
-                rc = rec_clock.get(u)
-                if rc is None:
-                    raise ProgramError(f"internal: producer '{u}' of '{op}' not issued yet")
-                clock[s] = [max(a, b) for a, b in zip(clock[s], rc, strict=True)]
+            if dev[su] == d:
+                if su != s and clock[s][su] < pu:
+                    needs.setdefault(op, []).append(f"done:{u}")
+                    recorded.add(u)
+                    rc = rec_clock.get(u)
+                    if rc is None:
+                        raise ProgramError(f"internal: producer '{u}' of '{op}' not issued yet")
+                    clock[s] = [max(a, b) for a, b in zip(clock[s], rc, strict=True)]
+            else:
+                comp, cpos, cc = copied[(u, d)]
+                if clock[s][comp] < cpos:
+                    needs.setdefault(op, []).append(f"copied:{u}>{d}")
+                    clock[s] = [max(a, b) for a, b in zip(clock[s], cc, strict=True)]
         clock[s][s] = pos
         rec_clock[op] = list(clock[s])
-    recorded = {u for us in needs.values() for u in us}
+        for t in targets.get(op, ()):
+            comp = chan[(d, t)]
+            recorded.add(op)  # the copy waits for the producer's event
+            cc = clock[comp] = [max(a, b) for a, b in zip(clock[comp], rec_clock[op], strict=True)]
+            cc[comp] += 1
+            copied[(op, t)] = (comp, cc[comp], list(cc))
     # pass 2: emit
     for op in order:
         s, _ = where[op]
-        dev = schedule.device_of(s)
-        for u in needs.get(op, ()):
-            cmds.append(Wait(f"done:{u}", s, dev))
-        cmds.extend(_launches(op, kernels(op, dev), s, dev))
+        d = dev[s]
+        for ev in needs.get(op, ()):
+            cmds.append(Wait(ev, s, d))
+        cmds.extend(_launches(op, kernels(op, d), s, d))
         if op in recorded:
-            cmds.append(Record(f"done:{op}", s, dev))
+            cmds.append(Record(f"done:{op}", s, d))
+        ts = targets.get(op)
+        if ts:
+            nbytes = output_bytes(g, op)
+            for t in ts:
+                cs = copy_stream(n, t)
+                cmds.append(Wait(f"done:{op}", cs, d))
+                cmds.append(Copy(nbytes, d, t, cs, d, op))
+                cmds.append(Record(f"copied:{op}>{t}", cs, d))
 
 
 def _issue_order(
@@ -186,8 +295,9 @@ def _issue_order(
     indeg = {op: 0 for op in where}
     succ: dict[str, list[str]] = {op: [] for op in where}
     for u, v in g.edges():
-        succ[u].append(v)
-        indeg[v] += 1
+        if u in indeg and v in indeg:  # a subset schedule leaves some ops out
+            succ[u].append(v)
+            indeg[v] += 1
     for ops in schedule.streams:
         for a, b in itertools.pairwise(ops):
             succ[a].append(b)
@@ -213,30 +323,38 @@ def _issue_order(
 def validate_program(program: StreamProgram, graph: OpGraph | None = None) -> None:
     """Check a program before it runs; raise ProgramError naming the ops and streams.
 
-    Without a graph only the event discipline is checked. With one: every op launched
-    exactly once (all its kernels on one stream, back to back), and every dependency
-    u -> v ordered: v's stream must have seen u's last command through stream order,
-    waits on recorded events, or a synchronize (vector clocks over streams).
+    Without a graph only the event and copy discipline is checked. With one: every op
+    launched exactly once (all its kernels on one stream, back to back), and every
+    dependency u -> v ordered: v's stream must have seen u's last command through
+    stream order, waits on recorded events, or a synchronize (vector clocks over
+    streams). When u and v run on different GPUs, u's output must also reach v's GPU:
+    a Copy of u to that GPU, ordered after u and before v.
     """
-    recorded: dict[tuple[int, str], dict[tuple[int, int], int]] = {}
+    recorded: dict[str, dict[tuple[int, int], int]] = {}  # events are machine-wide
     clocks: dict[tuple[int, int], dict[tuple[int, int], int]] = {}
     seq: dict[tuple[int, int], int] = {}
     op_at: dict[str, tuple[tuple[int, int], int, int]] = {}  # op -> stream, first, last seq
     last_op: dict[tuple[int, int], str] = {}
     floor: dict[tuple[int, int], int] = {}
     seen: list[tuple[str, int, str, int]] = []  # (op, its stream, input, input seq seen)
+    copies: dict[tuple[str, int], tuple[tuple[int, int], int]] = {}  # (op, dst) -> stream, seq
+    copy_saw: list[tuple[int, str, int]] = []  # (command, tensor, its producer's seq seen)
     for i, c in enumerate(program.commands):
         if isinstance(c, Synchronize):
             if program.graph_mode:
                 raise ProgramError(f"command {i}: synchronize inside a CUDA Graph program")
-            # everything issued so far happens before everything after
+            # everything issued so far on that device happens before everything after
             merged: dict[tuple[int, int], int] = dict(floor)
-            for cl in clocks.values():
+            for st, cl in clocks.items():
+                if st[0] != c.device:
+                    continue
                 for k, v in cl.items():
                     if merged.get(k, -1) < v:
                         merged[k] = v
-            for st in clocks:
-                clocks[st] = dict(merged)
+            for cl in clocks.values():
+                for k, v in merged.items():
+                    if cl.get(k, -1) < v:
+                        cl[k] = v
             floor = merged  # streams first used after the sync inherit it too
             continue
         key = (c.device, c.stream)
@@ -248,9 +366,9 @@ def validate_program(program: StreamProgram, graph: OpGraph | None = None) -> No
             cl = clocks[key] = dict(floor)
         cl[key] = n
         if isinstance(c, Record):
-            recorded[(c.device, c.event)] = dict(cl)
+            recorded[c.event] = dict(cl)
         elif isinstance(c, Wait):
-            rc = recorded.get((c.device, c.event))
+            rc = recorded.get(c.event)
             if rc is None:
                 raise ProgramError(
                     f"command {i}: stream {c.stream} waits on event '{c.event}' "
@@ -259,6 +377,27 @@ def validate_program(program: StreamProgram, graph: OpGraph | None = None) -> No
             for k, v in rc.items():
                 if cl.get(k, -1) < v:
                     cl[k] = v
+        elif isinstance(c, Copy):
+            if c.src < 0 or c.dst < 0 or c.src == c.dst:
+                raise ProgramError(
+                    f"command {i}: a copy goes between two different GPUs, not from device "
+                    f"{c.src} to device {c.dst}"
+                )
+            if c.bytes < 0:
+                raise ProgramError(f"command {i}: copy of {c.bytes} bytes")
+            if c.tensor is not None and graph is not None:
+                pu = op_at.get(c.tensor)
+                if pu is None:
+                    raise ProgramError(
+                        f"command {i}: copy of '{c.tensor}' is issued before '{c.tensor}' runs"
+                    )
+                if pu[0][0] != c.src:
+                    raise ProgramError(
+                        f"command {i}: copy of '{c.tensor}' from device {c.src}, but "
+                        f"'{c.tensor}' runs on device {pu[0][0]}"
+                    )
+                copy_saw.append((i, c.tensor, cl.get(pu[0], -1)))
+                copies[(c.tensor, c.dst)] = (key, n)
         else:
             prev = op_at.get(c.op)
             if prev is None:
@@ -270,6 +409,8 @@ def validate_program(program: StreamProgram, graph: OpGraph | None = None) -> No
                             raise ProgramError(
                                 f"op '{c.op}' (stream {c.stream}) is launched before its input '{u}'"
                             )
+                        if pu[0][0] != c.device:
+                            _check_copied(c, u, pu[0][0], copies, cl)
                         seen.append((c.op, c.stream, u, cl.get(pu[0], -1)))
             else:
                 pkey, first, last = prev
@@ -295,3 +436,33 @@ def validate_program(program: StreamProgram, graph: OpGraph | None = None) -> No
                     f"op '{op}' on stream {stream} is not ordered after its input '{u}' on "
                     f"stream {ustream} (device {udev}): add an event or a synchronize"
                 )
+        for i, u, saw in copy_saw:
+            (udev, ustream), _, ulast = op_at[u]
+            if saw < ulast:
+                raise ProgramError(
+                    f"command {i}: the copy of '{u}' is not ordered after '{u}' on stream "
+                    f"{ustream} (device {udev}): add an event"
+                )
+
+
+def _check_copied(
+    c: Launch,
+    u: str,
+    udev: int,
+    copies: dict[tuple[str, int], tuple[tuple[int, int], int]],
+    cl: dict[tuple[int, int], int],
+) -> None:
+    """``c`` reads ``u``'s output from another GPU: a copy must have brought it over and
+    ``c``'s stream must have seen that copy end."""
+    hit = copies.get((u, c.device))
+    if hit is None:
+        raise ProgramError(
+            f"op '{c.op}' on device {c.device} reads '{u}' from device {udev}, but no copy "
+            f"of '{u}' to device {c.device} is issued before it"
+        )
+    ckey, cseq = hit
+    if cl.get(ckey, -1) < cseq:
+        raise ProgramError(
+            f"op '{c.op}' on stream {c.stream} (device {c.device}) is not ordered after the "
+            f"copy of its input '{u}' (stream {ckey[1]} of device {ckey[0]}): add an event"
+        )

@@ -43,6 +43,21 @@ class CommandRecord(NamedTuple):
     op: str | None = None
 
 
+class CopyRecord(NamedTuple):
+    """A peer copy: issued on ``stream`` of ``device``, moved ``bytes`` from GPU ``src``
+    to GPU ``dst`` on a copy engine from ``start_us`` (latency included) to ``end_us``."""
+
+    tensor: str | None
+    device: int
+    stream: int
+    src: int
+    dst: int
+    bytes: int
+    issue_us: float
+    start_us: float
+    end_us: float
+
+
 class HostRecord(NamedTuple):
     """Time the host thread spent in one API call (or blocked in a synchronize)."""
 
@@ -71,6 +86,7 @@ class Timeline:
     sm_busy_us: list[np.ndarray] = field(default_factory=list)
     sm_transitions: list[list[tuple[float, int, list[int]]]] = field(default_factory=list)
     events: int = 0  # SimPy events scheduled, for the throughput benchmark
+    copies: list[CopyRecord] = field(default_factory=list)  # peer copies, by start
 
     def sm_busy(self, device: int = 0) -> np.ndarray:
         """Microseconds each SM of ``device`` had a resident block."""
@@ -92,6 +108,7 @@ class Timeline:
         """(device, stream) pairs that ran anything."""
         seen = {(k.device, k.stream) for k in self.kernels}
         seen |= {(c.device, c.stream) for c in self.commands}
+        seen |= {(c.device, c.stream) for c in self.copies}
         return sorted(seen)
 
     def stream_utilisation(self) -> dict[tuple[int, int], float]:

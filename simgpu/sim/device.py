@@ -25,7 +25,7 @@ from simgpu.sim.sms import Need, SMPool
 if TYPE_CHECKING:
     from simgpu.sim.engine import Simulation
 
-LAUNCH, RECORD, WAIT, NOOP = 0, 1, 2, 3
+LAUNCH, RECORD, WAIT, NOOP, COPY = 0, 1, 2, 3, 4
 
 
 class Stream:
@@ -39,20 +39,23 @@ class Stream:
 
 
 class EventSlot:
-    """One recording of a CUDA event: done once its stream reached it."""
+    """One recording of a CUDA event: done once its stream reached it. Waiting queues
+    may belong to any device (events are machine-wide)."""
 
-    __slots__ = ("done", "name", "stream", "time", "waiters")
+    __slots__ = ("device", "done", "name", "stream", "time", "waiters")
 
-    def __init__(self, name: str, stream: int | None) -> None:
+    def __init__(self, name: str, stream: int | None, device: int = 0) -> None:
         self.name = name
         self.stream = stream  # None while only waits have named it (no record issued yet)
+        self.device = device  # the device of the recording stream
         self.done = False
         self.time = 0.0
         self.waiters: list[HwQueue] = []
 
 
 class Entry:
-    """A command in a hardware queue, as issued by the host."""
+    """A command in a hardware queue, as issued by the host. For a COPY, ``kernel``
+    holds the Copy command (its bytes and devices)."""
 
     __slots__ = ("available", "event", "index", "issue", "kernel", "kind", "op", "stream")
 
@@ -71,10 +74,11 @@ class HwQueue:
     """A hardware work queue: commands leave in issue order, each only once its own
     stream and events allow — so streams aliased onto one queue block each other."""
 
-    __slots__ = ("id", "items", "release_t", "wake_at")
+    __slots__ = ("device", "id", "items", "release_t", "wake_at")
 
-    def __init__(self, qid: int) -> None:
+    def __init__(self, qid: int, device: Device | None = None) -> None:
         self.id = qid
+        self.device = device  # the owner, which an event on another device wakes
         self.items: deque[Entry] = deque()
         self.wake_at = -1.0
         self.release_t = 0.0  # effective time of the last command it released: in order
@@ -130,7 +134,7 @@ class Device:
         self.env: simpy.Environment = sim.env
         self.index = index
         self.gpu = gpu
-        self.queues = [HwQueue(q) for q in range(gpu.hw_queues)]
+        self.queues = [HwQueue(q, self) for q in range(gpu.hw_queues)]
         self.streams: dict[int, Stream] = {}
         self.pool = SMPool(gpu)
         self.next_uid = 0
@@ -150,6 +154,7 @@ class Device:
         self._last_bw = 0.0
         self.kernel_log: list[tuple] = []
         self.command_log: list[tuple] = []
+        self.copy_log: list[tuple] = []  # (entry, start, end) per copy
         # (start, end, op, [(SM indices, blocks each)], Need) per batch, for invariant tests
         self.batch_log: list[list] | None = [] if record_batches else None
         self._open_logs: dict[int, list] = {}
@@ -233,8 +238,14 @@ class Device:
                 slot = e.event
                 slot.done = True
                 slot.time = done = base
-            else:  # NOOP: an op with no device work, in stream order
-                done = base
+            else:
+                if kind == COPY:  # to a copy engine; the stream waits for it like a kernel
+                    items.popleft()
+                    s.busy = True
+                    q.release_t = base
+                    self.sim.copy_fabric().start(self, e, base)
+                    continue
+                done = base  # NOOP: an op with no device work, in stream order
             q.release_t = done
             items.popleft()
             self.command_log.append((e, done))
@@ -243,7 +254,15 @@ class Device:
                 waiters, slot.waiters = slot.waiters, []
                 for wq in waiters:
                     if wq is not q:
-                        self.advance(wq, now)
+                        wq.device.advance(wq, now)
+
+    def copy_done(self, e: Entry, start: float, t: float) -> None:
+        """A copy this device issued has moved its last byte: its stream moves on."""
+        self.copy_log.append((e, start, t))
+        s = e.stream
+        s.busy = False
+        self._complete_one()
+        self.advance(s.queue, t)
 
     # -- block dispatch (left-over policy) ----------------------------------------------
 

@@ -19,9 +19,10 @@ from simpy.core import NORMAL
 
 from simgpu.errors import DeadlockError, ProgramError
 from simgpu.hardware import GPUSpec, Machine
-from simgpu.program import Launch, Record, StreamProgram, Synchronize, Wait
-from simgpu.sim.device import LAUNCH, NOOP, RECORD, WAIT, Device, Entry, EventSlot
-from simgpu.timeline import CommandRecord, HostRecord, KernelRecord, Timeline
+from simgpu.program import Copy, Launch, Record, StreamProgram, Synchronize, Wait
+from simgpu.sim.device import COPY, LAUNCH, NOOP, RECORD, WAIT, Device, Entry, EventSlot
+from simgpu.sim.links import Fabric
+from simgpu.timeline import CommandRecord, CopyRecord, HostRecord, KernelRecord, Timeline
 
 new_record = tuple.__new__  # NamedTuple records without a Python frame each
 
@@ -64,6 +65,12 @@ class Simulation:
         self.devices = [Device(self, i, g, record_batches) for i, g in enumerate(machine.devices)]
         self.host_log: list[HostRecord] = []
         self.host_blocked: int | None = None  # command index of a synchronize in progress
+        self.fabric: Fabric | None = None  # copy engines and links, made by the first copy
+
+    def copy_fabric(self) -> Fabric:
+        if self.fabric is None:
+            self.fabric = Fabric(self)
+        return self.fabric
 
     # -- host thread ---------------------------------------------------------------------
 
@@ -72,7 +79,7 @@ class Simulation:
         log = self.host_log
         devices = self.devices
         t = env.now
-        events: dict[tuple[int, str], EventSlot] = {}
+        events: dict[str, EventSlot] = {}  # machine-wide, as CUDA event handles are
         graph = program.graph_mode
         avail_base = 0.0
         if graph:
@@ -126,19 +133,27 @@ class Simulation:
             elif ctype is Record:
                 kind, cost, api = RECORD, c_record, "event_record"
                 k = op = None
-                slot = events.get((d, c.event))
+                slot = events.get(c.event)
                 if slot is None or slot.stream is not None:
-                    slot = events[(d, c.event)] = EventSlot(c.event, c.stream)
+                    slot = events[c.event] = EventSlot(c.event, c.stream, d)
                 else:  # earlier waits named this event before any record: bind them here
                     slot.stream = c.stream
+                    slot.device = d
             elif ctype is Wait:
                 # binds to the latest record issued before it, or else to the next one; a
                 # record that never comes leaves the stream stuck and is reported as a deadlock
                 kind, cost, api = WAIT, c_wait, "stream_wait_event"
                 k = op = None
-                slot = events.get((d, c.event))
+                slot = events.get(c.event)
                 if slot is None:
-                    slot = events[(d, c.event)] = EventSlot(c.event, None)
+                    slot = events[c.event] = EventSlot(c.event, None, d)
+            elif ctype is Copy:
+                # cudaMemcpyPeerAsync: host cost of a launch; runs on a copy engine
+                self.copy_fabric().route(c.src, c.dst, f"command {i}")
+                if c.bytes < 0:
+                    raise ProgramError(f"command {i}: copy of {c.bytes} bytes")
+                kind, cost, api = COPY, c_launch, "memcpy_peer"
+                k, op, slot = c, c.tensor, None
             else:
                 raise ProgramError(f"command {i}: unknown command {c!r}")
             if graph:
@@ -187,10 +202,12 @@ class Simulation:
                             f"which is never recorded"
                         )
                         continue
-                    blocker = self._blocker_of(d, rec)
+                    rd = self.devices[e.event.device]
+                    blocker = self._blocker_of(rd, rec)
+                    on = f"device {rd.index} " if len(self.devices) > 1 else ""
                     parts.append(
                         f"{dev}stream {e.stream.id} waits for event '{e.event.name}' recorded on "
-                        f"stream {rec}{blocker}"
+                        f"{on}stream {rec}{blocker}"
                     )
                 else:
                     parts.append(f"{dev}stream {e.stream.id} is stuck behind hardware queue {q.id}")
@@ -222,6 +239,7 @@ class Simulation:
         kinds = {RECORD: "record", WAIT: "wait", NOOP: "noop"}
         kernels: list[KernelRecord] = []
         commands: list[CommandRecord] = []
+        copies: list[CopyRecord] = []
         end = 0.0
         for d in self.devices:
             di = d.index
@@ -244,6 +262,17 @@ class Simulation:
                 )
                 if done > end:
                     end = done
+            for e, start, stop in d.copy_log:
+                c = e.kernel
+                s = e.stream
+                copies.append(
+                    new(
+                        CopyRecord,
+                        (e.op, di, s.id, c.src, c.dst, c.bytes, e.issue, start, stop),
+                    )
+                )
+                if stop > end:
+                    end = stop
             d._account(self.env._now)
         kernels.sort(key=_KERNEL_ORDER)
         return Timeline(
@@ -251,6 +280,7 @@ class Simulation:
             sm_counts=[d.gpu.sm_count for d in self.devices],
             kernels=kernels,
             commands=commands,
+            copies=sorted(copies, key=_COPY_ORDER),
             host=self.host_log,
             makespan_us=end,
             counters=[d.counters for d in self.devices],
@@ -261,6 +291,7 @@ class Simulation:
 
 # kernels listed by start, then device, stream and end (KernelRecord field positions)
 _KERNEL_ORDER = itemgetter(6, 2, 3, 7)
+_COPY_ORDER = itemgetter(7, 1, 2, 8)  # copies by start, then device, stream and end
 
 
 def simulate(
