@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schedulers.base import Profiler, SchedulerError, register, run_scheduler
-from simgpu.graph import OpGraph
+from simgpu.graph import Op, OpGraph
 from simgpu.hardware import Machine
 from simgpu.kernels import standalone_time_us
 from simgpu.program import Command, Launch, StreamProgram
@@ -319,6 +319,29 @@ def in_search_space(schedule: Schedule, graph: OpGraph) -> bool:
             if idx != sorted(idx):
                 return False
     return True
+
+
+def cut_out(graph: OpGraph, ops: Sequence[str], name: str | None = None) -> OpGraph:
+    """``ops`` as a graph of their own, small enough for ``optimal``: every tensor they
+    read from outside becomes an ``input`` op of the same shape (named ``in0``, ``in1``,
+    ... in order of first use). Ops keep their names and attributes."""
+    wanted = set(ops)
+    unknown = [n for n in ops if n not in graph]
+    if unknown:
+        raise SchedulerError(f"cut_out: op '{unknown[0]}' is not in graph '{graph.name}'")
+    inside = [n for n in graph.topo_order if n in wanted]
+    outside: dict[str, Op] = {}
+    for n in inside:
+        for src in graph[n].inputs:
+            if src not in wanted and src not in outside:
+                s = graph[src]
+                outside[src] = Op(f"in{len(outside)}", "input", (), s.output_shape, s.dtype)
+    body = []
+    for n in inside:
+        op = graph[n]
+        ins = tuple(outside[i].name if i in outside else i for i in op.inputs)
+        body.append(Op(n, op.kind, ins, op.output_shape, op.dtype, dict(op.attrs)))
+    return OpGraph([*outside.values(), *body], name=name or f"{graph.name}-cut")
 
 
 def optimality_gaps(
