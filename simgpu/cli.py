@@ -668,6 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-gantt", type=int, default=6, help="Gantt charts of at most N winners (default 6)"
     )
     rp.set_defaults(func=cmd_report)
+
+    # `replay` and `calibrate ...` live beside what they run (calibrate/cli.py)
+    from calibrate.cli import add_commands
+
+    add_commands(sub)
     return p
 
 

@@ -1,0 +1,339 @@
+"""``simgpu replay`` and ``simgpu calibrate ...``: the calibration commands.
+
+Kept here, beside what they run, and added to the ``simgpu`` parser by
+:func:`add_commands`; errors are SimGPUErrors, printed by ``simgpu.cli.main`` as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from calibrate.errors import CalibrationError
+
+
+def _progress(step: str):
+    def show(name: str, i: int, n: int) -> None:
+        width = 20
+        done = width * i // max(n, 1)
+        print(f"\r{step} [{'#' * done}{'.' * (width - done)}] {i + 1}/{n} {name[:40]:<40}", end="", file=sys.stderr, flush=True)  # fmt: skip
+        if i + 1 == n:
+            print(file=sys.stderr)
+
+    return show
+
+
+def _gpu(spec: str | None):
+    from simgpu.hardware import load_gpu
+
+    return None if spec is None else load_gpu(spec)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=1) if getattr(args, "json", False) else text)
+
+
+# --- replay ---------------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from calibrate.kineto import load_trace, replay
+
+    trace = load_trace(args.trace)
+    res = replay(trace, gpu=_gpu(args.gpu), host=args.host, syncs=args.syncs, fit=not args.no_fit)
+    out = res.to_json()
+    lines = [
+        f"{Path(args.trace).name} on {res.gpu} (host {res.host}, syncs {res.syncs})",
+        f"kernels {res.kernels}  memcpys {res.memcpys}  memsets {res.memsets}  streams {res.streams}",
+        f"recorded {res.recorded_ms:.4f} ms  simulated {res.simulated_ms:.4f} ms  "
+        f"error {res.error_pct:+.2f}%  start MAE {res.start_mae_us:.1f} us",
+    ]
+    for s in res.per_stream:
+        lines.append(
+            f"  stream {s.stream} (device {s.device}): {s.kernels} activities, "
+            f"{s.recorded_ms:.4f} vs {s.simulated_ms:.4f} ms ({s.error_pct:+.2f}%)"
+        )
+    _emit(args, out, "\n".join(lines))
+    return 0
+
+
+# --- calibrate ------------------------------------------------------------------------
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from calibrate.fit import write_json
+    from calibrate.probe import probe
+
+    data = probe(args.device)
+    if args.out:
+        write_json(data, args.out)
+    _emit(args, data, json.dumps(data["gpu"], indent=1) if not args.out else f"probe -> {args.out}")
+    return 0
+
+
+def cmd_microbench(args: argparse.Namespace) -> int:
+    from calibrate.fit import write_json
+    from calibrate.microbench import BENCHES, analyse, run
+
+    gpu = _gpu(args.gpu) or _probed_or_none(Path(args.out))
+    run(
+        args.out,
+        device=args.device,
+        benches=args.bench or BENCHES,
+        repeats=args.repeats,
+        progress=_progress("microbench"),
+    )
+    if gpu is None:
+        raise CalibrationError("microbenchmarks ran; give --gpu (or run probe first) to analyse")
+    res = analyse(args.out, gpu)
+    write_json(res, Path(args.out) / "analysis.json")
+    _emit(args, res, json.dumps(res["fields"], indent=1))
+    return 0
+
+
+def _probed_or_none(folder: Path):
+    p = folder / "probe.json"
+    if p.exists():
+        from simgpu.hardware import load_gpu
+
+        return load_gpu(str(p))
+    return None
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from calibrate.profile import profile_graph, write_table
+    from simgpu.models import build_model
+
+    graph = build_model(args.model, batch=args.batch, image_size=args.image_size, dtype=args.dtype)
+    profiles = profile_graph(
+        graph, args.device, args.warmup, args.repeats, progress=_progress(args.model)
+    )
+    meta = {"model": args.model, "batch": args.batch, "dtype": args.dtype}
+    write_table(args.out, profiles, meta)
+    print(f"{args.model}: {len(profiles)} distinct ops -> {args.out}")
+    return 0
+
+
+def _base_of(spec: str | None, traces: list) -> Any:
+    from simgpu.graph import read_json
+    from simgpu.hardware import PRESETS, preset
+
+    if spec is None:
+        if not traces:
+            raise CalibrationError("give --base (a preset or a probe file) or a --trace")
+        from calibrate.probe import spec_from_facts
+
+        props = traces[0].props(traces[0].devices[0])
+        if props is None:
+            raise CalibrationError(f"{traces[0].source}: no deviceProperties: give --base")
+        return spec_from_facts(props)
+    p = Path(spec)
+    if p.exists() or spec.endswith(".json"):
+        data = read_json(p)
+        if isinstance(data, dict) and isinstance(data.get("gpu"), dict):
+            data = data["gpu"]
+        if not isinstance(data, dict):
+            raise CalibrationError(f"{spec}: a base GPU file must hold a JSON object")
+        return data
+    name = preset(spec).name  # a clear error for an unknown preset
+    assert name in PRESETS
+    return name
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from calibrate.fit import calibration, fit_device_latencies, fit_host_costs, write_json
+    from calibrate.kineto import load_trace
+    from calibrate.microbench import analyse
+    from calibrate.profile import read_table
+    from simgpu.hardware import gpu_from_json
+
+    traces = [load_trace(t) for t in args.trace or []]
+    base = _base_of(args.base, traces)
+    fields: dict[str, Any] = {}
+    fits: dict[str, Any] = {}
+    if traces:  # several traces: the median of each field over them
+        per = [{**fit_host_costs(t), **fit_device_latencies(t)} for t in traces]
+        for k in sorted({k for p in per for k in p}):
+            fields[k] = float(statistics.median(p[k] for p in per if k in p))
+        fits["traces"] = [t.source for t in traces]
+    if args.microbench:  # measured without the profiler: it wins over trace fits
+        spec = gpu_from_json(base if isinstance(base, dict) else {"base": base}, source="base")
+        mb = analyse(args.microbench, spec)
+        fields.update(mb["fields"])
+        fits["microbench"] = mb
+    table: dict[str, Any] = {}
+    for path in args.kernel_table or []:
+        table.update(read_table(path))
+    if not fields and not table:
+        raise CalibrationError("nothing to fit: give --trace, --microbench or --kernel-table")
+    data = calibration(base, fields, table, fits, name=args.name)
+    write_json(data, args.out)
+    g = gpu_from_json(data, source=args.out)
+    _emit(args, data, f"{g.name}: {len(fields)} fitted fields, {len(table)} kernel-table ops -> {args.out}")  # fmt: skip
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from calibrate.fit import write_json
+    from calibrate.validate import (
+        format_table,
+        resimulate_file,
+        scatter,
+        summarise,
+        validate_model,
+    )
+
+    if args.recorded:
+        if args.model:
+            raise CalibrationError("give MODEL (run on a GPU) or --recorded FILE, not both")
+        summary = resimulate_file(args.recorded)
+        if args.plot:
+            scatter(summary, args.plot, title=f"{summary['model']} on {summary['gpu']}")
+        _emit(args, summary, format_table(summary))
+        return 0
+    if not args.model:
+        raise CalibrationError("give MODEL (run on a GPU) or --recorded FILE")
+    from schedulers.base import scheduler_names
+
+    names: list[str] = []
+    for n in args.scheduler or ["all"]:
+        names += scheduler_names(single_gpu_only=True) if n == "all" else [n]
+    gpu = _gpu(args.gpu)
+    if gpu is None:
+        raise CalibrationError("give --gpu: the calibration file to simulate with")
+    record = validate_model(
+        args.model,
+        list(dict.fromkeys(names)),
+        gpu,
+        device=args.device,
+        batch=args.batch,
+        progress=_progress(f"validate {args.model}"),
+    )
+    out = args.out or f"validation-{args.model}.json"
+    write_json(record, out)
+    summary = summarise(record["schedules"])
+    if args.plot:
+        scatter(summary, args.plot, title=f"{args.model} on {record['device']}")
+    _emit(args, summary, format_table(summary) + f"\n-> {out}")
+    return 0
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    """probe, microbenchmarks, per-op profiles and fit into one folder; steps whose
+    files exist are skipped, so an interrupted run resumes."""
+    from calibrate.errors import require_cuda
+    from calibrate.fit import calibration, write_json
+    from calibrate.microbench import BENCHES, analyse, run
+    from calibrate.probe import probe
+    from calibrate.profile import profile_graph, read_table, write_table
+    from simgpu.hardware import gpu_from_json
+    from simgpu.models import build_model
+
+    require_cuda("calibration")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    p = out / "probe.json"
+    if not p.exists():
+        write_json(probe(args.device), p)
+    base = json.loads(p.read_text())["gpu"]
+    spec = gpu_from_json(dict(base), source=str(p))
+    run(out / "microbench", device=args.device, benches=BENCHES, progress=_progress("microbench"))
+    mb = analyse(out / "microbench", spec)
+    table: dict[str, Any] = {}
+    for model in args.model or []:
+        kt = out / f"kernels-{model}.json"
+        if not kt.exists():
+            g = build_model(model)
+            write_table(
+                kt, profile_graph(g, args.device, progress=_progress(model)), {"model": model}
+            )
+        table.update(read_table(kt))
+    data = calibration(base, mb["fields"], table, {"microbench": mb})
+    write_json(data, out / "calibration.json")
+    print(f"calibration -> {out / 'calibration.json'}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``replay`` and ``calibrate`` to the ``simgpu`` subcommand parser."""
+    r = sub.add_parser("replay", help="replay a PyTorch profiler (Kineto) trace on the simulator")
+    r.add_argument("trace", help="Chrome trace JSON from torch.profiler (plain or .gz)")
+    r.add_argument("--gpu", help="GPU preset or JSON file (default: the trace's deviceProperties)")
+    r.add_argument(
+        "--host",
+        choices=["recorded", "median"],
+        default="recorded",
+        help="issue each call at its recorded host time, or at the trace's median costs",
+    )
+    r.add_argument(
+        "--syncs",
+        choices=["device", "none"],
+        default="device",
+        help="replay host synchronisations as device syncs, or leave them to the host gaps",
+    )
+    r.add_argument(
+        "--no-fit", action="store_true", help="keep the GPU's launch latency and kernel gap"
+    )
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_replay)
+
+    c = sub.add_parser("calibrate", help="measure a real GPU and fit the simulator to it")
+    cs = c.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    p = cs.add_parser("probe", help="device facts (NVML, CUDA properties) -> GPU spec JSON")
+    p.add_argument("--device", type=int, default=0)
+    p.add_argument("-o", "--out", help="write the probe JSON here (default: print the spec)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probe)
+
+    m = cs.add_parser("microbench", help="launch, event, wave, overlap, bandwidth benchmarks")
+    m.add_argument("--device", type=int, default=0)
+    m.add_argument("--out", required=True, help="folder for raw results (resumable)")
+    m.add_argument("--bench", action="append", help="benchmark name, repeatable (default all)")
+    m.add_argument("--repeats", type=int, default=20)
+    m.add_argument("--gpu", help="GPU spec for the analysis (default OUT/probe.json)")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_microbench)
+
+    pr = cs.add_parser("profile", help="time every distinct op of a model alone -> kernel table")
+    pr.add_argument("model")
+    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--image-size", type=int, default=None)
+    pr.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    pr.add_argument("--device", type=int, default=0)
+    pr.add_argument("--warmup", type=int, default=10)
+    pr.add_argument("--repeats", type=int, default=50)
+    pr.add_argument("-o", "--out", required=True)
+    pr.set_defaults(func=cmd_profile)
+
+    f = cs.add_parser("fit", help="fit GPU spec fields to traces/benchmarks -> calibration JSON")
+    f.add_argument("--trace", action="append", help="Kineto trace, repeatable")
+    f.add_argument("--microbench", help="folder of microbenchmark results")
+    f.add_argument("--kernel-table", action="append", help="kernel table from `profile`")
+    f.add_argument("--base", help="preset name or probe/spec JSON (default: the trace's GPU)")
+    f.add_argument("--name", help="name of the calibrated GPU")
+    f.add_argument("-o", "--out", required=True)
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_fit)
+
+    v = cs.add_parser("validate", help="schedules on the GPU vs simulated, or re-simulate a file")
+    v.add_argument("model", nargs="?", help="built-in model to run on the GPU")
+    v.add_argument("--recorded", help="re-simulate a recorded validation file (no GPU)")
+    v.add_argument("--scheduler", action="append", help="scheduler, repeatable; 'all' (default)")
+    v.add_argument("--gpu", help="calibration or GPU spec file to simulate with")
+    v.add_argument("--device", type=int, default=0)
+    v.add_argument("--batch", type=int, default=1)
+    v.add_argument("-o", "--out", help="validation file (default validation-MODEL.json)")
+    v.add_argument("--plot", help="scatter plot PNG of measured vs simulated")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_validate)
+
+    a = cs.add_parser("all", help="probe + microbench + profile + fit into one folder")
+    a.add_argument("--device", type=int, default=0)
+    a.add_argument("--out", required=True, help="e.g. traces/h100")
+    a.add_argument("--model", action="append", help="model to profile per op, repeatable")
+    a.set_defaults(func=cmd_all)
