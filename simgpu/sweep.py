@@ -383,8 +383,8 @@ def _time_limit(seconds: float | None) -> Iterator[None]:
         raise CombinationTimeout
 
     old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
