@@ -486,6 +486,10 @@ MALFORMED = {
     "block": (lambda d: d["blocks"][0].pop("exit_node"), "exit_node"),
     "enter": (lambda d: d["blocks"][0].update(enter_name="nope"), "'nope'"),
     "stage shape": (lambda d: d["blocks"][0]["stages"].append([]), "non-empty"),
+    "stage names input": (lambda d: d["blocks"][0]["stages"][0].append(["x"]), "the input 'x'"),
+    "enter node": (lambda d: d["blocks"][0].update(enter_name=None, enter_node=7), "enter_node"),
+    "seq shape": (lambda d: _node(d, "s").update(output_shape=[5, 8, 8]), "last node gives"),
+    "seq shape type": (lambda d: _node(d, "s").update(output_shape=4), "[C, H, W]"),
 }
 
 

@@ -149,7 +149,11 @@ class _Reader:
             self._where = f"block {bi}"
             if not isinstance(block, dict):
                 raise FormatError(f"{self.source}: block {bi} must be an object")
-            enter = block.get("enter_name", block.get("enter_node", {}).get("name"))
+            if "enter_node" in block and not isinstance(block["enter_node"], dict):
+                raise FormatError(f"{self.source}: block {bi}: enter_node must be an object")
+            enter = block.get("enter_name")
+            if enter is None and isinstance(block.get("enter_node"), dict):
+                enter = block["enter_node"].get("name")
             if enter is not None and enter not in self.ops_of and enter != self.input_name:
                 raise FormatError(f"{self.source}: block {bi} enters at unknown node {enter!r}")
             inner, exit_node = block.get("inner_nodes", []), block.get("exit_node")
@@ -203,10 +207,10 @@ class _Reader:
                     extra[INNER_NAME] = sub["name"]
                 self._single(sub, op_name, local, extra)
                 local[sub["name"]] = op_name
-            declared = node.get("output_shape")
-            if declared is not None and list(declared) != list(self.b.shape(name)[1:]):
+            got = list(self.b.shape(name)[1:])
+            if "output_shape" in node and list(self._shape(node)) != got:
                 raise self.fail(
-                    f"output_shape {declared} but its last node gives {list(self.b.shape(name)[1:])}"
+                    f"output_shape {node['output_shape']} but its last node gives {got}"
                 )
         else:
             self._single(node, name, {}, {})
@@ -388,6 +392,11 @@ class _Reader:
                             f"{self.source}: {at}: group {gi} must be a non-empty list of names"
                         )
                     for pi, n in enumerate(group):
+                        if n == self.input_name:
+                            raise ScheduleError(
+                                f"{self.source}: IOS stages ({at}) name the input '{n}' "
+                                "(stages hold computing nodes only)"
+                            )
                         if not isinstance(n, str) or n not in self.ops_of:
                             raise ScheduleError(
                                 f"{self.source}: IOS stages ({at}) name unknown node {n!r}"

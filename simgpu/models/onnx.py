@@ -195,6 +195,10 @@ class _Importer:
                 self.problems.append(f"{label} (element type {name} is not simulated)")
                 self.failed.add(vi.name)
                 continue
+            if not tt.HasField("shape"):
+                self.problems.append(f"{label} (its shape is not given)")
+                self.failed.add(vi.name)
+                continue
             dims = []
             for i, d in enumerate(tt.shape.dim):
                 if d.HasField("dim_value") and d.dim_value > 0:
@@ -282,6 +286,9 @@ class _Importer:
             self.failed.update(outs)
         except GraphError as e:
             self.problems.append(f"{label} ({e})")
+            self.failed.update(outs)
+        except (TypeError, ValueError, IndexError, KeyError) as e:  # malformed attributes
+            self.problems.append(f"{label} (malformed: {type(e).__name__}: {_first_line(e)})")
             self.failed.update(outs)
 
     # -- helpers for mappers ------------------------------------------------------------
