@@ -21,7 +21,10 @@ Mapping, each choice so that the written file reads back as the same OpGraph:
   a term that is one whole tensor creates no op;
 - ``conv`` is a conv with BatchNorm folded (IOS convs carry a bias) and its activation
   fused; ``pool`` is max/avg ``pool`` or (``global_avg``) ``global_pool``; a multi-term
-  ``identity`` is the ``concat`` itself.
+  ``identity`` is the ``concat`` itself;
+- a conv IOS merged from several (its ``hint_name`` lists them: ``"41 45"``) names
+  them in ``replaces``, as our own merge rewrite does; consumers of its parts read
+  channel slices of it.
 
 The file's stages name IOS nodes; each node expands, in place, to its ops in order
 (term ops first); the input op runs first (in the first group when the first stage
