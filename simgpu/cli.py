@@ -541,6 +541,135 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_multitenant(args: argparse.Namespace) -> int:
+    """Several models sharing one GPU: baselines and the runtime-aware search."""
+    from simgpu.hardware import load_gpu
+    from simgpu.models import MODELS, build_model
+    from simgpu.multitenant.compare import compare, rerun, scheduler_list
+    from simgpu.tenants import Workload, make_tenants, parse_arrival
+
+    names = scheduler_list(args.scheduler)  # unknown names fail before anything runs
+    if args.requests is not None and args.duration is not None:
+        raise SimGPUError("give --requests N or --duration MS, not both")
+    arrivals = [parse_arrival(a) for a in args.arrival or ["closed"]]
+    if len(arrivals) not in (1, len(args.models)):
+        raise SimGPUError(
+            f"{len(arrivals)} --arrival for {len(args.models)} models: give one, or one per model"
+        )
+    graphs = []
+    for m in args.models:
+        if m in MODELS:
+            graphs.append(
+                build_model(m, batch=args.batch, image_size=args.image_size, dtype=args.dtype)
+            )
+        else:
+            graphs.append(_graph_arg(m, argparse.Namespace(batch=None, dtype=None)))
+    duration = args.duration
+    requests = None if duration is not None else (args.requests or 10)
+    workload = Workload(
+        make_tenants(graphs, arrivals if len(arrivals) > 1 else arrivals[0], args.slo_ms,
+                     args.max_queue),
+        requests=requests,
+        duration_ms=duration,
+        seed=args.seed,
+    )  # fmt: skip
+    gpu = load_gpu(args.gpu)
+    _, ev, results = compare(
+        workload, gpu, names, budget=args.budget, seed=args.seed, time_budget_s=args.time_budget
+    )
+    slo = args.slo_ms is not None
+    best = max(
+        results,
+        key=lambda r: (
+            r.metrics.goodput_rps if slo else r.metrics.throughput_rps,
+            -results.index(r),
+        ),
+    )
+    try:
+        if args.trace or args.gantt:
+            from simgpu.multitenant.outputs import plot_tenant_gantt, write_chrome_trace
+
+            runs = {}
+            for r in results:
+                per_file = args.trace and "{scheduler}" in args.trace
+                if r is best or per_file or (args.gantt and len(results) > 1):
+                    runs[r.name] = rerun(ev, r)
+            if args.trace:
+                if "{scheduler}" in args.trace:
+                    for n, run in runs.items():
+                        write_chrome_trace(run, args.trace.replace("{scheduler}", n), title=n)
+                else:
+                    write_chrome_trace(runs[best.name], args.trace, title=best.name)
+            if args.gantt:
+                plot_tenant_gantt(runs if len(results) > 1 else {best.name: runs[best.name]},
+                                  args.gantt)  # fmt: skip
+    except (OSError, ValueError) as e:
+        raise SimGPUError(f"cannot write output: {e}") from None
+    rows = [r.metrics.to_json() for r in results]
+    if args.json:
+        out = {"gpu": gpu.name, **workload.describe(), "results": rows}
+        print(json.dumps(out, indent=1))
+        return 0
+    base = next((r for r in results if r.name == "sequential"), None)
+    print(
+        f"{len(graphs)} tenants on {gpu.name}: "
+        + ", ".join(f"{t.name} ({t.arrival})" for t in workload.tenants)
+        + (f"; {requests} requests each" if requests else f"; {duration:g} ms")
+        + (f"; SLO {args.slo_ms:g} ms" if slo else "")
+    )
+
+    def f(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    table = []
+    for r in rows:
+        sp = (
+            f"{r['throughput_rps'] / base.metrics.throughput_rps:.2f}x"
+            if base is not None and base.metrics.throughput_rps > 0
+            else "-"
+        )
+        table.append(
+            [r["scheduler"], r["mode"], f(r["throughput_rps"], ".1f"), sp, f(r["p50_ms"], ".3f"),
+             f(r["p95_ms"], ".3f"), f(r["p99_ms"], ".3f"),
+             f(None if r["slo_attainment"] is None else 100 * r["slo_attainment"], ".1f"),
+             str(r["dropped"]), f(100 * r["sm_utilisation"], ".0f"),
+             f(100 * r["dram_utilisation"], ".0f"), str(r["streams"])]
+        )  # fmt: skip
+    header = ["scheduler", "mode", "req/s", "vs seq", "p50 ms", "p95 ms", "p99 ms", "SLO %",
+              "dropped", "SM %", "DRAM %", "streams"]  # fmt: skip
+    print(_table(table, header, right=set(range(2, len(header)))))
+    for r in results:
+        if r.search is not None:
+            s = r.metrics.extra["search"]
+            print(
+                f"search: {s['candidates_simulated']} candidates simulated, "
+                f"{s['candidates_scored']} ranked by the cost model "
+                f"(rank correlation {f(s['rank_correlation'], '.2f')}), best from {s['best_source']}, "
+                f"{f(s['gain_over_best_baseline'], '.2f')}x the best baseline ({s['best_baseline']})"
+            )
+    print("per tenant (" + best.name + "):")
+    print(
+        _table(
+            [
+                [
+                    t.name,
+                    f(t.throughput_rps, ".1f"),
+                    f(t.p50_ms, ".3f"),
+                    f(t.p99_ms, ".3f"),
+                    str(t.completed),
+                    str(t.dropped),
+                ]
+                for t in best.metrics.tenants
+            ],
+            ["tenant", "req/s", "p50 ms", "p99 ms", "completed", "dropped"],
+        )
+    )
+    for label, path in (("gantt", args.gantt), ("trace", args.trace)):
+        if path:
+            print(f"{label}: {path}")
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -551,6 +680,26 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"{v} must be positive")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return v
+
+
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must not be negative")
     return v
 
 
@@ -668,6 +817,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-gantt", type=int, default=6, help="Gantt charts of at most N winners (default 6)"
     )
     rp.set_defaults(func=cmd_report)
+
+    mt = sub.add_parser(
+        "multitenant", help="several models sharing one GPU: baselines and scheduling search"
+    )
+    mt.add_argument("models", nargs="+", metavar="MODEL", help="built-in model or graph file")
+    mt.add_argument("--gpu", default="v100", help="GPU preset or JSON file (default v100)")
+    mt.add_argument(
+        "--scheduler",
+        action="append",
+        help="sequential, multistream, breadth-first, depth-first, search; repeatable; "
+        "'all' (default)",
+    )
+    mt.add_argument(
+        "--arrival",
+        action="append",
+        metavar="closed|poisson:RATE|periodic:MS",
+        help="request arrivals (default closed); once for all models or once per model",
+    )
+    mt.add_argument("--requests", type=_positive, help="requests per tenant (default 10)")
+    mt.add_argument("--duration", type=_positive_float, metavar="MS", help="arrival window")
+    mt.add_argument("--slo-ms", type=_positive_float, help="latency SLO of every tenant")
+    mt.add_argument(
+        "--max-queue", type=_positive, help="admission: drop requests finding N waiting"
+    )
+    mt.add_argument(
+        "--budget", type=_non_negative, default=40, help="search: candidates to simulate"
+    )
+    mt.add_argument(
+        "--time-budget", type=_positive_float, metavar="S", help="search: wall-clock cap"
+    )
+    mt.add_argument("--seed", type=_non_negative, default=0, help="arrivals and search seed")
+    mt.add_argument("--batch", type=_positive, default=1)
+    mt.add_argument("--image-size", type=_positive, default=None)
+    mt.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    mt.add_argument("--json", action="store_true", help="print one JSON object")
+    mt.add_argument(
+        "--trace", help="Chrome/Perfetto trace of the best policy ('{scheduler}': one each)"
+    )
+    mt.add_argument("--gantt", help="Gantt chart PNG, one panel per policy")
+    mt.set_defaults(func=cmd_multitenant)
 
     # `replay` and `calibrate ...` live beside what they run (calibrate/cli.py)
     from calibrate.cli import add_commands
