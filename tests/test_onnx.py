@@ -581,3 +581,34 @@ def test_conv_transpose_output_padding_must_be_below_stride() -> None:
     m = model([node], [w("w", 8, 6, 3, 3)], {"x": [1, 8, 8, 8]}, {})
     with pytest.raises(GraphError, match=r"ConvTranspose 'up' .*output_padding"):
         load_onnx(m)
+
+
+# --- real networks: the ONNX package ships them (weights made by ConstantOfShape) ---------
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@pytest.mark.skipif(not LIGHT.is_dir(), reason="this onnx build ships no backend test models")
+def test_shipped_real_networks_import_with_published_figures() -> None:
+    from simgpu.models import build_model
+
+    got = {p.stem[len("light_") :]: load_onnx(p) for p in sorted(LIGHT.glob("light_*.onnx"))}
+    assert len(got) == 9  # alexnet, densenet121, inception v1/v2, resnet50, shufflenet, ...
+    # exact: the same networks as our built-in ResNet-50 (BN unfolded here: +C params per
+    # BN) and SqueezeNet 1.1; VGG-19 and Caffe's AlexNet as torchvision / Caffe count them
+    r50 = build_model("resnet50")
+    assert got["resnet50"].macs == r50.macs
+    assert got["resnet50"].params == 25_557_032  # torchvision's resnet50
+    sq = build_model("squeezenet1_1")
+    assert (got["squeezenet"].macs, got["squeezenet"].params) == (sq.macs, sq.params)
+    assert got["vgg19"].params == 143_667_240
+    assert got["vgg19"].macs == pytest.approx(19.6e9, rel=0.01)
+    assert got["bvlc_alexnet"].params == 60_965_224
+    assert got["densenet121"].macs == pytest.approx(2.87e9, rel=0.03)
+    assert got["inception_v1"].params == pytest.approx(7.0e6, rel=0.03)
+    # GoogLeNet's last pool is one window over its whole padded input: a global pool
+    gl = got["inception_v1"]
+    assert any(op.kind == "global_pool" and "onnx_window" in op.attrs for op in gl)
+    assert {op.kind for op in got["bvlc_alexnet"]} >= {"conv", "eltwise", "pool", "linear"}
+    for g in got.values():
+        assert run_seq(g) > 0

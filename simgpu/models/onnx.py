@@ -1,9 +1,11 @@
 """ONNX import: a ``.onnx`` model as an OpGraph, so any exported network can be simulated.
 
 Needs the optional ``onnx`` package (``pip install 'simgpu[onnx]'``). Each ONNX node
-becomes one op (Split one ``slice`` per output) named after the node; initializers and
-``Constant`` nodes become parameters of the ops that read them (a weight, a bias, a
-scale), never ops. Shapes come from our own op kinds' inference, checked node by node
+becomes one op (Split one ``slice`` per output) named after the node; initializers,
+``Constant``/``ConstantOfShape`` nodes and shape ops on constants (folded at import, as
+an exporter's constant folding would) become parameters of the ops that read them (a
+weight, a bias, a scale), never ops. BatchNormalization's running mean and variance are
+buffers, not parameters (PyTorch's count). Shapes come from our own op kinds' inference, checked node by node
 against ``onnx.shape_inference`` wherever ONNX knows the shape too, so a mapping that
 drifts from ONNX semantics fails loudly instead of simulating the wrong tensor sizes.
 
@@ -17,8 +19,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from simgpu.errors import FormatError, GraphError
 from simgpu.graph import Op, OpGraph
@@ -82,6 +87,20 @@ def _onnx() -> Any:
 
 class Unmappable(Exception):
     """One node this importer cannot represent (collected, then reported together)."""
+
+
+# constants up to this many elements keep their values when folded (shapes, scales);
+# larger ones (weights made by ConstantOfShape, reshaped weights) keep only their shape
+SMALL_CONST = 1 << 16
+
+
+@dataclass(frozen=True)
+class _Const:
+    """A constant computed at import (a folded shape op, a ConstantOfShape): its shape,
+    and its values where small enough to hold (None: only the shape is known)."""
+
+    dims: tuple[int, ...]
+    value: Any = None
 
 
 def load_onnx(
@@ -272,7 +291,8 @@ class _Importer:
             extra = [o for o in node.output[1:] if o and o in used]
             if extra and node.op_type not in ("Split",):
                 raise Unmappable(f"its extra output '{extra[0]}' is used (training mode?)")
-            mapper(self, node, base)
+            if not _fold(self, node):
+                mapper(self, node, base)
             for o in outs:
                 if o in self.tensor_op and o in self.onnx_shapes:
                     ours = self.ops[self.tensor_op[o]].output_shape
@@ -314,10 +334,27 @@ class _Importer:
         return tuple(int(d) for d in self.consts[tensor].dims)
 
     def const_value(self, tensor: str) -> Any:
+        c = self.consts[tensor]
+        if isinstance(c, _Const):
+            if c.value is None:
+                raise Unmappable(f"the values of constant '{tensor}' are not known here")
+            return c.value
         try:
-            return self.onnx.numpy_helper.to_array(self.consts[tensor])
+            return self.onnx.numpy_helper.to_array(c)
         except Exception as e:  # external data not loaded, unsupported type...
             raise Unmappable(f"cannot read constant '{tensor}' ({_first_line(e)})") from None
+
+    def small_value(self, tensor: str) -> Any:
+        """The values of a small constant, else None (only its shape matters then)."""
+        c = self.consts[tensor]
+        if isinstance(c, _Const):
+            return c.value
+        if math.prod(self.const_shape(tensor)) > SMALL_CONST:
+            return None
+        try:
+            return self.onnx.numpy_helper.to_array(c)
+        except Exception:  # external or exotic data: the shape is what is used
+            return None
 
     def const_ints(self, tensor: str) -> list[int]:
         return [int(v) for v in self.const_value(tensor).reshape(-1).tolist()]
@@ -668,6 +705,10 @@ def _reshaped(imp: _Importer, node: Any, name: str, shape: Sequence[int]) -> Non
 
 
 def _reshape(imp: _Importer, node: Any, name: str) -> None:
+    _reshaped(imp, node, name, _reshape_target(imp, node))
+
+
+def _reshape_target(imp: _Importer, node: Any) -> list[int]:
     if not imp.is_const(node.input[1]):
         raise Unmappable("a computed target shape is not supported (fold shape arithmetic)")
     src = imp.shape(node.input[0])
@@ -694,17 +735,24 @@ def _reshape(imp: _Importer, node: Any, name: str) -> None:
             f"its target shape hard-codes the exported batch {lead}; re-export with a "
             "dynamic batch axis to change the batch"
         )
-    _reshaped(imp, node, name, out)
+    return out
+
+
+def _flatten_axis(imp: _Importer, node: Any) -> int:
+    axis = int(imp.attr(node, "axis", 1))
+    return axis + len(imp.shape(node.input[0])) if axis < 0 else axis
+
+
+def _flatten_target(imp: _Importer, node: Any) -> list[int]:
+    shape, axis = imp.shape(node.input[0]), _flatten_axis(imp, node)
+    return [math.prod(shape[:axis]), math.prod(shape[axis:])]
 
 
 def _flatten(imp: _Importer, node: Any, name: str) -> None:
-    shape = imp.shape(node.input[0])
-    axis = int(imp.attr(node, "axis", 1))
-    axis = axis + len(shape) if axis < 0 else axis
-    if axis == 1:
+    if _flatten_axis(imp, node) == 1:
         imp.emit(node, "flatten", [imp.x(node.input[0])], {"start_dim": 1}, name)
         return
-    _reshaped(imp, node, name, (math.prod(shape[:axis]), math.prod(shape[axis:])))
+    _reshaped(imp, node, name, _flatten_target(imp, node))
 
 
 def _axes(imp: _Importer, node: Any) -> list[int] | None:
@@ -717,6 +765,10 @@ def _axes(imp: _Importer, node: Any) -> list[int] | None:
 
 
 def _squeeze(imp: _Importer, node: Any, name: str) -> None:
+    _reshaped(imp, node, name, _squeeze_target(imp, node))
+
+
+def _squeeze_target(imp: _Importer, node: Any) -> list[int]:
     shape = list(imp.shape(node.input[0]))
     axes = _axes(imp, node)
     drop = (
@@ -726,10 +778,14 @@ def _squeeze(imp: _Importer, node: Any, name: str) -> None:
     )
     if any(shape[a] != 1 for a in drop):
         raise Unmappable(f"cannot squeeze axes {sorted(drop)} of {shape}")
-    _reshaped(imp, node, name, [d for i, d in enumerate(shape) if i not in drop])
+    return [d for i, d in enumerate(shape) if i not in drop]
 
 
 def _unsqueeze(imp: _Importer, node: Any, name: str) -> None:
+    _reshaped(imp, node, name, _unsqueeze_target(imp, node))
+
+
+def _unsqueeze_target(imp: _Importer, node: Any) -> list[int]:
     shape = list(imp.shape(node.input[0]))
     axes = _axes(imp, node)
     if axes is None:
@@ -737,13 +793,63 @@ def _unsqueeze(imp: _Importer, node: Any, name: str) -> None:
     rank = len(shape) + len(axes)
     out = iter(shape)
     put = {a % rank for a in axes}
-    _reshaped(imp, node, name, [1 if i in put else next(out) for i in range(rank)])
+    return [1 if i in put else next(out) for i in range(rank)]
+
+
+def _perm(imp: _Importer, node: Any) -> list[int]:
+    rank = len(imp.shape(node.input[0]))
+    return [int(p) for p in imp.attr(node, "perm", list(range(rank))[::-1])]
+
+
+_SHAPE_TARGETS: dict[str, Callable[[_Importer, Any], list[int]]] = {
+    "Reshape": _reshape_target,
+    "Flatten": _flatten_target,
+    "Squeeze": _squeeze_target,
+    "Unsqueeze": _unsqueeze_target,
+    "Identity": lambda imp, node: list(imp.shape(node.input[0])),
+    "Transpose": lambda imp, node: [imp.shape(node.input[0])[p] for p in _perm(imp, node)],
+}
+
+
+def _fold(imp: _Importer, node: Any) -> bool:
+    """Shape ops on constants (an Unsqueeze of a BatchNorm scale) and ConstantOfShape run
+    at import, as an exporter's constant folding would: the result is a constant (a
+    parameter of whatever reads it), not an op. False: the node is mapped as usual."""
+    if node.op_type == "ConstantOfShape":
+        if not imp.is_const(node.input[0]):
+            raise Unmappable("a computed shape is not supported")
+        dims = tuple(imp.const_ints(node.input[0]))
+        fill = imp.attr(node, "value")
+        v = imp.onnx.numpy_helper.to_array(fill).reshape(-1)[0] if fill is not None else 0.0
+        value = np.full(dims, v) if math.prod(dims) <= SMALL_CONST else None
+        imp.consts[node.output[0]] = _Const(dims, value)
+        return True
+    target = _SHAPE_TARGETS.get(node.op_type)
+    if target is None or not all(imp.is_const(i) for i in node.input if i):
+        return False
+    dims = tuple(target(imp, node))
+    src = imp.small_value(node.input[0])
+    if src is None:
+        value = None
+    elif node.op_type == "Transpose":
+        value = np.transpose(src, _perm(imp, node))
+    else:
+        value = np.reshape(src, dims)
+    imp.consts[node.output[0]] = _Const(dims, value)
+    return True
 
 
 def _transpose(imp: _Importer, node: Any, name: str) -> None:
-    rank = len(imp.shape(node.input[0]))
-    perm = imp.attr(node, "perm", list(range(rank))[::-1])
-    imp.emit(node, "transpose", [imp.x(node.input[0])], {"perm": tuple(perm)}, name)
+    perm = tuple(_perm(imp, node))
+    imp.emit(node, "transpose", [imp.x(node.input[0])], {"perm": perm}, name)
+
+
+def _lrn(imp: _Importer, node: Any, name: str) -> None:
+    """Local response normalisation (AlexNet, GoogLeNet): a sum of squares over ``size``
+    neighbouring channels per element, then a power — elementwise-like work."""
+    size = int(imp.attr(node, "size"))
+    attrs = {"fn": "lrn", "cost": 2 * size + 4, "size": size}
+    imp.emit(node, "eltwise", [imp.x(node.input[0])], attrs, name)
 
 
 def _identity(imp: _Importer, node: Any, name: str) -> None:
@@ -821,9 +927,25 @@ def _pool(imp: _Importer, node: Any, name: str) -> None:
     if dil != (1, 1):
         raise Unmappable("dilated pooling is not supported")
     ceil = bool(imp.attr(node, "ceil_mode", 0))
-    pad, extra, want = _spatial_pads(imp, node, xs[2:], kernel, strides, dil, ceil)
+    kind = "max" if node.op_type == "MaxPool" else "avg"
+    count_pad = bool(imp.attr(node, "count_include_pad", 0))
+    try:
+        pad, extra, want = _spatial_pads(imp, node, xs[2:], kernel, strides, dil, ceil)
+    except Unmappable:
+        # one window over the whole (padded) input — Caffe exports of GoogLeNet end so —
+        # is a global pool when padding does not count: the same values, one output
+        pads = list(imp.attr(node, "pads", [0, 0, 0, 0]))
+        whole = imp.attr(node, "auto_pad", "NOTSET") == "NOTSET" and all(
+            kernel[i] >= xs[2 + i] and xs[2 + i] + pads[i] + pads[i + 2] - kernel[i] < strides[i]
+            for i in range(2)
+        )
+        if not whole or (kind == "avg" and count_pad):
+            raise
+        attrs = {"pool_type": kind, "onnx_window": kernel, "onnx_pads": tuple(pads)}
+        imp.emit(node, "global_pool", [x], attrs, name)
+        return
     attrs = {
-        "pool_type": "max" if node.op_type == "MaxPool" else "avg",
+        "pool_type": kind,
         "kernel": kernel,
         "stride": strides,
         "padding": pad,
@@ -831,7 +953,7 @@ def _pool(imp: _Importer, node: Any, name: str) -> None:
         **extra,
     }
     if node.op_type == "AveragePool":
-        attrs["count_include_pad"] = bool(imp.attr(node, "count_include_pad", 0))
+        attrs["count_include_pad"] = count_pad
     _check_hw(imp, imp.emit(node, "pool", [x], attrs, name), want)
 
 
@@ -900,6 +1022,8 @@ _MAPPERS: dict[str, Callable[[_Importer, Any, str], None]] = {
     "GlobalMaxPool": _global_pool,
     "ReduceMean": _reduce_mean,
     "Constant": _constant,
+    "ConstantOfShape": _constant,  # always folded (see _fold)
+    "LRN": _lrn,
     "Sum": _binary,
     **dict.fromkeys(_OWN_KIND, _own_kind),
     **dict.fromkeys(_UNARY, _unary),
