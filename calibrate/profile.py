@@ -27,6 +27,7 @@ from simgpu.ops import kind_of
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
 UNARY = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "gelu": "gelu", "silu": "silu"}
+ACTIVATIONS = {**UNARY, "relu6": "relu6"}  # fused activations (torch.nn.functional names)
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,9 @@ def op_call(graph: OpGraph, name: str) -> TorchCall | None:
     ins = tuple(tuple(s) for s in graph.input_shapes(name))
     a = op.attrs
     act = a.get("activation")
-    if act is not None and act not in UNARY:
+    if act is not None and act not in ACTIVATIONS:
         raise CalibrationError(f"op '{name}': fused activation {act!r} not mapped")
+    act = ACTIVATIONS.get(act) if act is not None else None
     dt = op.dtype
     k = op.kind
     if k == "conv":
