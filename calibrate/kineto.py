@@ -28,6 +28,7 @@ per-command host cost (or absolute issue time) on ``Launch``/``Record``/``Wait``
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -40,7 +41,7 @@ from typing import Any
 
 from calibrate.errors import TraceError
 from simgpu.errors import LoweringError, SimGPUError
-from simgpu.hardware import GPUSpec, gpu_from_json
+from simgpu.hardware import GPUSpec, Machine, gpu_from_json
 from simgpu.kernels import Kernel, Occupancy, occupancy, waves
 from simgpu.program import Command, Launch, Record, StreamProgram, Synchronize, Wait
 from simgpu.timeline import Timeline
@@ -668,6 +669,16 @@ def build_program(
     return StreamProgram(b.cmds, False, Path(trace.source).name), specs, info
 
 
+def replay_machine(specs: Sequence[GPUSpec]) -> Machine:
+    """The machine a replay runs on: the trace's GPUs and, in recorded mode, the
+    host-gap device — all driven by *one* host thread, as the recorded process was
+    (a gap's synchronize must hold back every later command, whatever its device)."""
+    names = {f.name for f in dataclasses.fields(Machine)}
+    if "shared_host" in names:
+        return Machine("replay", tuple(specs), shared_host=True)
+    return Machine("replay", tuple(specs))
+
+
 def replay(
     trace: KinetoTrace,
     gpu: GPUSpec | None = None,
@@ -695,7 +706,7 @@ def replay(
     if params:
         base = {d: g.replace(**params) for d, g in base.items()}
     program, specs, info = build_program(trace, base, host=host, syncs=syncs)
-    tl = simulate(program, specs)
+    tl = simulate(program, replay_machine(specs))
     return _compare(trace, tl, program, info, base, host, syncs, params)
 
 
