@@ -216,7 +216,7 @@ class OpGraph:
             ins = self.input_shapes(op.name)
             c: Counts = k.count(op, ins)
             b = op.dtype_bytes
-            if k.view:
+            if k.view or (op.kind == "slice" and op.attrs.get("view") is True):
                 read = written = 0
             else:
                 read = sum(numel(s) for s in ins) * b + c.params * b

@@ -312,8 +312,8 @@ def lower_op(graph: OpGraph, name: str, gpu: GPUSpec) -> list[Kernel]:
     """The kernels an op launches on ``gpu``; an empty list for views (no device work)."""
     op = graph[name]
     k = kind_of(op)
-    if k.view:
-        return []
+    if k.view or (op.kind == "slice" and op.attrs.get("view") is True):
+        return []  # a slice marked as a view (of a merged conv's output) moves no bytes
     table = gpu.kernel_table
     if table:
         entries = table.get(signature(graph, name))

@@ -1,0 +1,561 @@
+"""IOS (Ding et al., MLSys 2021): a dynamic program over stage endings.
+
+A schedule is a sequence of stages with a barrier after each. For a set S of ops still
+to run (closed under predecessors), ``cost[S] = min over endings E of cost[S - E] +
+latency(E)``, where an ending E ⊆ S has no edge from E into S - E, so it can run last.
+Two stage strategies:
+
+* *parallel* — as in the paper, E is partitioned into its weakly connected components
+  (the finest split with no edge between groups); each group runs in topological order
+  on its own stream. Pruning: at most ``r`` ops per group, at most ``s`` groups.
+* *merge* — two or more sibling convolutions that :mod:`schedulers._merge` can merge run
+  as one wider conv (an explicit graph rewrite; the schedule carries the new graph).
+
+The graph is cut into blocks at single-op cut points (every other op is an ancestor or
+a descendant of the cut) and the blocks are packed, in order, into parts of at most
+``part_size`` ops (a block larger than that is split in topological order); the DP runs
+per part over bitmask states. Stage latency comes from :meth:`Profiler.measure_stage`
+(each group on its own stream, then a synchronize), memoised per ending here and by
+kernel content in the profiler. Since a synchronize leaves the GPU idle, the latency of
+a stage schedule is the sum of its stages' latencies: the DP is exact for its model.
+
+One lowering-level step follows the search: consecutive stages of a single group each
+run on one stream, so the barriers between them order nothing and are dropped (their
+ops become one group, in topological order). It never slows a schedule, and with
+``r = s = 1`` it makes IOS's schedule exactly the sequential one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from schedulers._merge import apply_merges, merge_key, merged_name, merged_ops
+from schedulers.base import Profiler, SchedulerError, register
+from simgpu.graph import Op, OpGraph
+from simgpu.schedule import StageSchedule
+
+STRATEGIES = ("parallel", "merge", "both")
+
+
+# --- blocks and parts -------------------------------------------------------------------
+
+
+def cut_points(graph: OpGraph) -> list[str]:
+    """Ops every other op is an ancestor or a descendant of, in topological order."""
+    order = graph.topo_order
+    n = len(order)
+    idx = {op: i for i, op in enumerate(order)}
+    anc = [0] * n
+    for i, op in enumerate(order):
+        a = 0
+        for p in graph.predecessors(op):
+            j = idx[p]
+            a |= anc[j] | (1 << j)
+        anc[i] = a
+    desc = [0] * n
+    for i in range(n - 1, -1, -1):
+        d = 0
+        for c in graph.successors(order[i]):
+            j = idx[c]
+            d |= desc[j] | (1 << j)
+        desc[i] = d
+    return [order[i] for i in range(n) if (anc[i] | desc[i]).bit_count() == n - 1]
+
+
+def blocks(graph: OpGraph) -> list[list[str]]:
+    """The graph cut after every cut point: each block ends at a cut (the last may not)."""
+    cuts = set(cut_points(graph))
+    out: list[list[str]] = [[]]
+    for op in graph.topo_order:
+        out[-1].append(op)
+        if op in cuts:
+            out.append([])
+    return [b for b in out if b]
+
+
+def frontier(graph: OpGraph, units: list[list[str]]) -> list[int]:
+    """``fr[b]``: how many of ``units[:b]`` feed a unit at or after position ``b`` — the
+    tensors live across a cut there (units feeding beyond the list count to its end)."""
+    n = len(units)
+    pos = {o: i for i, u in enumerate(units) for o in u}
+    diff = [0] * (n + 2)
+    for i, u in enumerate(units):
+        last = i
+        for o in u:
+            for c in graph.successors(o):
+                last = max(last, pos.get(c, n))
+        if last > i:
+            diff[i + 1] += 1
+            diff[last + 1] -= 1
+    fr = [0] * (n + 1)
+    acc = 0
+    for b in range(n + 1):
+        acc += diff[b]
+        fr[b] = acc
+    return fr
+
+
+def _cut_at(fr: list[int], lo: int, hi: int) -> int:
+    """The boundary in lo..hi with the fewest live tensors, the latest of equals."""
+    return min(range(lo, hi + 1), key=lambda b: (fr[b], -b))
+
+
+def chain_units(graph: OpGraph, ops: list[str]) -> list[list[str]]:
+    """Maximal chains of ``ops``: an op whose only input has no other consumer continues
+    that input's chain. They are what IOS's IR holds as one node (a Sequential, e.g.
+    relu-sepconv-bn), where this zoo has one op per kernel."""
+    inside = set(ops)
+    units: list[list[str]] = []
+    unit_of: dict[str, int] = {}
+    for o in ops:
+        ps = graph.predecessors(o)
+        if len(ps) == 1 and ps[0] in inside and len(graph.successors(ps[0])) == 1:
+            u = unit_of[ps[0]]
+            units[u].append(o)
+        else:
+            u = len(units)
+            units.append([o])
+        unit_of[o] = u
+    return units
+
+
+def unit_masks(graph: OpGraph, units: list[list[str]]) -> tuple[list[int], list[int]]:
+    """Successor and predecessor bitmasks between units (edges leaving them ignored)."""
+    unit_of = {o: i for i, u in enumerate(units) for o in u}
+    succ = [0] * len(units)
+    pred = [0] * len(units)
+    for i, u in enumerate(units):
+        for o in u:
+            for c in graph.successors(o):
+                j = unit_of.get(c)
+                if j is not None and j != i:
+                    succ[i] |= 1 << j
+                    pred[j] |= 1 << i
+    return succ, pred
+
+
+def count_states(succ: list[int], pred: list[int], cap: int) -> int:
+    """The number of down-sets (DP states) of a DAG given by bitmasks, or ``cap + 1`` if
+    there are more. Independent components multiply; otherwise a middle node x splits
+    the count into down-sets without x (drop x's descendants) and with it (drop x's
+    ancestors) — convex subsets all the way, so edges inside them tell reachability."""
+    m = len(succ)
+    adj = [succ[i] | pred[i] for i in range(m)]
+    memo: dict[int, int] = {}
+    over = cap + 1
+
+    def closure(x: int, S: int, nb: list[int]) -> int:
+        c = fr = 1 << x
+        while fr:
+            low = fr & -fr
+            fr ^= low
+            new = nb[low.bit_length() - 1] & S & ~c
+            c |= new
+            fr |= new
+        return c
+
+    def count(S: int) -> int:
+        if S == 0:
+            return 1
+        hit = memo.get(S)
+        if hit is not None:
+            return hit
+        low = S & -S
+        comp = closure(low.bit_length() - 1, S, adj)
+        if comp != S:
+            a = count(comp)
+            total = over if a >= over else min(over, a * count(S & ~comp))
+        else:
+            bits = [i for i in range(m) if S >> i & 1]
+            x = bits[len(bits) // 2]
+            a = count(S & ~closure(x, S, succ))
+            total = over if a >= over else min(over, a + count(S & ~closure(x, S, pred)))
+        memo[S] = total
+        return total
+
+    return count((1 << m) - 1)
+
+
+def _states(graph: OpGraph, units: list[list[str]], cap: int) -> int:
+    return count_states(*unit_masks(graph, units), cap)
+
+
+def _fit(graph: OpGraph, units: list[list[str]], max_states: int) -> list[list[list[str]]]:
+    """Halve ``units`` where the fewest tensors are live until each piece has at most
+    ``max_states`` DP states."""
+    n = len(units)
+    if n == 1 or _states(graph, units, max_states) <= max_states:
+        return [units]
+    b = _cut_at(frontier(graph, units), max(1, n // 4), max(1, 3 * n // 4))
+    return _fit(graph, units[:b], max_states) + _fit(graph, units[b:], max_states)
+
+
+def plan_parts(graph: OpGraph, part_size: int, max_states: int) -> list[list[list[str]]]:
+    """The parts the DP runs on, each a list of units (the DP's nodes) in topological
+    order; every part depends only on itself and earlier ones, so a schedule is the
+    concatenation of the parts' schedules.
+
+    Per block (cut at single-op cut points, as IOS's blocks): its ops are the units if
+    they give at most ``max_states`` DP states, else its chains (IOS's node granularity).
+    A block of more than ``part_size`` units is split where the fewest tensors are live
+    (NASNet's cell boundaries), pieces of at least half ``part_size``; a piece with too
+    many states is halved the same way. Consecutive small pieces are packed into one part
+    while it stays within ``part_size`` units and ``max_states`` states.
+    """
+    pieces: list[list[list[str]]] = []
+    for block in blocks(graph):
+        units = [[o] for o in block]
+        if _states(graph, units, max_states) > max_states:
+            chains = chain_units(graph, block)
+            if len(chains) < len(units):
+                units = chains
+        fr = frontier(graph, units)
+        start = 0
+        while len(units) - start > part_size:
+            b = _cut_at(fr, start + max(1, part_size // 2), start + part_size)
+            pieces.extend(_fit(graph, units[start:b], max_states))
+            start = b
+        pieces.extend(_fit(graph, units[start:], max_states))
+    parts: list[list[list[str]]] = []
+    for piece in pieces:
+        if parts and len(parts[-1]) + len(piece) <= part_size:
+            joined = parts[-1] + piece
+            if _states(graph, joined, max_states) <= max_states:
+                parts[-1] = joined
+                continue
+        parts.append(piece)
+    return parts
+
+
+# --- the DP over one part ---------------------------------------------------------------
+
+
+@dataclass
+class PartStats:
+    ops: int
+    units: int  # DP nodes: ops, or chains of ops when single ops give too many states
+    chains: bool
+    states: int = 0
+    transitions: int = 0
+    stages: int = 0  # stage measurements asked for: distinct (ending, strategy) pairs
+    wall_s: float = 0.0
+    latency_us: float = 0.0
+
+
+class _PartSearch:
+    """The DP over the ops of one part; states and endings are bitmasks over them."""
+
+    def __init__(
+        self,
+        graph: OpGraph,
+        units: list[list[str]],
+        position: dict[str, int],
+        profiler: Profiler,
+        r: int,
+        s: int,
+        parallel: bool,
+        merge: bool,
+    ) -> None:
+        self.graph = graph
+        self.units = units
+        self.position = position
+        self.profiler = profiler
+        self.s = s
+        self.parallel = parallel
+        self.merge = merge
+        m = len(units)
+        self.succ, pred = unit_masks(graph, units)
+        self.adj = [self.succ[i] | pred[i] for i in range(m)]
+        # merge classes: single convs of one class (and only those) merge in any combination
+        self.mclass = [-1] * m
+        if merge:
+            ids: dict[tuple, int] = {}
+            for i, u in enumerate(units):
+                key = merge_key(graph, u[0]) if len(u) == 1 else None
+                if key is not None:
+                    self.mclass[i] = ids.setdefault(key, len(ids))
+        # groups a stage may use: connected unit sets of at most r units (single units
+        # when the only strategy is merge), indexed by their last unit in topological order
+        self.by_last = self._connected_sets(r if parallel else 1)
+        self.stage_memo: dict[int, tuple[float, bool, tuple[int, ...]]] = {}
+        n_ops = sum(len(u) for u in units)
+        self.stats = PartStats(n_ops, m, m < n_ops)
+
+    def _connected_sets(self, r: int) -> list[list[tuple[int, int, int]]]:
+        """Per op t: (mask, successors outside the set, set plus its neighbours) of every
+        connected set of at most r ops whose highest index is t."""
+        m = len(self.units)
+        seen: set[int] = set()
+        level = [1 << i for i in range(m)]
+        seen.update(level)
+        every = list(level)
+        for _ in range(r - 1):
+            nxt: list[int] = []
+            for a in level:
+                nb = 0
+                rest = a
+                while rest:
+                    low = rest & -rest
+                    nb |= self.adj[low.bit_length() - 1]
+                    rest ^= low
+                nb &= ~a
+                while nb:
+                    low = nb & -nb
+                    nb ^= low
+                    b = a | low
+                    if b not in seen:
+                        seen.add(b)
+                        nxt.append(b)
+            level = nxt
+            every.extend(nxt)
+        by_last: list[list[tuple[int, int, int]]] = [[] for _ in range(m)]
+        for a in sorted(every):
+            out = closed = 0
+            rest = a
+            while rest:
+                low = rest & -rest
+                i = low.bit_length() - 1
+                out |= self.succ[i]
+                closed |= self.adj[i]
+                rest ^= low
+            by_last[a.bit_length() - 1].append((a, out & ~a, closed | a))
+        return by_last
+
+    def _endings(self, S: int) -> list[tuple[int, tuple[int, ...]]]:
+        """Every ending of S allowed by the pruning, with its groups (component masks)."""
+        atoms: list[tuple[int, int]] = []
+        rest = S
+        succ = self.succ
+        while rest:
+            low = rest & -rest
+            rest ^= low
+            t = low.bit_length() - 1
+            if succ[t] & S:
+                continue  # not a sink of S: no group of an ending can end here
+            for a, out, closed in self.by_last[t]:
+                if a & S == a and not out & S:
+                    atoms.append((a, closed))
+        found: list[tuple[int, tuple[int, ...]]] = []
+        s = self.s
+        if not self.parallel:  # merge only: one op, or a mergeable set of single convs
+            found = [(a, (a,)) for a, _ in atoms]
+            if s > 1:
+                by_class: dict[int, list[int]] = {}
+                for a, _ in atoms:
+                    c = self.mclass[a.bit_length() - 1]
+                    if c >= 0:
+                        by_class.setdefault(c, []).append(a)
+                for members in by_class.values():
+                    self._subsets(members, s, found)
+            return found
+        n = len(atoms)
+        # collections of pairwise disjoint, non-adjacent groups: each ending exactly once
+        stack: list[tuple[int, int, int, tuple[int, ...]]] = [(0, 0, 0, ())]
+        while stack:
+            start, E, blocked, chosen = stack.pop()
+            for k in range(n - 1, start - 1, -1):
+                a, closed = atoms[k]
+                if a & blocked:
+                    continue
+                groups = (*chosen, a)
+                found.append((E | a, groups))
+                if len(groups) < s:
+                    stack.append((k + 1, E | a, blocked | closed, groups))
+        return found
+
+    @staticmethod
+    def _subsets(members: list[int], s: int, found: list) -> None:
+        """Subsets of two to s single-op masks (siblings: never adjacent)."""
+        stack: list[tuple[int, int, tuple[int, ...]]] = [(0, 0, ())]
+        while stack:
+            start, E, chosen = stack.pop()
+            for k in range(start, len(members)):
+                groups = (*chosen, members[k])
+                if len(groups) >= 2:
+                    found.append((E | members[k], groups))
+                if len(groups) < s:
+                    stack.append((k + 1, E | members[k], groups))
+
+    def _ops(self, mask: int) -> list[str]:
+        """The ops of a set of units, in topological order."""
+        out: list[str] = []
+        while mask:
+            low = mask & -mask
+            out.extend(self.units[low.bit_length() - 1])
+            mask ^= low
+        return sorted(out, key=self.position.__getitem__)
+
+    def _stage(self, E: int, groups: tuple[int, ...]) -> tuple[float, bool, tuple[int, ...]]:
+        hit = self.stage_memo.get(E)
+        if hit is not None:
+            return hit
+        groups = tuple(sorted(groups, key=lambda g: g & -g))  # issued by their first op
+        best = float("inf")
+        merged = False
+        if self.parallel or len(groups) == 1:
+            self.stats.stages += 1
+            best = self.profiler.measure_stage(self.graph, [self._ops(g) for g in groups])
+        if self.merge and len(groups) >= 2:
+            cls = {self.mclass[g.bit_length() - 1] for g in groups}
+            if all(g & (g - 1) == 0 for g in groups) and len(cls) == 1 and -1 not in cls:
+                self.stats.stages += 1
+                lat = self._measure_merged([self._ops(g)[0] for g in groups])
+                if lat < best:
+                    best, merged = lat, True
+        hit = self.stage_memo[E] = (best, merged, groups)
+        return hit
+
+    def _measure_merged(self, ops: list[str]) -> float:
+        """The merged conv and its slice views alone: a fragment graph of three kinds."""
+        conv, slices = merged_ops(self.graph, ops)
+        src = self.graph[conv.inputs[0]]
+        frag = OpGraph(
+            [Op(src.name, "input", (), src.output_shape, src.dtype), conv, *slices],
+            name=f"{self.graph.name}:merge",
+        )
+        return self.profiler.measure_stage(frag, [[conv.name, *(sl.name for sl in slices)]])
+
+    def run(self) -> list[tuple[bool, list[list[str]]]]:
+        """The part's best stages in order: (merged?, groups of op names)."""
+        t0 = time.perf_counter()
+        full = (1 << len(self.units)) - 1
+        cost: dict[int, float] = {0: 0.0}
+        choice: dict[int, tuple[int, tuple[float, bool, tuple[int, ...]]]] = {}
+        pending: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+        stack = [full]
+        while stack:
+            S = stack[-1]
+            if S in cost:
+                stack.pop()
+                continue
+            ends = pending.get(S)
+            if ends is None:
+                ends = pending[S] = self._endings(S)
+                if not ends:
+                    raise SchedulerError(f"ios: no ending for a state of {len(self.units)} units")
+                todo = [S ^ E for E, _ in ends if S ^ E not in cost]
+                if todo:
+                    stack.extend(todo)
+                    continue
+            best = float("inf")
+            pick = None
+            for E, groups in ends:
+                st = self._stage(E, groups)
+                c = cost[S ^ E] + st[0]
+                if c < best:
+                    best, pick = c, (E, st)
+            cost[S] = best
+            choice[S] = pick  # type: ignore[assignment]
+            self.stats.transitions += len(ends)
+            del pending[S]
+            stack.pop()
+        self.stats.states = len(cost) - 1
+        self.stats.latency_us = cost[full]
+        stages: list[tuple[bool, list[list[str]]]] = []
+        S = full
+        while S:
+            E, (_, merged, groups) = choice[S]
+            stages.append((merged, [self._ops(g) for g in groups]))
+            S ^= E
+        stages.reverse()
+        self.stats.wall_s = time.perf_counter() - t0
+        return stages
+
+
+# --- the scheduler ----------------------------------------------------------------------
+
+
+@register("ios")
+@dataclass
+class IOS:
+    """IOS: DP over stage endings, parallel groups or merged convs (Ding et al. 2021)."""
+
+    r: int = 3
+    s: int = 8
+    part_size: int = 64
+    strategy: str = "both"
+    max_states: int = 5_000
+
+    def __post_init__(self) -> None:
+        limits = (("r", 1, 64), ("s", 1, 64), ("part_size", 1, 512), ("max_states", 2, 10**7))
+        for name, lo, hi in limits:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise SchedulerError(
+                    f"option ios.{name}: must be an integer in {lo}..{hi}, got {v!r}"
+                )
+        if self.strategy not in STRATEGIES:
+            raise SchedulerError(
+                f"option ios.strategy: must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+
+    def schedule(self, graph: OpGraph, profiler: Profiler) -> StageSchedule:
+        t0 = time.perf_counter()
+        calls0, distinct0, sim0 = profiler.calls, profiler.distinct, profiler.sim_wall_s
+        parallel = self.strategy in ("parallel", "both")
+        merge = self.strategy in ("merge", "both")
+        raw: list[tuple[bool, list[list[str]]]] = []
+        stats: list[PartStats] = []
+        position = {o: i for i, o in enumerate(graph.topo_order)}
+        for units in plan_parts(graph, self.part_size, self.max_states):
+            search = _PartSearch(graph, units, position, profiler, self.r, self.s, parallel, merge)
+            raw.extend(search.run())
+            stats.append(search.stats)
+        merges = [tuple(g[0] for g in groups) for m, groups in raw if m]
+        out_graph = apply_merges(graph, merges) if merges else graph
+        stages: list[list[list[str]]] = []
+        for m, groups in raw:
+            if m:
+                ops = [g[0] for g in groups]
+                stages.append([[merged_name(ops), *ops]])
+            else:
+                stages.append(groups)
+        stages, elided = _drop_redundant_barriers(stages, out_graph)
+        meta: dict[str, Any] = {
+            "r": self.r,
+            "s": self.s,
+            "part_size": self.part_size,
+            "strategy": self.strategy,
+            "max_states": self.max_states,
+            "blocks": len(blocks(graph)),
+            "parts": [dataclasses.asdict(p) for p in stats],
+            "states": sum(p.states for p in stats),
+            "transitions": sum(p.transitions for p in stats),
+            "stages_measured": sum(p.stages for p in stats),
+            "profiler_calls": profiler.calls - calls0,
+            "simulations": profiler.distinct - distinct0,
+            "simulate_s": profiler.sim_wall_s - sim0,
+            "dp_latency_us": sum(p.latency_us for p in stats),
+            "merges": [list(g) for g in merges],
+            "dp_stages": [{"merge": m, "groups": groups} for m, groups in raw],
+            "barriers_elided": elided,
+            "search_s": time.perf_counter() - t0,
+        }
+        return StageSchedule(stages, out_graph if merges else None, "sync", False, meta)
+
+
+def _drop_redundant_barriers(
+    stages: list[list[list[str]]], graph: OpGraph
+) -> tuple[list[list[list[str]]], int]:
+    """Join runs of consecutive one-group stages into one group in topological order:
+    the barrier between two stages on the same single stream orders nothing."""
+    idx = {n: i for i, n in enumerate(graph.topo_order)}
+    out: list[list[list[str]]] = []
+    elided = 0
+    run: list[str] = []
+    for stage in stages:
+        if len(stage) == 1:
+            if run:
+                elided += 1
+            run.extend(stage[0])
+            continue
+        if run:
+            out.append([sorted(run, key=idx.__getitem__)])
+            run = []
+        out.append(stage)
+    if run:
+        out.append([sorted(run, key=idx.__getitem__)])
+    return out, elided
