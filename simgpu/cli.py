@@ -39,9 +39,33 @@ def _table(rows: list[list[str]], header: list[str], right: set[int] | None = No
 
 
 def _machine(args: argparse.Namespace):
-    from simgpu.hardware import Machine, load_gpu
+    """``--machine NAME|FILE``, or ``--gpu`` (default v100) as a one-device machine."""
+    from simgpu.hardware import Machine, load_gpu, load_machine
 
-    return Machine.single(load_gpu(args.gpu))
+    spec = getattr(args, "machine", None)
+    if spec is not None:
+        if getattr(args, "gpu", None) is not None:
+            raise SimGPUError("give --gpu or --machine, not both")
+        return load_machine(spec)
+    return Machine.single(load_gpu(getattr(args, "gpu", None) or "v100"))
+
+
+def _machine_bounds(graph: Any, machine: Any) -> tuple[float, float]:
+    """(critical path, work) lower bounds in us for any schedule on ``machine``: the
+    best device's critical path, and the work shared by every device at its rate."""
+    from schedulers.bounds import critical_path_bound_us, first_start_us, work_bound_us
+
+    gpus = list({id(g): g for g in machine.devices}.values())
+    counts = [sum(1 for d in machine.devices if d is g) for g in gpus]
+    cp = min(critical_path_bound_us(graph, g) for g in gpus)
+    first = min(first_start_us(g) for g in gpus)
+    rate = 0.0
+    for g, n in zip(gpus, counts, strict=True):
+        busy = work_bound_us(graph, g) - first_start_us(g)
+        if busy <= 0:
+            return cp, 0.0
+        rate += n / busy
+    return cp, first + 1.0 / rate
 
 
 def _model(args: argparse.Namespace):
@@ -128,8 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     graph = _model(args)
     machine = _machine(args)
     names: list[str] = []
+    multi = len(machine.devices) > 1
     for n in args.scheduler or ["all"]:
-        names += scheduler_names(single_gpu_only=True) if n == "all" else [n]
+        names += scheduler_names(single_gpu_only=not multi) if n == "all" else [n]
     names = list(dict.fromkeys(names))
     options = parse_options(args.option or [])
     for sched in options:
@@ -152,7 +177,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     base = results.get("sequential") or run_scheduler("sequential", graph, machine)
     base_ms = base.latency_ms
     gpu = machine.gpu
-    cp_us, work_us = critical_path_bound_us(graph, gpu), work_bound_us(graph, gpu)
+    if multi:
+        cp_us, work_us = _machine_bounds(graph, machine)
+    else:
+        cp_us, work_us = critical_path_bound_us(graph, gpu), work_bound_us(graph, gpu)
     bound_ms = max(cp_us, work_us) / 1e3
     rows = []
     for n in names:
@@ -164,7 +192,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_graph = r.schedule.graph
         bound = bound_ms
         if run_graph is not None and run_graph is not graph:
-            bound = min(bound, lower_bound_us(run_graph, gpu) / 1e3)
+            rb = (
+                max(_machine_bounds(run_graph, machine))
+                if multi
+                else lower_bound_us(run_graph, gpu)
+            )
+            bound = min(bound, rb / 1e3)
         rows.append(
             {
                 "scheduler": n,
@@ -191,6 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "batch": args.batch,
             "image_size": args.image_size,
             "gpu": gpu.name,
+            "machine": machine.name,
+            "devices": len(machine.devices),
             "ops": len(graph),
             "macs": graph.macs,
             "lower_bound_ms": bound_ms,
@@ -201,7 +236,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
         return 0
     print(
-        f"{graph.name}  batch {args.batch}  {len(graph)} ops  {graph.macs / 1e9:.2f} GMACs  on {gpu.name}"
+        f"{graph.name}  batch {args.batch}  {len(graph)} ops  {graph.macs / 1e9:.2f} GMACs  "
+        f"on {machine.name if multi else gpu.name}"
     )
     print(
         f"lower bound {bound_ms:.3f} ms (critical path {cp_us / 1e3:.3f}, work {work_us / 1e3:.3f})"
@@ -279,6 +315,7 @@ def _write_outputs(args: argparse.Namespace, results: dict, best: Any) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from schedulers.base import Profiler, make_scheduler, parse_options
     from simgpu.graph import read_json
+    from simgpu.hardware import Machine
     from simgpu.program import lower, validate_program
     from simgpu.schedule import schedule_from_json
     from simgpu.sim.engine import simulate
@@ -307,8 +344,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     elif runs is None:
         schedule = file_stages
     else:
-        schedule = make_scheduler(runs, options.get(runs)).schedule(graph, Profiler(machine))
-    program = lower(schedule, graph, machine.gpu, name=source)
+        sched = make_scheduler(runs, options.get(runs))
+        # a single-GPU scheduler searches on device 0, as run_scheduler does
+        search = machine if sched.multi_gpu else Machine(machine.name, machine.devices[:1])
+        schedule = sched.schedule(graph, Profiler(search))
+    program = lower(schedule, graph, machine, name=source)
     validate_program(program, schedule.graph or graph)
     tl = simulate(program, machine)
     from simgpu.chrome_trace import write_chrome_trace
@@ -324,6 +364,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = {
         "graph": graph.name,
         "gpu": machine.gpu.name,
+        "machine": machine.name,
+        "devices": len(machine.devices),
+        "copies": len(tl.copies),
         "schedule": source,
         "latency_ms": tl.latency_ms,
         "kernels": len(tl.kernels),
@@ -447,6 +490,37 @@ def cmd_gpus(args: argparse.Namespace) -> int:
                 "aliases",
             ],
             right={2, 3, 4, 5, 6, 7, 8},
+        )
+    )
+    return 0
+
+
+def cmd_machines(args: argparse.Namespace) -> int:
+    from simgpu.hardware import MACHINE_PRESETS, machine_preset
+
+    machines = [machine_preset(n) for n in MACHINE_PRESETS]
+    if args.json:
+        print(json.dumps([m.to_json() for m in machines], indent=1))
+        return 0
+    rows = []
+    for m in machines:
+        r = m.route(0, 1)
+        kinds = sorted({f"{link.kind} x{link.count}" for link in m.links})
+        rows.append(
+            [
+                m.name,
+                str(len(m.devices)),
+                m.gpu.name,
+                ", ".join(kinds),
+                f"{r.gbps:g}" if r else "-",
+                f"{r.latency_us:g}" if r else "-",
+            ]
+        )
+    print(
+        _table(
+            rows,
+            ["machine", "GPUs", "GPU", "links", "GB/s 0->1", "latency us"],
+            right={1, 4, 5},
         )
     )
     return 0
@@ -718,7 +792,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="compare schedulers on a built-in model")
     model_args(r)
-    r.add_argument("--gpu", default="v100", help="GPU preset or JSON file (default v100)")
+    r.add_argument("--gpu", default=None, help="GPU preset or JSON file (default v100)")
+    r.add_argument(
+        "--machine",
+        help="machine preset or JSON file: several GPUs and their links (see `simgpu machines`)",
+    )
     r.add_argument(
         "--scheduler", action="append", help="scheduler name, repeatable; 'all' (default)"
     )
@@ -748,7 +826,8 @@ def build_parser() -> argparse.ArgumentParser:
         "else sequential)",
     )
     s.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE")
-    s.add_argument("--gpu", default="v100")
+    s.add_argument("--gpu", default=None, help="GPU preset or JSON file (default v100)")
+    s.add_argument("--machine", help="machine preset or JSON file (several GPUs and links)")
     s.add_argument(
         "--batch",
         type=_positive,
@@ -769,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, text in (
         ("models", cmd_models, "list built-in models"),
         ("gpus", cmd_gpus, "list GPU presets"),
+        ("machines", cmd_machines, "list machine presets (several GPUs and their links)"),
         ("schedulers", cmd_schedulers, "list registered schedulers"),
     ):
         sp = sub.add_parser(name, help=text)

@@ -439,6 +439,9 @@ class Machine:
     links: tuple[Link, ...] = ()
     switches: tuple[str, ...] = ()
     description: str = ""
+    # one host thread per GPU (a runtime with a thread per device), or one thread issuing
+    # to all of them (a single-threaded framework): host launch costs then add up
+    shared_host: bool = False
 
     def __post_init__(self) -> None:
         if not self.devices:
@@ -548,6 +551,7 @@ class Machine:
             "description": self.description,
             "gpus": [g.name for g in self.devices],
             "switches": list(self.switches),
+            "shared_host": self.shared_host,
             "links": [
                 {
                     "between": [link.a, link.b],
@@ -565,7 +569,7 @@ def _node_key(node: Node) -> tuple[int, int | str]:
     return (0, node) if isinstance(node, int) else (1, node)
 
 
-_MACHINE_KEYS = {"name", "gpus", "links", "switches", "base", "description"}
+_MACHINE_KEYS = {"name", "gpus", "links", "switches", "base", "description", "shared_host"}
 _LINK_KEYS = {"between", "kind", "count", "gbps", "latency_us"}
 
 
@@ -621,8 +625,16 @@ def machine_from_json(data: Any, source: str = "<json>", base_dir: Path | None =
         raise SpecError(f'{source}: "links" must be a list')
     links = [_link_from_json(x, f"{source}: links[{i}]") for i, x in enumerate(links_in)]
     try:
+        shared = data.get("shared_host", False)
+        if not isinstance(shared, bool):
+            raise SpecError(f'"shared_host" must be true or false, got {shared!r}')
         m = Machine(
-            name, tuple(devices), tuple(links), tuple(switches), str(data.get("description", ""))
+            name,
+            tuple(devices),
+            tuple(links),
+            tuple(switches),
+            str(data.get("description", "")),
+            shared,
         )
     except SpecError as e:
         raise SpecError(f"{source}: {e}") from None

@@ -122,6 +122,7 @@ def lower(
     cache: KernelCache | None = None,
     validate: bool = True,
     subset: bool = False,
+    memo: dict[tuple[str, int], list[Kernel]] | None = None,
 ) -> StreamProgram:
     """Turn a schedule into the host calls that run it.
 
@@ -132,6 +133,8 @@ def lower(
 
     ``subset``: the schedule runs only some of the graph's ops (a scheduler's partial
     schedule); inputs from ops it leaves out count as ready and already in place.
+    ``memo``: (op, device) -> kernels, kept by a caller that lowers many schedules of
+    one graph on one machine (a search), so each op is lowered once.
     """
     g = schedule.graph or graph
     if subset:
@@ -154,7 +157,12 @@ def lower(
     def kernels(op: str, device: int) -> list[Kernel]:
         if device >= len(caches):
             raise ProgramError(f"op '{op}' placed on device {device}, machine has {len(caches)}")
-        return caches[device].lower(g, op)
+        if memo is None:
+            return caches[device].lower(g, op)
+        ks = memo.get((op, device))
+        if ks is None:
+            ks = memo[(op, device)] = caches[device].lower(g, op)
+        return ks
 
     cmds: list[Command] = []
     if isinstance(schedule, StageSchedule):
@@ -335,7 +343,7 @@ def validate_program(program: StreamProgram, graph: OpGraph | None = None) -> No
     seq: dict[tuple[int, int], int] = {}
     op_at: dict[str, tuple[tuple[int, int], int, int]] = {}  # op -> stream, first, last seq
     last_op: dict[tuple[int, int], str] = {}
-    floor: dict[tuple[int, int], int] = {}
+    floors: dict[int, dict[tuple[int, int], int]] = {}  # per device, what a sync taught it
     seen: list[tuple[str, int, str, int]] = []  # (op, its stream, input, input seq seen)
     copies: dict[tuple[str, int], tuple[tuple[int, int], int]] = {}  # (op, dst) -> stream, seq
     copy_saw: list[tuple[int, str, int]] = []  # (command, tensor, its producer's seq seen)
@@ -343,19 +351,17 @@ def validate_program(program: StreamProgram, graph: OpGraph | None = None) -> No
         if isinstance(c, Synchronize):
             if program.graph_mode:
                 raise ProgramError(f"command {i}: synchronize inside a CUDA Graph program")
-            # everything issued so far on that device happens before everything after
-            merged: dict[tuple[int, int], int] = dict(floor)
-            for st, cl in clocks.items():
-                if st[0] != c.device:
-                    continue
+            # everything issued so far on that device happens before everything its host
+            # thread issues after (each GPU of a machine has its own host thread)
+            merged: dict[tuple[int, int], int] = dict(floors.get(c.device, {}))
+            mine = [cl for st, cl in clocks.items() if st[0] == c.device]
+            for cl in mine:
                 for k, v in cl.items():
                     if merged.get(k, -1) < v:
                         merged[k] = v
-            for cl in clocks.values():
-                for k, v in merged.items():
-                    if cl.get(k, -1) < v:
-                        cl[k] = v
-            floor = merged  # streams first used after the sync inherit it too
+            for cl in mine:
+                cl.update(merged)
+            floors[c.device] = merged  # streams first used after the sync inherit it too
             continue
         key = (c.device, c.stream)
         if c.stream < 0 or c.device < 0:
@@ -363,7 +369,7 @@ def validate_program(program: StreamProgram, graph: OpGraph | None = None) -> No
         n = seq[key] = seq.get(key, -1) + 1
         cl = clocks.get(key)
         if cl is None:
-            cl = clocks[key] = dict(floor)
+            cl = clocks[key] = dict(floors.get(c.device, {}))
         cl[key] = n
         if isinstance(c, Record):
             recorded[c.event] = dict(cl)

@@ -65,6 +65,7 @@ class Simulation:
         self.devices = [Device(self, i, g, record_batches) for i, g in enumerate(machine.devices)]
         self.host_log: list[HostRecord] = []
         self.host_blocked: int | None = None  # command index of a synchronize in progress
+        self.threads_blocked: dict[int, str] = {}  # per-device host threads: why one waits
         self.fabric: Fabric | None = None  # copy engines and links, made by the first copy
 
     def copy_fabric(self) -> Fabric:
@@ -75,6 +76,8 @@ class Simulation:
     # -- host thread ---------------------------------------------------------------------
 
     def host(self, program: StreamProgram):
+        """One host thread issuing every command: a single GPU, or a machine whose
+        ``shared_host`` makes one thread drive all of its GPUs."""
         env = self.env
         log = self.host_log
         devices = self.devices
@@ -174,15 +177,152 @@ class Simulation:
         for dev in devices:
             yield dev.wait_idle()
 
+    # -- one host thread per device -------------------------------------------------------
+
+    def start_threads(self, program: StreamProgram) -> list[simpy.Process]:
+        """Several GPUs: each device's commands are issued by its own host thread, in
+        program order, each thread with its own CPU clock; a synchronize blocks only its
+        thread. Events bind as with one thread (to the latest record before the wait in
+        program order, or else the next one). A wait bound to an earlier record of
+        another thread is a host-side hand-off: its thread issues the wait only once the
+        record's thread has issued the record, as a runtime must to keep CUDA's
+        record-before-wait order between threads."""
+        env = self.env
+        n_dev = len(self.devices)
+        per: list[list[tuple[int, Any, EventSlot | None, int]]] = [[] for _ in range(n_dev)]
+        events: dict[str, EventSlot] = {}
+        record_at: dict[int, int] = {}  # id(slot) -> command index of its record
+        handoffs: dict[int, simpy.Event] = {}  # record command index -> issued (its end time)
+        for i, c in enumerate(program.commands):
+            d = c.device
+            if not 0 <= d < n_dev:
+                raise ProgramError(f"command {i}: device {d} does not exist (machine has {n_dev})")
+            ctype = type(c)
+            slot, hand = None, -1
+            if ctype is Record:
+                slot = events.get(c.event)
+                if slot is None or slot.stream is not None:
+                    slot = events[c.event] = EventSlot(c.event, c.stream, d)
+                else:  # earlier waits named this event before any record: bind them here
+                    slot.stream = c.stream
+                    slot.device = d
+                record_at[id(slot)] = i
+            elif ctype is Wait:
+                slot = events.get(c.event)
+                if slot is None:
+                    slot = events[c.event] = EventSlot(c.event, None, d)
+                elif slot.stream is not None and slot.device != d:
+                    hand = record_at[id(slot)]
+                    if hand not in handoffs:
+                        handoffs[hand] = env.event()
+            elif ctype is Copy:
+                self.copy_fabric().route(c.src, c.dst, f"command {i}")
+                if c.bytes < 0:
+                    raise ProgramError(f"command {i}: copy of {c.bytes} bytes")
+            elif ctype is not Launch and ctype is not Synchronize:
+                raise ProgramError(f"command {i}: unknown command {c!r}")
+            per[d].append((i, c, slot, hand))
+        return [
+            env.process(self._thread(d, items, program.graph_mode, handoffs))
+            for d, items in enumerate(per)
+            if items
+        ]
+
+    def _thread(self, d: int, items: list, graph: bool, handoffs: dict[int, simpy.Event]):
+        env = self.env
+        log = self.host_log
+        dev = self.devices[d]
+        gpu = dev.gpu
+        t = env.now
+        avail_base = 0.0
+        if graph:
+            log.append(
+                new_record(HostRecord, ("graph_launch", d, t, t + gpu.graph_launch_api_us, None))
+            )
+            t += gpu.graph_launch_api_us
+            avail_base = t + gpu.launch_latency_us
+            dev.gap = gpu.graph_node_us
+        c_launch = gpu.launch_api_us + gpu.framework_dispatch_us
+        c_noop = gpu.framework_dispatch_us
+        c_record = gpu.event_record_api_us
+        c_wait = gpu.event_wait_api_us
+        latency = gpu.launch_latency_us
+        blocked = self.threads_blocked
+        for i, c, slot, hand in items:
+            ctype = type(c)
+            if ctype is Synchronize:
+                if t > env.now:
+                    yield env.timeout(t - env.now)
+                start = env.now
+                blocked[d] = (
+                    f"the host thread of device {d} is blocked in the synchronize at command {i}"
+                )
+                yield dev.wait_idle()
+                del blocked[d]
+                t = env.now + gpu.sync_api_us
+                log.append(new_record(HostRecord, ("synchronize", d, start, t, None)))
+                continue
+            if hand >= 0:
+                ev = handoffs[hand]
+                if not ev.triggered:
+                    blocked[d] = (
+                        f"the host thread of device {d} waits at command {i} for command "
+                        f"{hand} to be issued"
+                    )
+                    yield ev
+                    del blocked[d]
+                if ev.value > t:
+                    t = ev.value
+            stream = dev.streams.get(c.stream) or dev.stream(c.stream)
+            if ctype is Launch:
+                k = c.kernel
+                if k is None:
+                    kind, cost, api = NOOP, c_noop, "dispatch"
+                else:
+                    kind, cost, api = LAUNCH, c_launch, "launch"
+                op = c.op
+            elif ctype is Record:
+                kind, cost, api = RECORD, c_record, "event_record"
+                k = op = None
+            elif ctype is Wait:
+                kind, cost, api = WAIT, c_wait, "stream_wait_event"
+                k = op = None
+            else:  # Copy
+                kind, cost, api = COPY, c_launch, "memcpy_peer"
+                k, op = c, c.tensor
+            if graph:
+                entry = Entry(kind, stream, avail_base, t, i, k, op, slot)
+            else:
+                end = t + cost
+                log.append(new_record(HostRecord, (api, d, t, end, op)))
+                t = end
+                entry = Entry(kind, stream, t + latency, t, i, k, op, slot)
+            if kind == RECORD:
+                ev = handoffs.get(i)
+                if ev is not None:
+                    ev.succeed(t)
+            dev.pending += 1
+            q = stream.queue
+            q.items.append(entry)
+            if len(q.items) == 1:
+                dev.advance(q, env._now)
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        yield dev.wait_idle()
+
     # -- run -----------------------------------------------------------------------------
 
     def run(self, program: StreamProgram) -> Timeline:
-        proc = self.env.process(self.host(program))
+        if len(self.devices) > 1 and not self.machine.shared_host:
+            procs = self.start_threads(program)
+        else:
+            procs = [self.env.process(self.host(program))]
         self.env.run()
-        if not proc.triggered:
-            raise self._deadlock()
-        if not proc.ok:  # pragma: no cover - errors inside the host re-raise in env.run
-            raise proc.value
+        for proc in procs:
+            if not proc.triggered:
+                raise self._deadlock()
+            if not proc.ok:  # pragma: no cover - errors inside the host re-raise in env.run
+                raise proc.value
         return self._timeline()
 
     def _deadlock(self) -> DeadlockError:
@@ -216,6 +356,7 @@ class Simulation:
                 f"the host is blocked in the synchronize at command {self.host_blocked}, "
                 f"so later commands were never issued"
             )
+        parts += [self.threads_blocked[d] for d in sorted(self.threads_blocked)]
         detail = "; ".join(parts) or "work pending but no stream can run"
         return DeadlockError(f"deadlock at t={self.env.now:.3f} us: {detail}")
 
