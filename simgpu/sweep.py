@@ -406,7 +406,7 @@ def _fmt(v: Any) -> str:
 
 
 def _measure(combo: Combo) -> dict[str, str]:
-    from schedulers.base import discover, run_scheduler
+    from schedulers.base import run_scheduler
     from simgpu.models import build_model
 
     graph = build_model(combo.model, combo.batch, combo.image_size, combo.dtype)
@@ -434,9 +434,7 @@ def _measure(combo: Combo) -> dict[str, str]:
         "schedule_s": res.schedule_s,
     }
     try:
-        # The bounds are for one GPU: a schedule spread over several may beat them.
-        spread = len(machine.devices) > 1 and discover()[combo.scheduler].multi_gpu
-        bound = None if spread else _lower_bound_ms(graph, machine)
+        bound = _lower_bound_ms(graph, machine)
         run_graph = getattr(res.schedule, "graph", None)
         if bound is not None and run_graph is not None and run_graph is not graph:
             # a schedule that rewrites the graph (merged ops) is bounded by the better of both
@@ -474,13 +472,21 @@ def machine_for(gpu: str, machine: str) -> Machine:
 
 
 def _lower_bound_ms(graph: Any, machine: Machine) -> float | None:
-    """``schedulers.bounds.lower_bound_us`` when that module exists (it is optional)."""
+    """The bound ``simgpu run`` reports: ``schedulers.bounds.lower_bound_us`` on one GPU;
+    on several, the machine-wide bound (a schedule spread over GPUs may beat one GPU's).
+    None when the bounds module is absent."""
     try:
         from schedulers import bounds
     except ModuleNotFoundError as e:
         if e.name == "schedulers.bounds":
             return None
         raise
+    if len(machine.devices) > 1:
+        try:
+            from simgpu.cli import _machine_bounds  # shared with `simgpu run`
+        except ImportError:
+            return None
+        return max(_machine_bounds(graph, machine)) / 1e3
     fn = getattr(bounds, "lower_bound_us", None)
     return None if fn is None else float(fn(graph, machine.gpu)) / 1e3
 

@@ -285,6 +285,31 @@ def test_rows_carry_every_run_metric(tmp_path: Path) -> None:
     assert by[("2", "v100-sxm2")] > by[("1", "v100-sxm2")]
 
 
+@pytest.mark.parametrize("hw", [("--gpu", "v100"), ("--machine", "2xv100-nvlink")])
+def test_rows_agree_with_simgpu_run(tmp_path: Path, capsys, hw: tuple[str, str]) -> None:
+    """A sweep row holds the numbers `simgpu run --json` prints for the same combination."""
+    from simgpu import hardware
+
+    if hw[0] == "--machine" and not hasattr(hardware, "load_machine"):
+        pytest.skip("no multi-GPU machines yet")
+    argv = ["squeezenet1_1", "--image-size", "64", *hw]
+    argv += ["--scheduler", "sequential", "--scheduler", "nimble"]
+    assert main(["run", *argv, "--json"]) == 0
+    ran = {r["scheduler"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    out = tmp_path / "r.csv"
+    assert main(["sweep", "--model", *argv, "--workers", "1", "--quiet", "-o", str(out)]) == 0
+    swept = {r["scheduler"]: r for r in read_results(out)}
+    assert set(swept) == set(ran)
+    for name, r in ran.items():
+        for col in ("latency_ms", "speedup", "streams", "syncs", "kernels", "sm_utilisation"):
+            assert float(swept[name][col]) == r[col], (name, col)
+        for col in ("profiler_calls", "profiler_distinct", "gpu_search_s"):
+            assert float(swept[name][col]) == r[col], (name, col)
+        for col in ("lower_bound_ms", "bound_gap"):
+            if r.get(col) is not None:
+                assert float(swept[name][col]) == pytest.approx(r[col], rel=1e-12), (name, col)
+
+
 @dataclass
 class Boom:
     """A scheduler with a bug: it raises something that is not a SimGPUError."""
