@@ -1,0 +1,337 @@
+"""The ``autograph`` scheduler: its cost, its rewrite search, its DP, its measured
+convergence, and the program it produces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import strategies
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schedulers._merge import merge_candidates
+from schedulers.autograph import (
+    AutoGraph,
+    _Rewrites,
+    backtracking_search,
+    mixed_cost,
+    op_costs,
+    stage_dp,
+)
+from schedulers.base import Profiler, SchedulerError, make_scheduler, run_scheduler
+from simgpu.cli import main
+from simgpu.graph import Op, OpGraph
+from simgpu.hardware import Machine, preset
+from simgpu.models import build_model
+from simgpu.models.builder import GraphBuilder
+from simgpu.program import validate_program
+from simgpu.schedule import StageSchedule, StreamSchedule, validate_schedule
+
+V100 = preset("v100")
+MACHINE = Machine.single(V100)
+
+
+@pytest.fixture(scope="module")
+def inception() -> OpGraph:
+    return build_model("inception_v3")
+
+
+def block(
+    channels: tuple[int, ...] = (64, 48, 64), kernels: tuple[int, ...] = (1, 1, 3)
+) -> OpGraph:
+    """An Inception-like block: sibling convs reading one input (mergeable: same stride,
+    output size, activation, centred padding), a second conv on each branch, a concat."""
+    b = GraphBuilder("block")
+    x = b.input((1, 192, 35, 35), name="x")
+    outs = []
+    for i, (c, k) in enumerate(zip(channels, kernels, strict=True)):
+        h = b.conv(x, c, k, padding=k // 2, name=f"b{i}_1")
+        outs.append(b.conv(h, 64, 3, padding=1, name=f"b{i}_2"))
+    b.concat(outs, name="cat")
+    return b.build()
+
+
+@st.composite
+def conv_blocks(draw: st.DrawFn) -> OpGraph:
+    """Random branchy conv graphs: 2-4 branches of 1-2 convs from one input, joined."""
+    b = GraphBuilder("rand_block")
+    hw = draw(st.sampled_from((7, 14, 28)))
+    x = b.input((1, draw(st.sampled_from((32, 64, 256))), hw, hw), name="x")
+    outs = []
+    for i in range(draw(st.integers(2, 4))):
+        h = x
+        for j in range(draw(st.integers(1, 2))):
+            k = draw(st.sampled_from((1, 3)))
+            h = b.conv(h, draw(st.sampled_from((16, 64, 128))), k, padding=k // 2, name=f"b{i}_{j}")
+        outs.append(h)
+    b.concat(outs, name="cat")
+    return b.build()
+
+
+# --- cost -----------------------------------------------------------------------------------
+
+
+def test_mixed_critical_path_cost_by_hand() -> None:
+    s = (1, 1024)
+    g = OpGraph(
+        [
+            Op("x", "input", (), s),
+            Op("a", "relu", ("x",), s),
+            Op("b", "sigmoid", ("x",), s),
+            Op("c", "add", ("a", "b"), s),
+        ]
+    )
+    cost = {"x": 0.0, "a": 10.0, "b": 4.0, "c": 1.0}
+    # critical path x-a-c = 11, everything = 15: (1 + alpha) * 11 + 4
+    assert mixed_cost(g, cost, 0.5) == pytest.approx(1.5 * 11 + 4)
+    assert mixed_cost(g, cost, 0.0) == pytest.approx(15)
+
+
+def test_costs_come_from_the_profiler_and_views_are_free() -> None:
+    g = block()
+    p = Profiler(MACHINE)
+    cost = op_costs(g, p)
+    assert cost["x"] == 0.0
+    assert cost["b0_1"] == p.op_latency_us(g, "b0_1") > 0
+
+
+def test_cost_of_a_merge_set_equals_the_cost_of_the_rewritten_graph() -> None:
+    g = block()
+    p = Profiler(MACHINE)
+    rw = _Rewrites(g, p, alpha=0.7)
+    (cls,) = merge_candidates(g)
+    assert cls == ("b0_1", "b1_1", "b2_1")
+    for merges in [(), (cls[:2],), ((cls[0], cls[2]),), (cls,)]:
+        real = rw.apply(merges)
+        assert rw.evaluate(merges) == pytest.approx(mixed_cost(real, op_costs(real, p), 0.7))
+
+
+# --- rewrites -------------------------------------------------------------------------------
+
+
+def _set_partitions(items: list[str]) -> Iterator[list[list[str]]]:
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _set_partitions(rest):
+        yield [[first], *part]
+        for i in range(len(part)):
+            yield [*part[:i], [first, *part[i]], *part[i + 1 :]]
+
+
+def test_backtracking_search_reaches_the_best_merge_set() -> None:
+    """With room to climb (relax) and budget, the search visits every merge set of a
+    block; its best equals a brute force over all partitions of the merge class."""
+    g = block(channels=(64, 48, 64, 32), kernels=(1, 1, 3, 3))
+    rw = _Rewrites(g, Profiler(MACHINE), alpha=1.0)
+    (cls,) = rw.classes
+    brute = {}
+    for part in _set_partitions(list(cls)):
+        merges = tuple(sorted(tuple(sorted(p, key=g.index.get)) for p in part if len(p) > 1))
+        merges = tuple(sorted(merges, key=lambda m: g.index[m[0]]))
+        brute[merges] = rw.evaluate(merges)
+    found = backtracking_search(rw, max_nodes=10_000, relax=10.0)
+    assert len(found.states) == len(brute) == 15  # Bell(4)
+    assert found.states[0][0] == pytest.approx(min(brute.values()))
+    assert [c for c, _ in found.states] == sorted(c for c, _ in found.states)
+
+
+def test_search_budget_limits_the_evaluations() -> None:
+    rw = _Rewrites(build_model("inception_v3"), Profiler(MACHINE), alpha=1.0)
+    found = backtracking_search(rw, max_nodes=25, relax=0.0)
+    assert found.nodes == len(found.states) == 25
+
+
+def _padded_macs(g: OpGraph, name: str, kernel: tuple[int, int]) -> int:
+    op = g[name]
+    n, cout, h, w = op.output_shape
+    cin = g[op.inputs[0]].output_shape[1]
+    return n * cout * h * w * cin * kernel[0] * kernel[1]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(g=conv_blocks(), data=st.data())
+def test_rewrites_keep_every_output_and_account_for_padding(
+    g: OpGraph, data: st.DataObject
+) -> None:
+    """Whatever merges the search may pick: every original op still exists under its
+    name with its shape (slices of the merged conv), every consumer reads the same
+    inputs, and the MACs are the original ones with merged kernels zero-padded."""
+    rw = _Rewrites(g, Profiler(MACHINE), alpha=1.0)
+    states = [m for _, m in backtracking_search(rw, 200, 10.0).states]
+    merges = data.draw(st.sampled_from(states))
+    new = rw.apply(merges)
+    for op in g:
+        assert op.name in new and new[op.name].output_shape == op.output_shape
+        if not any(op.name in m for m in merges):
+            assert new[op.name].inputs == op.inputs
+    sinks = {n for n in g.ops if not g.successors(n)}
+    assert sinks == {n for n in new.ops if not new.successors(n)}
+    expected = g.macs
+    for members in merges:
+        big = tuple(max(g[m].attrs["kernel"][d] for m in members) for d in range(2))
+        expected += sum(_padded_macs(g, m, big) - g.stats(m).macs for m in members)
+        assert new[members[0]].kind == "slice"
+    assert new.macs == expected
+
+
+# --- the DP ---------------------------------------------------------------------------------
+
+
+def test_stage_dp_alpha_trades_concurrency() -> None:
+    g = block()
+    cost = op_costs(g, Profiler(MACHINE))
+    _, flat = stage_dp(g, cost, alpha=0.0, window=64, barrier_us=0.5)
+    assert flat == [[g.topo_order]]  # concurrency worth nothing: one stage, one stream
+    total, par = stage_dp(g, cost, alpha=1.0, window=64, barrier_us=0.5)
+    validate_schedule(StageSchedule(par), g)
+    assert max(len(stage) for stage in par) == 3  # the three branches side by side
+    work = sum(cost.values())
+    assert total < work + 1.0 * work + 0.5  # cheaper than the one-stream stage
+    assert total == pytest.approx(
+        sum(
+            sum(cost[n] for grp in st for n in grp)
+            + max(sum(cost[n] for n in grp) for grp in st)
+            + 0.5
+            for st in par
+        )
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(g=strategies.dags(max_ops=30), alpha=st.floats(0, 5), window=st.integers(1, 12))
+def test_stage_dp_gives_valid_stages(g: OpGraph, alpha: float, window: int) -> None:
+    cost = {n: float(len(n)) for n in g.ops}
+    total, stages = stage_dp(g, cost, alpha, window, barrier_us=1.0)
+    validate_schedule(StageSchedule(stages), g)
+    assert all(sum(len(grp) for grp in stage) <= window for stage in stages)
+    assert total >= sum(cost.values())
+
+
+# --- the scheduler --------------------------------------------------------------------------
+
+
+def test_inception_v100_valid_and_faster_than_sequential(inception: OpGraph) -> None:
+    r = run_scheduler("autograph", inception, MACHINE)
+    s = r.schedule
+    validate_schedule(s, s.graph or inception)
+    validate_program(r.program, s.graph or inception)
+    assert s.graph_mode
+    seq = run_scheduler("sequential", inception, MACHINE)
+    seq_graph = run_scheduler("sequential-graph", inception, MACHINE)
+    assert r.latency_ms <= seq.latency_ms
+    assert r.latency_ms <= seq_graph.latency_ms
+    assert s.meta["latency_us"] == pytest.approx(r.timeline.makespan_us)
+    assert 1 <= s.meta["iterations"] <= AutoGraph().budget
+
+
+def test_merges_are_kept_only_when_a_run_says_so() -> None:
+    """The result is the fastest measured run; a rewritten graph is returned only if
+    its run beat the unrewritten one (A100, high alpha: the search does propose merges)."""
+    g = build_model("inception_v3")
+    m = Machine.single(preset("a100"))
+    r = run_scheduler("autograph", g, m, {"alpha": 3.0})
+    s = r.schedule
+    hist = s.meta["history"]
+    assert hist[0]["merges"] == 0 and any(h["merges"] for h in hist[1:])
+    assert r.timeline.makespan_us <= min(h["latency_us"] for h in hist) * (1 + 1e-12)
+    if s.meta["merged"]:
+        assert s.graph is not None and r.timeline.makespan_us < hist[0]["latency_us"]
+        assert sorted(s.meta["merged"]) == sorted(
+            "+".join(op.attrs["replaces"]) for op in s.graph if "replaces" in op.attrs
+        )
+    else:
+        assert s.graph is None
+
+
+def test_convergence_budget_and_tolerance() -> None:
+    g = block()
+    one = make_scheduler("autograph", {"budget": 1}).schedule(g, Profiler(MACHINE))
+    assert one.meta["iterations"] == 1 and one.meta["history"][0]["merges"] == 0
+    strict = make_scheduler("autograph", {"tolerance": 1.0}).schedule(g, Profiler(MACHINE))
+    assert strict.meta["iterations"] <= 2  # no run can improve by 100 %
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(g=st.one_of(conv_blocks(), strategies.dags(max_ops=25)), gpu=strategies.gpus())
+def test_never_slower_than_one_stream_cuda_graph(g: OpGraph, gpu) -> None:
+    m = Machine.single(gpu)
+    r = run_scheduler("autograph", g, m)
+    s = r.schedule
+    validate_program(r.program, s.graph or g)
+    base = run_scheduler("sequential-graph", g, m)
+    assert r.timeline.makespan_us <= base.timeline.makespan_us * (1 + 1e-9)
+
+
+def test_deterministic(inception: OpGraph) -> None:
+    a = run_scheduler("autograph", inception, MACHINE, {"alpha": 3.0})
+    b = run_scheduler("autograph", inception, MACHINE, {"alpha": 3.0})
+    assert a.schedule.meta == b.schedule.meta
+    assert isinstance(a.schedule, StageSchedule | StreamSchedule)
+    assert a.program.commands == b.program.commands
+    assert a.timeline.makespan_us == b.timeline.makespan_us
+
+
+def test_same_result_under_any_hash_seed() -> None:
+    """No set or dict-of-strings iteration order leaks into the search (two processes,
+    different PYTHONHASHSEED)."""
+    code = (
+        "import json;from schedulers.base import run_scheduler;"
+        "from simgpu.hardware import Machine, preset;"
+        "from test_autograph import block;"
+        "r = run_scheduler('autograph', block((64, 48, 64, 32), (1, 1, 3, 3)), "
+        "Machine.single(preset('a100')), {'alpha': 3.0});"
+        "print(json.dumps([r.schedule.meta, r.timeline.makespan_us], default=str))"
+    )
+    outs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+        res = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        outs.append(res.stdout)
+    assert outs[0] == outs[1] and outs[0].strip()
+
+
+def test_bad_options_are_one_line_errors() -> None:
+    for key, value in (("alpha", -1.0), ("budget", 0), ("window", 0), ("tolerance", -0.1)):
+        with pytest.raises(SchedulerError, match=rf"^option autograph\.{key} must be"):
+            make_scheduler("autograph", {key: value}).schedule(block(), Profiler(MACHINE))
+
+
+def test_cli_alpha_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert make_scheduler("autograph", {"alpha": "0.5"}).alpha == 0.5
+    rc = main(
+        [
+            "run",
+            "inception_v3",
+            "--scheduler",
+            "autograph",
+            "--option",
+            "autograph.alpha=0.5",
+            "--json",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    (row,) = [r for r in json.loads(out)["results"] if r["scheduler"] == "autograph"]
+    assert row["speedup"] >= 1.0
+    rc = main(["run", "inception_v3", "--scheduler", "autograph", "--option", "autograph.alpha=x"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("simgpu: error: option autograph.alpha")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_alpha_changes_the_search() -> None:
+    g = block()
+    low = make_scheduler("autograph", {"alpha": 0.0}).schedule(g, Profiler(MACHINE))
+    high = make_scheduler("autograph", {"alpha": 4.0}).schedule(g, Profiler(MACHINE))
+    assert low.meta["history"][0]["cost"] < high.meta["history"][0]["cost"]
