@@ -35,6 +35,7 @@ from typing import Any
 from schedulers._merge import apply_merges, merge_key, merged_name, merged_ops
 from schedulers.base import Profiler, SchedulerError, register
 from simgpu.graph import Op, OpGraph
+from simgpu.kernels import standalone_time_us
 from simgpu.schedule import StageSchedule
 
 STRATEGIES = ("parallel", "merge", "both")
@@ -277,6 +278,30 @@ class _PartSearch:
                 key = merge_key(graph, u[0]) if len(u) == 1 else None
                 if key is not None:
                     self.mclass[i] = ids.setdefault(key, len(ids))
+        # host time to issue each unit: a stage can end no earlier than its host has
+        # issued every command, the last became visible and the synchronize returned
+        gpu = profiler.gpu
+        launch = gpu.launch_api_us + gpu.framework_dispatch_us
+        self.host = [
+            sum(
+                len(ks) * launch if ks else gpu.framework_dispatch_us
+                for ks in (profiler.kernels.lower(graph, o) for o in u)
+            )
+            for u in units
+        ]
+        self.fixed_us = gpu.launch_latency_us + gpu.sync_api_us
+        self.merge_host = (launch, gpu.framework_dispatch_us)  # one conv, then n views
+        # per op, its commands as (host time, least device time or None for a view): a
+        # block never runs faster than alone, so a kernel takes at least its start-up gap
+        # plus its standalone waves x block time
+        self.cmds: dict[str, list[tuple[float, float | None]]] = {}
+        for u in units:
+            for o in u:
+                ks = profiler.kernels.lower(graph, o)
+                self.cmds[o] = [
+                    (launch, gpu.kernel_gap_us + standalone_time_us(k, gpu)) for k in ks
+                ] or [(gpu.framework_dispatch_us, None)]
+        self.chain_memo: dict[int, float] = {}
         # groups a stage may use: connected unit sets of at most r units (single units
         # when the only strategy is merge), indexed by their last unit in topological order
         self.by_last = self._connected_sets(r if parallel else 1)
@@ -284,9 +309,10 @@ class _PartSearch:
         n_ops = sum(len(u) for u in units)
         self.stats = PartStats(n_ops, m, m < n_ops)
 
-    def _connected_sets(self, r: int) -> list[list[tuple[int, int, int]]]:
-        """Per op t: (mask, successors outside the set, set plus its neighbours) of every
-        connected set of at most r ops whose highest index is t."""
+    def _connected_sets(self, r: int) -> list[list[tuple[int, int, int, float, int]]]:
+        """Per unit t: (mask, successors outside the set, set plus its neighbours, host
+        time, merge class or -1) of every connected set of at most r units whose highest
+        index is t."""
         m = len(self.units)
         seen: set[int] = set()
         level = [1 << i for i in range(m)]
@@ -311,22 +337,27 @@ class _PartSearch:
                         nxt.append(b)
             level = nxt
             every.extend(nxt)
-        by_last: list[list[tuple[int, int, int]]] = [[] for _ in range(m)]
+        by_last: list[list[tuple[int, int, int, float, int]]] = [[] for _ in range(m)]
         for a in sorted(every):
             out = closed = 0
+            host = 0.0
             rest = a
             while rest:
                 low = rest & -rest
                 i = low.bit_length() - 1
                 out |= self.succ[i]
                 closed |= self.adj[i]
+                host += self.host[i]
                 rest ^= low
-            by_last[a.bit_length() - 1].append((a, out & ~a, closed | a))
+            t = a.bit_length() - 1
+            mcls = self.mclass[t] if a & (a - 1) == 0 else -1
+            by_last[t].append((a, out & ~a, closed | a, host, mcls))
         return by_last
 
-    def _endings(self, S: int) -> list[tuple[int, tuple[int, ...]]]:
-        """Every ending of S allowed by the pruning, with its groups (component masks)."""
-        atoms: list[tuple[int, int]] = []
+    def _endings(self, S: int) -> list[tuple[int, tuple[int, ...], float, int]]:
+        """Every ending of S allowed by the pruning: (mask, groups as component masks,
+        host time of its commands, merge class if it is 2+ single convs of one, else -1)."""
+        atoms: list[tuple[int, int, float, int]] = []
         rest = S
         succ = self.succ
         while rest:
@@ -335,49 +366,51 @@ class _PartSearch:
             t = low.bit_length() - 1
             if succ[t] & S:
                 continue  # not a sink of S: no group of an ending can end here
-            for a, out, closed in self.by_last[t]:
+            for a, out, closed, host, mcls in self.by_last[t]:
                 if a & S == a and not out & S:
-                    atoms.append((a, closed))
-        found: list[tuple[int, tuple[int, ...]]] = []
+                    atoms.append((a, closed, host, mcls))
         s = self.s
         if not self.parallel:  # merge only: one op, or a mergeable set of single convs
-            found = [(a, (a,)) for a, _ in atoms]
+            found = [(a, (a,), host, -1) for a, _, host, _ in atoms]
             if s > 1:
-                by_class: dict[int, list[int]] = {}
-                for a, _ in atoms:
-                    c = self.mclass[a.bit_length() - 1]
-                    if c >= 0:
-                        by_class.setdefault(c, []).append(a)
-                for members in by_class.values():
-                    self._subsets(members, s, found)
+                by_class: dict[int, list[tuple[int, float]]] = {}
+                for a, _, host, mcls in atoms:
+                    if mcls >= 0:
+                        by_class.setdefault(mcls, []).append((a, host))
+                for c, members in by_class.items():
+                    self._subsets(members, s, c, found)
             return found
+        found = []
         n = len(atoms)
-        # collections of pairwise disjoint, non-adjacent groups: each ending exactly once
-        stack: list[tuple[int, int, int, tuple[int, ...]]] = [(0, 0, 0, ())]
+        # collections of pairwise disjoint, non-adjacent groups: each ending exactly once;
+        # cls tracks whether all chosen groups are single convs of one merge class
+        stack: list[tuple[int, int, int, tuple[int, ...], float, int]] = [(0, 0, 0, (), 0.0, -2)]
         while stack:
-            start, E, blocked, chosen = stack.pop()
+            start, E, blocked, chosen, host, cls = stack.pop()
             for k in range(n - 1, start - 1, -1):
-                a, closed = atoms[k]
+                a, closed, h, mcls = atoms[k]
                 if a & blocked:
                     continue
                 groups = (*chosen, a)
-                found.append((E | a, groups))
+                c = mcls if cls == -2 or cls == mcls else -1
+                found.append((E | a, groups, host + h, c if len(groups) > 1 else -1))
                 if len(groups) < s:
-                    stack.append((k + 1, E | a, blocked | closed, groups))
+                    stack.append((k + 1, E | a, blocked | closed, groups, host + h, c))
         return found
 
     @staticmethod
-    def _subsets(members: list[int], s: int, found: list) -> None:
-        """Subsets of two to s single-op masks (siblings: never adjacent)."""
-        stack: list[tuple[int, int, tuple[int, ...]]] = [(0, 0, ())]
+    def _subsets(members: list[tuple[int, float]], s: int, cls: int, found: list) -> None:
+        """Subsets of two to s single-op masks of one merge class (siblings: not adjacent)."""
+        stack: list[tuple[int, int, tuple[int, ...], float]] = [(0, 0, (), 0.0)]
         while stack:
-            start, E, chosen = stack.pop()
+            start, E, chosen, host = stack.pop()
             for k in range(start, len(members)):
-                groups = (*chosen, members[k])
+                a, h = members[k]
+                groups = (*chosen, a)
                 if len(groups) >= 2:
-                    found.append((E | members[k], groups))
+                    found.append((E | a, groups, host + h, cls))
                 if len(groups) < s:
-                    stack.append((k + 1, E | members[k], groups))
+                    stack.append((k + 1, E | a, groups, host + h))
 
     def _ops(self, mask: int) -> list[str]:
         """The ops of a set of units, in topological order."""
@@ -408,6 +441,30 @@ class _PartSearch:
         hit = self.stage_memo[E] = (best, merged, groups)
         return hit
 
+    def _chain_bound(self, E: int, groups: tuple[int, ...]) -> float:
+        """A lower bound on the parallel stage's latency: commands issue one after another
+        and become visible after the launch latency; each group runs its commands in
+        order, each kernel for at least its least device time; then the synchronize."""
+        hit = self.chain_memo.get(E)
+        if hit is not None:
+            return hit
+        latency = self.profiler.gpu.launch_latency_us
+        t = worst = 0.0
+        for g in sorted(groups, key=lambda g: g & -g):
+            end = 0.0
+            for op in self._ops(g):
+                for cost, least in self.cmds[op]:
+                    t += cost
+                    if end < t + latency:
+                        end = t + latency
+                    if least is not None:
+                        end += least
+            if end > worst:
+                worst = end
+        bound = max(worst, t + latency) + self.profiler.gpu.sync_api_us
+        self.chain_memo[E] = bound
+        return bound
+
     def _measure_merged(self, ops: list[str]) -> float:
         """The merged conv and its slice views alone: a fragment graph of three kinds."""
         conv, slices = merged_ops(self.graph, ops)
@@ -424,7 +481,8 @@ class _PartSearch:
         full = (1 << len(self.units)) - 1
         cost: dict[int, float] = {0: 0.0}
         choice: dict[int, tuple[int, tuple[float, bool, tuple[int, ...]]]] = {}
-        pending: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+        pending: dict[int, list[tuple[int, tuple[int, ...], float, int]]] = {}
+        fixed = self.fixed_us
         stack = [full]
         while stack:
             S = stack[-1]
@@ -436,14 +494,36 @@ class _PartSearch:
                 ends = pending[S] = self._endings(S)
                 if not ends:
                     raise SchedulerError(f"ios: no ending for a state of {len(self.units)} units")
-                todo = [S ^ E for E, _ in ends if S ^ E not in cost]
+                todo = [S ^ e[0] for e in ends if S ^ e[0] not in cost]
                 if todo:
                     stack.extend(todo)
                     continue
+            # branch and bound: endings in order of what they can at best cost (exact
+            # where measured, else the host-time bound); stop at the first that cannot
+            # beat the best found, so the result is the same as measuring every ending
+            memo = self.stage_memo
+            launch, view = self.merge_host
+            cands = []
+            for i, (E, groups, host, mcls) in enumerate(ends):
+                hit = memo.get(E)
+                if hit is not None:
+                    cands.append((cost[S ^ E] + hit[0], i, True))
+                    continue
+                if mcls >= 0 and self.merge:
+                    host = min(host, launch + view * len(groups))
+                cands.append((cost[S ^ E] + (host + fixed) * (1 - 1e-12), i, False))
+            cands.sort()
             best = float("inf")
             pick = None
-            for E, groups in ends:
-                st = self._stage(E, groups)
+            for c, i, exact in cands:
+                if c >= best:
+                    break
+                E, groups, _, mcls = ends[i]
+                if not exact and (mcls < 0 or not self.merge):
+                    lb = self._chain_bound(E, groups) * (1 - 1e-12)
+                    if cost[S ^ E] + lb >= best:
+                        continue
+                st = memo[E] if exact else self._stage(E, groups)
                 c = cost[S ^ E] + st[0]
                 if c < best:
                     best, pick = c, (E, st)

@@ -1,0 +1,169 @@
+"""IOS search time: the ``ios`` scheduler's DP (r = 3, s = 8) on the IOS paper's networks.
+
+IOS's own search on a V100 took 48 s (Inception V3), 4,407 s (RandWire) and 3,653 s
+(NASNet), because every distinct stage is measured on the GPU. Here stages are measured
+by the simulator; this prints the wall time of the search alone (one process, one core),
+where it goes (DP enumeration, stage measurement, simulation), the simulator's per-call
+figures, and the schedule's latency against sequential. Usage:
+
+    python benchmarks/ios_search.py [--json] [--models M ...] [--gpu v100]
+        [--r 3] [--s 8] [--part-size 64] [--max-states 5000] [--strategy both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+from schedulers.base import Profiler, make_scheduler, run_scheduler
+from simgpu.graph import OpGraph
+from simgpu.hardware import Machine, load_gpu
+from simgpu.models import MODELS, build_model
+from simgpu.program import lower
+from simgpu.sim.engine import simulate
+
+# IOS paper (Ding et al., MLSys 2021), V100, r = 3, s = 8: search seconds, distinct stages
+PAPER = {
+    "inception_v3": (48.0, 5_500),
+    "randwire_large": (4_407.0, 213_000),
+    "nasnet_a_large": (3_653.0, 241_000),
+}
+
+
+class TimedProfiler(Profiler):
+    """A Profiler that also clocks the time spent inside ``measure_stage``."""
+
+    stage_s = 0.0
+
+    def measure_stage(self, graph, groups):  # type: ignore[override]
+        t0 = time.perf_counter()
+        try:
+            return super().measure_stage(graph, groups)
+        finally:
+            self.stage_s += time.perf_counter() - t0
+
+
+def bench(name: str, graph: OpGraph, machine: Machine, options: dict[str, Any]) -> dict:
+    sched = make_scheduler("ios", options)
+    prof = TimedProfiler(machine)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    schedule = sched.schedule(graph, prof)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    meta = schedule.meta
+    sims = [k for k in prof.cache if k and k[0] == "stage"]
+    kernels = sum(len(content) for k in sims for _, content in k[1:])
+    program = lower(schedule, graph, machine.gpu, cache=prof.kernels)
+    latency = simulate(program, machine).makespan_us
+    seq = run_scheduler("sequential", graph, machine).timeline.makespan_us
+    paper_s, paper_stages = PAPER.get(name, (None, None))
+    out = {
+        "model": name,
+        "ops": len(graph),
+        "parts": len(meta["parts"]),
+        "chain_parts": sum(p["chains"] for p in meta["parts"]),
+        "states": meta["states"],
+        "transitions": meta["transitions"],
+        "stages_measured": meta["stages_measured"],
+        "simulations": len(sims),
+        "search_s": round(wall, 3),
+        "search_cpu_s": round(cpu, 3),
+        "dp_s": round(wall - prof.stage_s, 3),
+        "measure_overhead_s": round(prof.stage_s - prof.sim_wall_s, 3),
+        "simulate_s": round(prof.sim_wall_s, 3),
+        "us_per_simulation": round(1e6 * prof.sim_wall_s / max(1, len(sims)), 1),
+        "kernels_per_simulation": round(kernels / max(1, len(sims)), 2),
+        "gpu_search_s": round(prof.gpu_search_s, 2),
+        "sequential_ms": round(seq / 1e3, 4),
+        "ios_ms": round(latency / 1e3, 4),
+        "merges": len(meta["merges"]),
+        "paper_s": paper_s,
+        "paper_stages": paper_stages,
+        "speedup_vs_paper": round(paper_s / wall, 1) if paper_s else None,
+    }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--models", nargs="+", default=list(PAPER))
+    ap.add_argument("--gpu", default="v100")
+    ap.add_argument("--r", type=int, default=3)
+    ap.add_argument("--s", type=int, default=8)
+    ap.add_argument("--part-size", type=int, default=64)
+    ap.add_argument("--max-states", type=int, default=5_000)
+    ap.add_argument("--strategy", default="both")
+    args = ap.parse_args()
+    machine = Machine.single(load_gpu(args.gpu))
+    options = {
+        "r": args.r,
+        "s": args.s,
+        "part_size": args.part_size,
+        "max_states": args.max_states,
+        "strategy": args.strategy,
+    }
+    rows, missing = [], []
+    for name in args.models:
+        if name not in MODELS:
+            missing.append(name)
+            continue
+        rows.append(bench(name, build_model(name), machine, options))
+    result = {
+        "gpu": machine.gpu.name,
+        "options": options,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "models": rows,
+        "missing": missing,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    cols = [
+        ("model", "model", "{}"),
+        ("ops", "ops", "{}"),
+        ("parts", "parts", "{}"),
+        ("states", "states", "{}"),
+        ("stages", "stages_measured", "{}"),
+        ("sims", "simulations", "{}"),
+        ("krn/sim", "kernels_per_simulation", "{:.1f}"),
+        ("us/sim", "us_per_simulation", "{:.0f}"),
+        ("search s", "search_s", "{:.2f}"),
+        ("DP s", "dp_s", "{:.2f}"),
+        ("measure s", "measure_overhead_s", "{:.2f}"),
+        ("sim s", "simulate_s", "{:.2f}"),
+        ("paper s", "paper_s", "{:.0f}"),
+        ("x paper", "speedup_vs_paper", "{:.0f}x"),
+        ("seq ms", "sequential_ms", "{:.3f}"),
+        ("ios ms", "ios_ms", "{:.3f}"),
+    ]
+    table = [[h for h, _, _ in cols]]
+    for r in rows:
+        table.append(["-" if r[k] is None else f.format(r[k]) for _, k, f in cols])
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    print(
+        f"IOS search on {machine.gpu.name}: r={args.r} s={args.s} part_size={args.part_size} "
+        f"max_states={args.max_states} strategy={args.strategy} (one process)"
+    )
+    for j, row in enumerate(table):
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    for name in missing:
+        print(f"{name}: not in the model zoo, skipped", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
