@@ -240,6 +240,16 @@ def _eltwise_count(op: Op, ins: list[Shape]) -> Counts:
     return Counts(0, int(op.attrs.get("cost", 1)) * numel(op.output_shape), params)
 
 
+def _norm_infer(op: Op, ins: list[Shape]) -> Shape:
+    """Same shape out; the normalised ``axis`` (channels for batchnorm, the last for
+    layernorm) must exist, since its size sets the parameter count."""
+    axis = op.attrs.get("axis", 1 if op.kind == "batchnorm" else -1)
+    rank = len(ins[0])
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < rank:
+        raise _fail(op, f"axis {axis!r} is not an axis of a rank-{rank} input")
+    return _same_infer(op, ins)
+
+
 def _norm_count(cost: int) -> Callable[[Op, list[Shape]], Counts]:
     def count(op: Op, ins: list[Shape]) -> Counts:
         axis = op.attrs.get("axis", 1 if op.kind == "batchnorm" else -1)
@@ -387,8 +397,8 @@ for _k in (
     OpKind("silu", (1, 1), _same_infer, _per_element(5)),
     OpKind("clip", (1, 1), _same_infer, _per_element(2)),
     OpKind("eltwise", (1, 1), _eltwise_infer, _eltwise_count),
-    OpKind("batchnorm", (1, 1), _same_infer, _norm_count(2)),
-    OpKind("layernorm", (1, 1), _same_infer, _norm_count(8)),
+    OpKind("batchnorm", (1, 1), _norm_infer, _norm_count(2)),
+    OpKind("layernorm", (1, 1), _norm_infer, _norm_count(8)),
     OpKind("softmax", (1, 1), _same_infer, _per_element(5)),
     OpKind("transpose", (1, 1), _transpose_infer, _zero),
     OpKind("reshape", (1, 1), _reshape_infer, _zero, view=True),

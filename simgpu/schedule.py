@@ -155,10 +155,10 @@ def schedule_from_json(data: Any, source: str = "<json>") -> Schedule:
         )
     if kind == "streams":
         devs = data.get("devices")
-        return StreamSchedule(
-            names(data.get("streams"), 2),
-            graph,
-            mode,
-            [int(x) for x in devs] if devs is not None else None,
-        )
+        if devs is not None and (
+            not isinstance(devs, list)
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in devs)
+        ):
+            raise FormatError(f"{source}: devices must be a list of device indices, got {devs!r}")
+        return StreamSchedule(names(data.get("streams"), 2), graph, mode, devs)
     raise FormatError(f'{source}: schedule kind must be "stages" or "streams", got {kind!r}')

@@ -462,11 +462,6 @@ def test_malformed_schedule_json_is_format_error(data: object) -> None:
         schedule_from_json(data, source="s.json")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schedule_from_json converts devices with [int(x) for x in devs] unguarded: "
-    "non-numbers raise ValueError and a non-list raises TypeError, not FormatError",
-)
 @pytest.mark.parametrize("devices", [["gpu0"], 5], ids=["string", "number"])
 def test_malformed_devices_is_format_error(devices: object) -> None:
     data = {"format": "simgpu.schedule", "kind": "streams", "streams": [["x"]], "devices": devices}
