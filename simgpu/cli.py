@@ -719,7 +719,8 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
                 f"search: {s['candidates_simulated']} candidates simulated, "
                 f"{s['candidates_scored']} ranked by the cost model "
                 f"(rank correlation {f(s['rank_correlation'], '.2f')}), best from {s['best_source']}, "
-                f"{f(s['gain_over_best_baseline'], '.2f')}x the best baseline ({s['best_baseline']})"
+                f"{f(s['gain_over_best_baseline'], '.2f')}x the {s['objective']} of the best "
+                f"baseline ({s['best_baseline']})"
             )
     print("per tenant (" + best.name + "):")
     print(

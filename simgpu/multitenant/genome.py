@@ -137,14 +137,17 @@ class Genome:
         )
 
     def to_json(self) -> dict[str, object]:
-        return {
+        """The genes that shape the plan (interleaving and syncs only in rounds mode)."""
+        d: dict[str, object] = {
             "mode": self.mode,
             "lanes": list(self.lanes),
             "groups": list(self.groups),
-            "offsets": [round(o, 6) for o in self.offsets],
-            "stretch": [round(s, 6) for s in self.stretch],
-            "syncs": [round(q, 6) for q in self.syncs],
         }
+        if self.mode == "rounds":
+            d["offsets"] = [round(o, 6) for o in self.offsets]
+            d["stretch"] = [round(s, 6) for s in self.stretch]
+            d["syncs"] = [round(q, 6) for q in self.syncs]
+        return d
 
 
 @dataclass

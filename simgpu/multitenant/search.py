@@ -172,8 +172,11 @@ def search(
     init: int = 6,
     elite: int = 4,
     evaluator: Evaluator | None = None,
+    guided: bool = True,
 ) -> SearchResult:
-    """Search multi-tenant plans for ``ctx``'s workload; see the module docstring."""
+    """Search multi-tenant plans for ``ctx``'s workload; see the module docstring.
+    ``guided=False`` simulates random picks from each pool instead of the model's top
+    ones: the ablation that shows what the cost model is worth."""
     if not isinstance(budget, int) or budget < 0:
         raise SearchError(f"search budget must be a non-negative integer, got {budget!r}")
     if time_budget_s is not None and not time_budget_s > 0:
@@ -232,9 +235,10 @@ def search(
         if out_of_time():
             stopped = "time"
             break
-        X = np.array([features(c.genome, ctx) for c in history])
-        y = np.array([c.score(slo)[0] for c in history])
-        model = RidgeModel(alpha=1.0).fit(X, y)
+        if guided:
+            X = np.array([features(c.genome, ctx) for c in history])
+            y = np.array([c.score(slo)[0] for c in history])
+            model = RidgeModel(alpha=1.0).fit(X, y)
         ranked = sorted(
             range(len(history)), key=lambda i: (history[i].score(slo), -i), reverse=True
         )
@@ -262,13 +266,17 @@ def search(
                 break
             continue
         stale = 0
-        pred = model.predict(np.array([features(g, ctx) for g, _ in cands]))
-        scored += len(cands)
-        order = sorted(range(len(cands)), key=lambda i: (-pred[i], i))
-        take = order[: max(1, batch - 1)]
-        rest = order[len(take) :]
-        if rest:  # one random pick per generation keeps the model from fooling itself
-            take.append(rest[int(rng.integers(0, len(rest)))])
+        if model is not None:
+            pred = model.predict(np.array([features(g, ctx) for g, _ in cands]))
+            scored += len(cands)
+            order = sorted(range(len(cands)), key=lambda i: (-pred[i], i))
+            take = order[: max(1, batch - 1)]
+            rest = order[len(take) :]
+            if rest:  # one random pick per generation keeps the model from fooling itself
+                take.append(rest[int(rng.integers(0, len(rest)))])
+        else:
+            picks = rng.choice(len(cands), size=min(batch, len(cands)), replace=False)
+            take = [int(i) for i in picks]
         for i in take:
             if spent >= budget:
                 break
@@ -276,9 +284,10 @@ def search(
                 stopped = "time"
                 break
             g, src = cands[i]
-            simulate(g, src, float(pred[i]))
+            simulate(g, src, float(pred[i]) if model is not None else None)
     best_i = max(range(len(history)), key=lambda i: (history[i].score(slo), -i))
-    best = history[best_i]
+    h = history[best_i]  # reported with lane counts that matter (same plan, same figures)
+    best = Candidate(ctx.effective(h.genome), h.metrics, h.source, h.predicted)
     return SearchResult(
         best=best,
         baselines=baselines,
@@ -295,6 +304,7 @@ def search(
             "simulated": spent,
             "simulations": ev.simulations,
             "sim_wall_s": ev.sim_wall_s,
+            "guided": guided,
         },
     )
 
@@ -305,6 +315,7 @@ def search_summary(res: SearchResult) -> dict[str, object]:
     base = res.best_baseline
     b, s = base.score(slo)[0], res.best.score(slo)[0]
     return {
+        "objective": "goodput" if slo else "throughput",
         "best_source": res.best.source,
         "genome": res.best.genome.to_json(),
         "candidates_simulated": res.meta["simulated"],
