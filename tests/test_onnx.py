@@ -567,7 +567,10 @@ def test_conv_and_pool_shapes_agree_with_onnx(
     try:
         g = load_onnx(m)
     except GraphError as e:
-        assert "asymmetric padding" in str(e) or "differs from ONNX" in str(e), str(e)
+        # ONNX's shape inference truncates (in - window) / stride toward zero, so it
+        # reports 1 for a dilated window larger than the padded input: refusing it is right
+        reasons = ("asymmetric padding", "differs from ONNX", "larger than padded input")
+        assert any(r in str(e) for r in reasons), str(e)
         return
     assert g["op"].output_shape == want
     if pool is None:
