@@ -604,6 +604,15 @@ def test_search_property_never_below_baselines(budget: int, seed: int, arrival: 
     assert res.best.score(False) >= max(c.score(False) for c in res.baselines.values())
 
 
+def test_unguided_search_is_the_ablation(graphs: list[OpGraph]) -> None:
+    ctx = TenantContext(Workload(make_tenants(graphs), requests=3), V100)
+    res = search(ctx, budget=6, seed=1, guided=False)
+    assert res.model is None and res.scored == 0
+    assert all(c.predicted is None for c in res.history)
+    assert res.meta["simulated"] == 6 and res.meta["guided"] is False
+    assert res.best.score(False) >= max(c.score(False) for c in res.baselines.values())
+
+
 def test_search_rejects_bad_budget(graphs: list[OpGraph]) -> None:
     ctx = TenantContext(Workload(make_tenants(graphs), requests=1), V100)
     with pytest.raises(SimGPUError, match="budget"):
