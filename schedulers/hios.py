@@ -151,8 +151,8 @@ def longest_path(c: Costs, unmapped: set[str]) -> list[str]:
         if op not in unmapped:
             continue
         w, via = 0.0, None
-        for u in c.preds[op]:
-            if u in unmapped and best[u] + c.comm[u] > w:
+        for u in c.preds[op]:  # a weightless input (a view) still extends the path
+            if u in unmapped and (via is None or best[u] + c.comm[u] > w):
                 w, via = best[u] + c.comm[u], u
         best[op] = w + c.latency[op]
         back[op] = via

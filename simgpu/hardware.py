@@ -612,7 +612,10 @@ def machine_from_json(data: Any, source: str = "<json>", base_dir: Path | None =
             path = Path(g)
             if base_dir is not None and not path.is_absolute() and (base_dir / path).is_file():
                 path = base_dir / path
-            devices.append(load_gpu(path if path.is_file() else g))
+            try:
+                devices.append(load_gpu(path if path.is_file() else g))
+            except SpecError as e:
+                raise SpecError(f"{where}: {e}") from None
         elif isinstance(g, dict):
             devices.append(gpu_from_json(g, source=where))
         else:

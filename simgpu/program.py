@@ -435,19 +435,19 @@ def validate_program(program: StreamProgram, graph: OpGraph | None = None) -> No
         missing = [op for op in graph.ops if op not in op_at]
         if missing:
             raise ProgramError(f"program never launches op(s): {', '.join(missing[:5])}")
+        for i, u, saw in copy_saw:  # a transfer too early is the root cause: first
+            (udev, ustream), _, ulast = op_at[u]
+            if saw < ulast:
+                raise ProgramError(
+                    f"command {i}: the copy of '{u}' is not ordered after '{u}' on stream "
+                    f"{ustream} (device {udev}): add an event"
+                )
         for op, stream, u, saw in seen:
             (udev, ustream), _, ulast = op_at[u]
             if saw < ulast:
                 raise ProgramError(
                     f"op '{op}' on stream {stream} is not ordered after its input '{u}' on "
                     f"stream {ustream} (device {udev}): add an event or a synchronize"
-                )
-        for i, u, saw in copy_saw:
-            (udev, ustream), _, ulast = op_at[u]
-            if saw < ulast:
-                raise ProgramError(
-                    f"command {i}: the copy of '{u}' is not ordered after '{u}' on stream "
-                    f"{ustream} (device {udev}): add an event"
                 )
 
 

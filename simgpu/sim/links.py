@@ -54,7 +54,7 @@ class Fabric:
             self.capacity[(link.a, link.b)] = link.bytes_per_us
             self.capacity[(link.b, link.a)] = link.bytes_per_us
         self.free = [d.copy_engines for d in machine.devices]
-        self.queued: list[deque[tuple[Entry, float]]] = [deque() for _ in machine.devices]
+        self.queued: list[deque[Entry]] = [deque() for _ in machine.devices]
         self.flowing: list[Transfer] = []  # in the order they started to flow
 
     def route(self, src: int, dst: int, where: str) -> Route:
@@ -74,12 +74,23 @@ class Fabric:
     # -- engines ----------------------------------------------------------------------
 
     def start(self, dev: Device, entry: Entry, t: float) -> None:
-        """``entry`` (a COPY) left its stream at ``t``: run it on a free engine or queue."""
-        d = dev.index
-        if self.free[d]:
-            self._begin(dev, entry, t)
+        """``entry`` (a COPY) left its stream, to begin at ``t`` (later than now when
+        an event's latency still holds its stream): then it asks for an engine."""
+        if t > self.sim.env._now:
+            self._at(t, self._ask, (dev, entry))
         else:
-            self.queued[d].append((entry, t))
+            self._engine(dev, entry, t)
+
+    def _ask(self, ev) -> None:
+        dev, entry = ev._value
+        self._engine(dev, entry, self.sim.env._now)
+
+    def _engine(self, dev: Device, entry: Entry, now: float) -> None:
+        """A free copy engine of the issuing device, or the FIFO of copies waiting."""
+        if self.free[dev.index]:
+            self._begin(dev, entry, now)
+        else:
+            self.queued[dev.index].append(entry)
 
     def _begin(self, dev: Device, entry: Entry, t: float) -> None:
         self.free[dev.index] -= 1
@@ -156,8 +167,7 @@ class Fabric:
         dev = tr.device
         d = dev.index
         self.free[d] += 1
-        dev.copy_done(tr.entry, tr.start, now)
         q = self.queued[d]
-        if q:
-            entry, _ = q.popleft()
-            self._begin(dev, entry, now)
+        if q:  # the engine goes to the longest-waiting copy before anything new
+            self._begin(dev, q.popleft(), now)
+        dev.copy_done(tr.entry, tr.start, now)
