@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+import schedulers.base as base
 from schedulers.base import Profiler, make_scheduler, run_scheduler
 from simgpu.graph import OpGraph
 from simgpu.hardware import Machine, load_gpu
@@ -36,9 +37,12 @@ PAPER = {
 
 
 class TimedProfiler(Profiler):
-    """A Profiler that also clocks the time spent inside ``measure_stage``."""
+    """A Profiler that also clocks the time spent inside ``measure_stage`` and counts the
+    kernels of the programs it simulates."""
 
     stage_s = 0.0
+    n_simulations = 0
+    n_kernels = 0
 
     def measure_stage(self, graph, groups):  # type: ignore[override]
         t0 = time.perf_counter()
@@ -48,16 +52,30 @@ class TimedProfiler(Profiler):
             self.stage_s += time.perf_counter() - t0
 
 
+def _counting(simulate_fn, prof: list[TimedProfiler]):
+    def run(program, machine, *args, **kw):
+        if prof:
+            prof[0].n_simulations += 1
+            prof[0].n_kernels += program.kernels
+        return simulate_fn(program, machine, *args, **kw)
+
+    return run
+
+
+_CURRENT: list[TimedProfiler] = []
+base.simulate = _counting(base.simulate, _CURRENT)  # the profiler's simulator, counted
+
+
 def bench(name: str, graph: OpGraph, machine: Machine, options: dict[str, Any]) -> dict:
     sched = make_scheduler("ios", options)
     prof = TimedProfiler(machine)
+    _CURRENT[:] = [prof]
     cpu0, t0 = time.process_time(), time.perf_counter()
     schedule = sched.schedule(graph, prof)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    _CURRENT.clear()
     meta = schedule.meta
-    sims = [k for k in prof.cache if k and k[0] == "stage"]
-    kernels = sum(len(content) for k in sims for _, content in k[1:])
     program = lower(schedule, graph, machine.gpu, cache=prof.kernels)
     latency = simulate(program, machine).makespan_us
     seq = run_scheduler("sequential", graph, machine).timeline.makespan_us
@@ -70,14 +88,14 @@ def bench(name: str, graph: OpGraph, machine: Machine, options: dict[str, Any]) 
         "states": meta["states"],
         "transitions": meta["transitions"],
         "stages_measured": meta["stages_measured"],
-        "simulations": len(sims),
+        "simulations": prof.n_simulations,
         "search_s": round(wall, 3),
         "search_cpu_s": round(cpu, 3),
         "dp_s": round(wall - prof.stage_s, 3),
         "measure_overhead_s": round(prof.stage_s - prof.sim_wall_s, 3),
         "simulate_s": round(prof.sim_wall_s, 3),
-        "us_per_simulation": round(1e6 * prof.sim_wall_s / max(1, len(sims)), 1),
-        "kernels_per_simulation": round(kernels / max(1, len(sims)), 2),
+        "us_per_simulation": round(1e6 * prof.sim_wall_s / max(1, prof.n_simulations), 1),
+        "kernels_per_simulation": round(prof.n_kernels / max(1, prof.n_simulations), 2),
         "gpu_search_s": round(prof.gpu_search_s, 2),
         "sequential_ms": round(seq / 1e3, 4),
         "ios_ms": round(latency / 1e3, 4),

@@ -157,6 +157,7 @@ class Profiler:
     _stage_ops: dict[int, tuple[OpGraph, dict[str, tuple]]] = field(
         default_factory=dict, repr=False
     )
+    _stage_content: dict[tuple, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.kernels = KernelCache(self.machine.gpu)
@@ -232,32 +233,34 @@ class Profiler:
         if memo is None or memo[0] is not graph:  # the graph is kept, so its id stays its own
             memo = self._stage_ops[id(graph)] = (graph, {})
         per_op = memo[1]
-        entries = []
+        ids = self._stage_content
+        key: list = ["stage"]
         for gi, group in enumerate(groups):
+            key.append(-1 - gi)  # a group separator: stream gi starts here
             for op in group:
                 hit = per_op.get(op)
                 if hit is None:
                     if op not in graph:
-                        raise SchedulerError(
-                            f"profiler: op '{op}' is not in graph '{graph.name}'"
-                        )
+                        raise SchedulerError(f"profiler: op '{op}' is not in graph '{graph.name}'")
                     ks = self.kernels.lower(graph, op)
                     content = tuple(
                         (k.name, k.grid, k.threads, k.regs, k.smem, k.block_bytes, k.block_us)
                         for k in ks
                     )
-                    hit = per_op[op] = (ks, content)
-                entries.append((gi, op, hit))
-        key = ("stage", *((gi, hit[1]) for gi, _, hit in entries))
+                    hit = per_op[op] = (ks, ids.setdefault(content, len(ids)))
+                key.append(hit[1])
+        key = tuple(key)
         lat = self.cache.get(key)
         if lat is not None:
             return lat
         cmds: list = []
-        for gi, op, (ks, _) in entries:
-            if ks:
-                cmds.extend(Launch(op, k, gi) for k in ks)
-            else:
-                cmds.append(Launch(op, None, gi))
+        for gi, group in enumerate(groups):
+            for op in group:
+                ks = per_op[op][0]
+                if ks:
+                    cmds.extend(Launch(op, k, gi) for k in ks)
+                else:
+                    cmds.append(Launch(op, None, gi))
         cmds.append(Synchronize(0))
         t0 = time.perf_counter()
         tl = simulate(StreamProgram(cmds, name="stage"), self.machine)

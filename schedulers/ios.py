@@ -301,7 +301,8 @@ class _PartSearch:
                 self.cmds[o] = [
                     (launch, gpu.kernel_gap_us + standalone_time_us(k, gpu)) for k in ks
                 ] or [(gpu.framework_dispatch_us, None)]
-        self.chain_memo: dict[int, float] = {}
+        self.chain_memo: dict[int, float] = {}  # per ending, its lower bound
+        self.group_memo: dict[int, tuple[float, float]] = {}
         # groups a stage may use: connected unit sets of at most r units (single units
         # when the only strategy is merge), indexed by their last unit in topological order
         self.by_last = self._connected_sets(r if parallel else 1)
@@ -354,9 +355,10 @@ class _PartSearch:
             by_last[t].append((a, out & ~a, closed | a, host, mcls))
         return by_last
 
-    def _endings(self, S: int) -> list[tuple[int, tuple[int, ...], float, int]]:
-        """Every ending of S allowed by the pruning: (mask, groups as component masks,
-        host time of its commands, merge class if it is 2+ single convs of one, else -1)."""
+    def _endings(self, S: int) -> list[tuple[int, float, int]]:
+        """Every ending of S allowed by the pruning: (mask, host time of its commands,
+        merge class if it is two or more single convs of one class, else -1). Its groups
+        are its connected components (:meth:`_groups`)."""
         atoms: list[tuple[int, int, float, int]] = []
         rest = S
         succ = self.succ
@@ -371,7 +373,7 @@ class _PartSearch:
                     atoms.append((a, closed, host, mcls))
         s = self.s
         if not self.parallel:  # merge only: one op, or a mergeable set of single convs
-            found = [(a, (a,), host, -1) for a, _, host, _ in atoms]
+            found = [(a, host, -1) for a, _, host, _ in atoms]
             if s > 1:
                 by_class: dict[int, list[tuple[int, float]]] = {}
                 for a, _, host, mcls in atoms:
@@ -381,36 +383,55 @@ class _PartSearch:
                     self._subsets(members, s, c, found)
             return found
         found = []
+        append = found.append
         n = len(atoms)
         # collections of pairwise disjoint, non-adjacent groups: each ending exactly once;
         # cls tracks whether all chosen groups are single convs of one merge class
-        stack: list[tuple[int, int, int, tuple[int, ...], float, int]] = [(0, 0, 0, (), 0.0, -2)]
+        stack: list[tuple[int, int, int, int, float, int]] = [(0, 0, 0, 0, 0.0, -2)]
         while stack:
-            start, E, blocked, chosen, host, cls = stack.pop()
+            start, E, blocked, count, host, cls = stack.pop()
+            count += 1
             for k in range(n - 1, start - 1, -1):
                 a, closed, h, mcls = atoms[k]
                 if a & blocked:
                     continue
-                groups = (*chosen, a)
                 c = mcls if cls == -2 or cls == mcls else -1
-                found.append((E | a, groups, host + h, c if len(groups) > 1 else -1))
-                if len(groups) < s:
-                    stack.append((k + 1, E | a, blocked | closed, groups, host + h, c))
+                append((E | a, host + h, c if count > 1 else -1))
+                if count < s:
+                    stack.append((k + 1, E | a, blocked | closed, count, host + h, c))
         return found
 
     @staticmethod
     def _subsets(members: list[tuple[int, float]], s: int, cls: int, found: list) -> None:
         """Subsets of two to s single-op masks of one merge class (siblings: not adjacent)."""
-        stack: list[tuple[int, int, tuple[int, ...], float]] = [(0, 0, (), 0.0)]
+        stack: list[tuple[int, int, int, float]] = [(0, 0, 0, 0.0)]
         while stack:
-            start, E, chosen, host = stack.pop()
+            start, E, count, host = stack.pop()
+            count += 1
             for k in range(start, len(members)):
                 a, h = members[k]
-                groups = (*chosen, a)
-                if len(groups) >= 2:
-                    found.append((E | a, groups, host + h, cls))
-                if len(groups) < s:
-                    stack.append((k + 1, E | a, groups, host + h))
+                if count >= 2:
+                    found.append((E | a, host + h, cls))
+                if count < s:
+                    stack.append((k + 1, E | a, count, host + h))
+
+    def _groups(self, E: int) -> tuple[int, ...]:
+        """The connected components of E, ordered by their first unit."""
+        out = []
+        adj = self.adj
+        rest = E
+        while rest:
+            low = rest & -rest
+            comp = frontier = low
+            while frontier:
+                f = frontier & -frontier
+                frontier ^= f
+                new = adj[f.bit_length() - 1] & E & ~comp
+                comp |= new
+                frontier |= new
+            out.append(comp)
+            rest &= ~comp
+        return tuple(out)
 
     def _ops(self, mask: int) -> list[str]:
         """The ops of a set of units, in topological order."""
@@ -425,7 +446,6 @@ class _PartSearch:
         hit = self.stage_memo.get(E)
         if hit is not None:
             return hit
-        groups = tuple(sorted(groups, key=lambda g: g & -g))  # issued by their first op
         best = float("inf")
         merged = False
         if self.parallel or len(groups) == 1:
@@ -441,29 +461,38 @@ class _PartSearch:
         hit = self.stage_memo[E] = (best, merged, groups)
         return hit
 
-    def _chain_bound(self, E: int, groups: tuple[int, ...]) -> float:
-        """A lower bound on the parallel stage's latency: commands issue one after another
-        and become visible after the launch latency; each group runs its commands in
-        order, each kernel for at least its least device time; then the synchronize."""
-        hit = self.chain_memo.get(E)
+    def _group_profile(self, g: int) -> tuple[float, float]:
+        """(host time, span) of one group issued from host time 0: its commands issue one
+        after another and become visible after the launch latency, run in order, each
+        kernel for at least its least device time; the span is when the last can end.
+        Issued from host time t instead, the group can end no earlier than t + span."""
+        hit = self.group_memo.get(g)
         if hit is not None:
             return hit
         latency = self.profiler.gpu.launch_latency_us
+        t = end = 0.0
+        for op in self._ops(g):
+            for cost, least in self.cmds[op]:
+                t += cost
+                if end < t + latency:
+                    end = t + latency
+                if least is not None:
+                    end += least
+        hit = self.group_memo[g] = (t, end)
+        return hit
+
+    def _chain_bound(self, groups: tuple[int, ...]) -> float:
+        """A lower bound on the parallel stage's latency: its groups issued in order, each
+        ending no earlier than its profile allows, the host's last command visible, and
+        then the synchronize."""
         t = worst = 0.0
-        for g in sorted(groups, key=lambda g: g & -g):
-            end = 0.0
-            for op in self._ops(g):
-                for cost, least in self.cmds[op]:
-                    t += cost
-                    if end < t + latency:
-                        end = t + latency
-                    if least is not None:
-                        end += least
-            if end > worst:
-                worst = end
-        bound = max(worst, t + latency) + self.profiler.gpu.sync_api_us
-        self.chain_memo[E] = bound
-        return bound
+        for g in groups:
+            host, span = self._group_profile(g)
+            if t + span > worst:
+                worst = t + span
+            t += host
+        gpu = self.profiler.gpu
+        return max(worst, t + gpu.launch_latency_us) + gpu.sync_api_us
 
     def _measure_merged(self, ops: list[str]) -> float:
         """The merged conv and its slice views alone: a fragment graph of three kinds."""
@@ -481,8 +510,10 @@ class _PartSearch:
         full = (1 << len(self.units)) - 1
         cost: dict[int, float] = {0: 0.0}
         choice: dict[int, tuple[int, tuple[float, bool, tuple[int, ...]]]] = {}
-        pending: dict[int, list[tuple[int, tuple[int, ...], float, int]]] = {}
+        pending: dict[int, list[tuple[int, float, int]]] = {}
         fixed = self.fixed_us
+        merge = self.merge
+        chain_memo = self.chain_memo
         stack = [full]
         while stack:
             S = stack[-1]
@@ -504,26 +535,33 @@ class _PartSearch:
             memo = self.stage_memo
             launch, view = self.merge_host
             cands = []
-            for i, (E, groups, host, mcls) in enumerate(ends):
+            for E, host, mcls in ends:
                 hit = memo.get(E)
                 if hit is not None:
-                    cands.append((cost[S ^ E] + hit[0], i, True))
+                    cands.append((cost[S ^ E] + hit[0], E, mcls, True))
                     continue
-                if mcls >= 0 and self.merge:
-                    host = min(host, launch + view * len(groups))
-                cands.append((cost[S ^ E] + (host + fixed) * (1 - 1e-12), i, False))
+                if mcls >= 0 and merge:  # a merged stage issues one conv and n views
+                    host = min(host, launch + view * E.bit_count())
+                cands.append((cost[S ^ E] + (host + fixed) * (1 - 1e-12), E, mcls, False))
             cands.sort()
             best = float("inf")
             pick = None
-            for c, i, exact in cands:
+            for c, E, mcls, exact in cands:
                 if c >= best:
                     break
-                E, groups, _, mcls = ends[i]
-                if not exact and (mcls < 0 or not self.merge):
-                    lb = self._chain_bound(E, groups) * (1 - 1e-12)
+                if exact:
+                    st = memo[E]
+                else:
+                    lb = chain_memo.get(E)
+                    if lb is None:
+                        groups = self._groups(E)
+                        lb = self._chain_bound(groups) * (1 - 1e-12)
+                        if mcls >= 0 and merge:
+                            lb = c - cost[S ^ E]  # a merged stage: the host bound only
+                        chain_memo[E] = lb
                     if cost[S ^ E] + lb >= best:
                         continue
-                st = memo[E] if exact else self._stage(E, groups)
+                    st = self._stage(E, self._groups(E))
                 c = cost[S ^ E] + st[0]
                 if c < best:
                     best, pick = c, (E, st)
