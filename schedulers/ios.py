@@ -11,13 +11,23 @@ Two stage strategies:
 * *merge* — two or more sibling convolutions that :mod:`schedulers._merge` can merge run
   as one wider conv (an explicit graph rewrite; the schedule carries the new graph).
 
-The graph is cut into blocks at single-op cut points (every other op is an ancestor or
-a descendant of the cut) and the blocks are packed, in order, into parts of at most
-``part_size`` ops (a block larger than that is split in topological order); the DP runs
-per part over bitmask states. Stage latency comes from :meth:`Profiler.measure_stage`
-(each group on its own stream, then a synchronize), memoised per ending here and by
-kernel content in the profiler. Since a synchronize leaves the GPU idle, the latency of
-a stage schedule is the sum of its stages' latencies: the DP is exact for its model.
+Blocks and parts: the graph is cut into blocks at single-op cut points (every other op
+is an ancestor or a descendant of the cut), as IOS's blocks. The DP's nodes ("units")
+are a block's ops — unless they give more than ``max_states`` DP states, then its
+chains (an op whose only input has no other consumer joins that input's chain): IOS's
+IR holds such a chain (relu-sepconv-bn) as one node where this zoo has one op per
+kernel, and ``r`` counts units as IOS counts nodes. Blocks of more than ``part_size``
+units are split where the fewest tensors are live (NASNet's cells), small ones packed
+together; a part with too many states is halved the same way. The DP runs per part
+over bitmask states.
+
+Stage latency comes from :meth:`Profiler.measure_stage` (each group on its own stream,
+then a synchronize), memoised per ending here and by kernel content in the profiler.
+A synchronize leaves the GPU idle, so a stage schedule costs the sum of its stages: the
+DP is exact for its model. It is also branch and bound: an ending is measured only if
+a lower bound on its stage (the host time to issue it, and per stream the least device
+time of its kernels) could still beat the best ending found — the result is the one
+measuring every ending would give, with far fewer measurements.
 
 One lowering-level step follows the search: consecutive stages of a single group each
 run on one stream, so the barriers between them order nothing and are dropped (their
@@ -591,11 +601,11 @@ class _PartSearch:
 class IOS:
     """IOS: DP over stage endings, parallel groups or merged convs (Ding et al. 2021)."""
 
-    r: int = 3
-    s: int = 8
-    part_size: int = 64
-    strategy: str = "both"
-    max_states: int = 5_000
+    r: int = 3  # units per group (the paper's default)
+    s: int = 8  # groups per stage (the paper's default)
+    part_size: int = 64  # units per part (the paper uses parts of 50-100 operators)
+    strategy: str = "both"  # "parallel", "merge" or "both"
+    max_states: int = 5_000  # DP states per part before chains, then halving
 
     def __post_init__(self) -> None:
         limits = (("r", 1, 64), ("s", 1, 64), ("part_size", 1, 512), ("max_states", 2, 10**7))
