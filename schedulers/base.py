@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from simgpu.errors import SimGPUError
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec, Machine
-from simgpu.kernels import KernelCache
+from simgpu.kernels import Kernel, KernelCache
 from simgpu.program import Copy, Launch, Record, StreamProgram, Wait, lower
 from simgpu.schedule import Schedule
 from simgpu.sim.engine import simulate
@@ -271,12 +271,18 @@ class Profiler:
         return lat
 
 
+def _kernel_key(k: Kernel) -> tuple:
+    """Everything of a kernel the simulator reads: two kernels alike in name and grid
+    but not in work (a 1x1 and a 5x5 conv of one op name) must not share a memo entry."""
+    return (k.name, k.grid, k.threads, k.regs, k.smem, k.block_bytes, k.block_us)
+
+
 def _program_key(p: StreamProgram) -> tuple:
     parts: list[tuple] = [("graph", p.graph_mode)]
     for c in p.commands:
         if isinstance(c, Launch):
             k = c.kernel
-            parts.append(("L", c.device, c.stream, c.op, None if k is None else (k.name, k.grid)))
+            parts.append(("L", c.device, c.stream, c.op, None if k is None else _kernel_key(k)))
         elif isinstance(c, Record | Wait):
             parts.append((type(c).__name__, c.device, c.stream, c.event))
         elif isinstance(c, Copy):

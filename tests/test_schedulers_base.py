@@ -200,3 +200,23 @@ def test_run_is_deterministic(small: OpGraph) -> None:
     b = run_scheduler("sequential", small, m)
     assert a.latency_ms == b.latency_ms
     assert a.program.commands == b.program.commands
+
+
+def test_profiler_memo_tells_apart_kernels_of_one_name_and_grid() -> None:
+    # the same op name as a 1x1 and as a 5x5 conv: same tile, same grid, different work
+    def conv(k: int) -> OpGraph:
+        attrs = {"kernel": k, "padding": k // 2, "out_channels": 256}
+        return OpGraph(
+            [
+                Op("x", "input", (), (1, 256, 14, 14)),
+                Op("a", "conv", ("x",), (1, 256, 14, 14), attrs=attrs),
+            ]
+        )
+
+    machine = Machine.single(preset("v100"))
+    shared = Profiler(machine)
+    small = shared.measure(StreamSchedule([["x", "a"]]), conv(1))
+    big = shared.measure(StreamSchedule([["x", "a"]]), conv(5))
+    alone = Profiler(machine).measure(StreamSchedule([["x", "a"]]), conv(5))
+    assert big == alone > small
+    assert shared.distinct == 2
