@@ -171,6 +171,11 @@ def latency_samples(trace: KinetoTrace) -> tuple[list[float], list[float]]:
         t = issue_time(call, acts)
         for a in acts:
             issue[a.index] = t
+    # a kernel whose stream was told to wait for an event may have been held by that
+    # event, not by the launch latency: such kernels are no sample of either figure
+    waits: dict[tuple[int, int | None], list[float]] = {}
+    for w in trace.waits:
+        waits.setdefault((w.device, w.stream), []).append(w.call.ts)
     idle, queued = [], []
     last: dict[tuple[int, int], GpuActivity] = {}
     for a in trace.activities:
@@ -180,9 +185,12 @@ def latency_samples(trace: KinetoTrace) -> tuple[list[float], list[float]]:
         t = issue.get(a.index)
         if a.kind != "kernel" or t is None:
             continue
+        since = prev.ts if prev is not None else -math.inf
+        if any(since < ts <= t for ts in waits.get(key, ())):
+            continue
         if prev is not None and t < prev.end:
             queued.append(a.ts - prev.end)
-        elif prev is None or t >= prev.end:
+        else:
             idle.append(a.ts - t)
     return idle, queued
 

@@ -17,6 +17,7 @@ from calibrate.fit import (
     fit_host_costs,
     fit_trace,
     kernel_durations,
+    latency_samples,
     launch_overheads,
     write_json,
 )
@@ -422,3 +423,18 @@ def test_fit_writes_a_gpu_file_that_simulate_accepts(tmp_path, capsys):
     data = fit_trace(t)
     write_json(data, tmp_path / "again.json")
     assert load_gpu(str(tmp_path / "again.json")).kernel_gap_us == g.kernel_gap_us
+
+
+def test_kernels_held_by_an_event_wait_are_no_launch_latency_sample():
+    # stream 2's kernel is issued at 12 us but waits for stream 1's event until ~210 us:
+    # counting it would put ~290 us of event wait into launch_latency_us
+    b = TB()
+    b.kernel(0.0, 1, 10.0, 200.0)
+    rec = b.record(6.0)
+    b.wait(9.0, 2, rec, 1)
+    b.kernel(12.0, 2, 300.0, 50.0)
+    b.kernel(20.0, 3, 30.0, 50.0)
+    idle, queued = latency_samples(b.trace())
+    assert sorted(idle) == pytest.approx([10.0 - 5.0, 30.0 - 25.0])  # issue = call end
+    assert queued == []
+    assert fit_device_latencies(b.trace())["launch_latency_us"] == pytest.approx(5.0)
