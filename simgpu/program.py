@@ -227,7 +227,15 @@ def _lower_streams(schedule: StreamSchedule, g: OpGraph, kernels, cmds: list[Com
     order = _issue_order(schedule, g, where)
     n = len(schedule.streams)
     dev = [schedule.device_of(s) for s in range(n)]
-    preds = {op: [u for u in g.predecessors(op) if u in where] for op in order}
+    # producers latest-issued first: a later producer's clock already covers any earlier
+    # one it depends on, so a transitive input never gets a wait of its own
+    rank = {op: i for i, op in enumerate(order)}
+    preds = {
+        op: sorted(
+            (u for u in g.predecessors(op) if u in where), key=rank.__getitem__, reverse=True
+        )
+        for op in order
+    }
     # copies: destinations of every op read on another GPU, and one clock per channel
     targets: dict[str, list[int]] = {}
     if len(set(dev)) > 1:

@@ -126,12 +126,6 @@ def test_transitive_through_a_third_stream_when_the_direct_input_comes_last() ->
     assert sorted(_records(p)) == [("done:a", 0), ("done:b", 1)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_lower_streams checks a consumer's inputs in input order: when the transitive "
-    "input (a) is listed before the one that already implies it (b), it adds a redundant "
-    "Wait on done:a although b's event covers a",
-)
 def test_transitive_through_a_third_stream_when_the_direct_input_comes_first() -> None:
     # same graph as above, but c = add(a, b): the a -> c edge is still transitive
     g = OpGraph([_x(), _relu("a", "x"), _relu("b", "a"), _add("c", "a", "b")])

@@ -363,7 +363,7 @@ def test_nimble_streams_and_events(graph: OpGraph) -> None:
 @given(graph=dags(max_ops=25))
 def test_nimble_lowered_waits(graph: OpGraph) -> None:
     """In the lowered program, every reduced edge that crosses streams has its wait, and
-    every other wait is for an edge the reduction dropped (see the xfail below)."""
+    no other: Nimble's |reduced edges| - |matching| synchronisations."""
     s = _nimble(graph)
     prog = lower(s, graph, V100)
     validate_program(prog, graph)
@@ -378,9 +378,8 @@ def test_nimble_lowered_waits(graph: OpGraph) -> None:
             waited |= {(u, c.op) for u in pending}
             pending = []
     crossing = {(u, v) for u, v in reduced if stream_of[u] != stream_of[v]}
-    assert crossing <= waited
-    assert all((u, v) in graph.nx.edges and (u, v) not in reduced for u, v in waited - crossing)
-    assert prog.syncs == len(waited) >= len(reduced) - s.meta["matching"]
+    assert waited == crossing  # a wait for every reduced edge across streams, no other
+    assert prog.syncs == len(reduced) - s.meta["matching"]
 
 
 def _redundant_wait_graph() -> OpGraph:
@@ -408,13 +407,6 @@ def test_nimble_event_count_on_the_redundant_wait_graph() -> None:
     assert len(s.streams) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simgpu/program.py _lower_streams visits an op's inputs in their listed order; "
-    "a transitive input listed before the input that implies it gets its own Wait, so the "
-    "program has one wait more than |reduced edges| - |matching| (visiting inputs latest-"
-    "issued first would make it exact)",
-)
 def test_nimble_lowered_sync_count_is_reduced_edges_minus_matching() -> None:
     g = _redundant_wait_graph()
     s = _nimble(g)
