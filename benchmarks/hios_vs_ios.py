@@ -10,9 +10,12 @@ writes, under ``--out``:
 * ``hios_vs_ios.md`` — the table: latencies, speedups over sequential, HIOS vs IOS;
 * ``hios_vs_ios.png`` — latency against input size, one panel per model.
 
+``--ablation`` adds HIOS with one host thread driving both GPUs and HIOS over PCIe 3.0
+instead of NVLink (331/768/1280 px), summarised in ``hios_ablation/summary.md``.
+
 Usage:
     python benchmarks/hios_vs_ios.py [--models M ...] [--sizes N ...] [--machine NAME]
-        [--schedulers S ...] [--workers N] [--out DIR]
+        [--schedulers S ...] [--workers N] [--out DIR] [--ablation]
 """
 
 from __future__ import annotations
@@ -53,8 +56,10 @@ def run_one(model: str, size: int, machine_name: str, scheduler: str) -> dict[st
     row: dict[str, object] = dict.fromkeys(FIELDS, "")
     row.update(model=model, image_size=size, machine=machine_name, scheduler=scheduler)
     try:
+        machine = load_machine(machine_name)
+        row["machine"] = machine.name
         graph = build_model(model, image_size=size)
-        r = run_scheduler(scheduler, graph, load_machine(machine_name))
+        r = run_scheduler(scheduler, graph, machine)
     except SimGPUError as e:
         row.update(status="failed", error=str(e).splitlines()[0])
         return row
@@ -108,8 +113,8 @@ def markdown(rows, models, sizes, machine: str) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def f(x: float | None, fmt: str) -> str:
-        return "-" if x is None else format(x, fmt)
+    def f(x: float | None, fmt: str, unit: str = "") -> str:
+        return "-" if x is None else format(x, fmt) + unit
 
     for m in models:
         for s in sizes:
@@ -119,7 +124,7 @@ def markdown(rows, models, sizes, machine: str) -> str:
             gain = 100 * (hios / ios - 1) if ios and hios else None
             lines.append(
                 f"| {m} | {s} | {f(seq, '.3f')} | {f(ios, '.3f')} | {f(hios, '.3f')} | "
-                f"{f(ios_x, '.2f')}x | {f(hios_x, '.2f')}x | {f(gain, '+.1f')}% |"
+                f"{f(ios_x, '.2f', 'x')} | {f(hios_x, '.2f', 'x')} | {f(gain, '+.1f', '%')} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -149,30 +154,25 @@ def plot(rows, models, sizes, machine: str, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS))
-    ap.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
-    ap.add_argument("--machine", default="2xv100-nvlink")
-    ap.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS))
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args()
-    out = Path(args.out)
+def sweep(models, sizes, machine: str, schedulers, workers: int, out: Path) -> dict:
+    """Run what ``out/hios_vs_ios.csv`` lacks; return every row."""
+    from simgpu.hardware import load_machine
+
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "hios_vs_ios.csv"
     rows = read_rows(csv_path)
+    name = load_machine(machine).name  # rows name the machine, not the file it came from
     todo = [
-        (m, s, args.machine, sched)
-        for m in args.models
-        for s in args.sizes
-        for sched in args.schedulers
-        if (m, s, args.machine, sched) not in rows
+        (m, s, machine, sched)
+        for m in models
+        for s in sizes
+        for sched in schedulers
+        if (m, s, name, sched) not in rows
     ]
     # the slowest searches first, so two workers finish together
     todo.sort(key=lambda t: (t[3] == "sequential", -t[1], t[0]))
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {t: pool.submit(run_one, *t) for t in todo}
         for t, fut in futures.items():
             row = fut.result()
@@ -183,9 +183,85 @@ def main() -> None:
                 f"{row['latency_ms']} ms (search {row['schedule_s']} s)",
                 flush=True,
             )
-    (out / "hios_vs_ios.md").write_text(markdown(rows, args.models, args.sizes, args.machine))
-    plot(rows, args.models, args.sizes, args.machine, out / "hios_vs_ios.png")
+    return rows
+
+
+# HIOS under two changes of the machine: one host thread for both GPUs, and PCIe 3.0
+# instead of NVLink; what separates the simulator's gains from the paper's
+ABLATION_SIZES = (331, 768, 1280)
+VARIANTS = (
+    (
+        "one host thread",
+        "1host",
+        str(Path(__file__).parent / "results" / "hios_ablation" / "2xv100-nvlink-1host.json"),
+    ),
+    ("PCIe 3.0 x16", "pcie3", "2xv100-pcie3"),
+)
+
+
+def _cell(v: float | None, ios: float | None) -> str:
+    """A latency, with its change against IOS when IOS's is known."""
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if ios is None else f"{v:.3f} ({100 * (v / ios - 1):+.1f}%)"
+
+
+def ablation(rows, models, workers: int, out: Path) -> str:
+    from simgpu.hardware import load_machine
+
+    variants = []
+    for label, sub, machine in VARIANTS:
+        vr = sweep(models, ABLATION_SIZES, machine, ["hios"], workers, out / sub)
+        variants.append((label, load_machine(machine).name, vr))
+    head = "| model | size | IOS (1 GPU) | HIOS, NVLink, a host thread per GPU |"
+    head += "".join(f" HIOS, {label} |" for label, _, _ in variants)
+    lines = [
+        "HIOS under changes of `2xv100-nvlink` (latency ms; in brackets the change against "
+        "IOS on one V100, from `../hios_vs_ios.csv`).",
+        "",
+        head,
+        "|---|---:|---:|---:|" + "---:|" * len(variants),
+    ]
+    for m in models:
+        for s in ABLATION_SIZES:
+            ios = _lat(rows, m, s, "2xv100-nvlink", "ios")
+            hios = _lat(rows, m, s, "2xv100-nvlink", "hios")
+
+            line = f"| {m} | {s} | {_cell(ios, None)} | {_cell(hios, ios)} |"
+            line += "".join(
+                f" {_cell(_lat(vr, m, s, machine, 'hios'), ios)} |" for _, machine, vr in variants
+            )
+            lines.append(line)
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    ap.add_argument("--machine", default="2xv100-nvlink")
+    ap.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also HIOS with one host thread and over PCIe 3.0 (331/768/1280 px): "
+        "OUT/hios_ablation/summary.md",
+    )
+    args = ap.parse_args()
+    out = Path(args.out)
+    rows = sweep(args.models, args.sizes, args.machine, args.schedulers, args.workers, out)
+    from simgpu.hardware import load_machine
+
+    name = load_machine(args.machine).name
+    (out / "hios_vs_ios.md").write_text(markdown(rows, args.models, args.sizes, name))
+    plot(rows, args.models, args.sizes, name, out / "hios_vs_ios.png")
     print((out / "hios_vs_ios.md").read_text())
+    if args.ablation:
+        print(ablation(rows, args.models, args.workers, out / "hios_ablation"))
 
 
 if __name__ == "__main__":
