@@ -73,6 +73,32 @@ class Simulation:
             self.fabric = Fabric(self)
         return self.fabric
 
+    def _check_copy(self, c: Copy, i: int) -> None:
+        self.copy_fabric().route(c.src, c.dst, f"command {i}")
+        if c.bytes < 0:
+            raise ProgramError(f"command {i}: copy of {c.bytes} bytes")
+
+    @staticmethod
+    def _bind_record(events: dict[str, EventSlot], c: Record, d: int) -> EventSlot:
+        """A record starts a new recording of its event, unless waits already named the
+        event before any record: those bind to this one."""
+        slot = events.get(c.event)
+        if slot is None or slot.stream is not None:
+            slot = events[c.event] = EventSlot(c.event, c.stream, d)
+        else:
+            slot.stream = c.stream
+            slot.device = d
+        return slot
+
+    @staticmethod
+    def _bind_wait(events: dict[str, EventSlot], c: Wait, d: int) -> EventSlot:
+        """A wait binds to the latest record issued before it, or else to the next one;
+        a record that never comes leaves the stream stuck (reported as a deadlock)."""
+        slot = events.get(c.event)
+        if slot is None:
+            slot = events[c.event] = EventSlot(c.event, None, d)
+        return slot
+
     # -- host thread ---------------------------------------------------------------------
 
     def host(self, program: StreamProgram):
@@ -96,16 +122,7 @@ class Simulation:
                 d.gap = d.gpu.graph_node_us
         n_dev = len(devices)
         # per device: (launch, no-op dispatch, record, wait) host costs and launch latency
-        costs = [
-            (
-                d.gpu.launch_api_us + d.gpu.framework_dispatch_us,
-                d.gpu.framework_dispatch_us,
-                d.gpu.event_record_api_us,
-                d.gpu.event_wait_api_us,
-                d.gpu.launch_latency_us,
-            )
-            for d in devices
-        ]
+        costs = [_host_costs(d.gpu) for d in devices]
         now = env._now
         for i, c in enumerate(program.commands):
             ctype = type(c)
@@ -136,25 +153,14 @@ class Simulation:
             elif ctype is Record:
                 kind, cost, api = RECORD, c_record, "event_record"
                 k = op = None
-                slot = events.get(c.event)
-                if slot is None or slot.stream is not None:
-                    slot = events[c.event] = EventSlot(c.event, c.stream, d)
-                else:  # earlier waits named this event before any record: bind them here
-                    slot.stream = c.stream
-                    slot.device = d
+                slot = self._bind_record(events, c, d)
             elif ctype is Wait:
-                # binds to the latest record issued before it, or else to the next one; a
-                # record that never comes leaves the stream stuck and is reported as a deadlock
                 kind, cost, api = WAIT, c_wait, "stream_wait_event"
                 k = op = None
-                slot = events.get(c.event)
-                if slot is None:
-                    slot = events[c.event] = EventSlot(c.event, None, d)
+                slot = self._bind_wait(events, c, d)
             elif ctype is Copy:
                 # cudaMemcpyPeerAsync: host cost of a launch; runs on a copy engine
-                self.copy_fabric().route(c.src, c.dst, f"command {i}")
-                if c.bytes < 0:
-                    raise ProgramError(f"command {i}: copy of {c.bytes} bytes")
+                self._check_copy(c, i)
                 kind, cost, api = COPY, c_launch, "memcpy_peer"
                 k, op, slot = c, c.tensor, None
             else:
@@ -200,25 +206,16 @@ class Simulation:
             ctype = type(c)
             slot, hand = None, -1
             if ctype is Record:
-                slot = events.get(c.event)
-                if slot is None or slot.stream is not None:
-                    slot = events[c.event] = EventSlot(c.event, c.stream, d)
-                else:  # earlier waits named this event before any record: bind them here
-                    slot.stream = c.stream
-                    slot.device = d
+                slot = self._bind_record(events, c, d)
                 record_at[id(slot)] = i
             elif ctype is Wait:
-                slot = events.get(c.event)
-                if slot is None:
-                    slot = events[c.event] = EventSlot(c.event, None, d)
-                elif slot.stream is not None and slot.device != d:
+                slot = self._bind_wait(events, c, d)
+                if slot.stream is not None and slot.device != d:
                     hand = record_at[id(slot)]
                     if hand not in handoffs:
                         handoffs[hand] = env.event()
             elif ctype is Copy:
-                self.copy_fabric().route(c.src, c.dst, f"command {i}")
-                if c.bytes < 0:
-                    raise ProgramError(f"command {i}: copy of {c.bytes} bytes")
+                self._check_copy(c, i)
             elif ctype is not Launch and ctype is not Synchronize:
                 raise ProgramError(f"command {i}: unknown command {c!r}")
             per[d].append((i, c, slot, hand))
@@ -242,11 +239,7 @@ class Simulation:
             t += gpu.graph_launch_api_us
             avail_base = t + gpu.launch_latency_us
             dev.gap = gpu.graph_node_us
-        c_launch = gpu.launch_api_us + gpu.framework_dispatch_us
-        c_noop = gpu.framework_dispatch_us
-        c_record = gpu.event_record_api_us
-        c_wait = gpu.event_wait_api_us
-        latency = gpu.launch_latency_us
+        c_launch, c_noop, c_record, c_wait, latency = _host_costs(gpu)
         blocked = self.threads_blocked
         for i, c, slot, hand in items:
             ctype = type(c)
@@ -428,6 +421,18 @@ class Simulation:
             sm_transitions=[d.pool.transitions for d in self.devices],
             events=self.env.scheduled,
         )
+
+
+def _host_costs(gpu: GPUSpec) -> tuple[float, float, float, float, float]:
+    """Host time of a launch, a no-op dispatch, an event record and a wait, then the
+    launch latency: looked up once per run, not once per command."""
+    return (
+        gpu.launch_api_us + gpu.framework_dispatch_us,
+        gpu.framework_dispatch_us,
+        gpu.event_record_api_us,
+        gpu.event_wait_api_us,
+        gpu.launch_latency_us,
+    )
 
 
 # kernels listed by start, then device, stream and end (KernelRecord field positions)
