@@ -184,12 +184,15 @@ class Device:
             self.idle_waiters.append(ev)
         return ev
 
-    def _complete_one(self, count: int = 1) -> None:
-        self.pending -= count
+    def _complete_one(self) -> None:
+        self.pending -= 1
         if self.pending == 0 and self.idle_waiters:
-            waiters, self.idle_waiters = self.idle_waiters, []
-            for ev in waiters:
-                ev.succeed()
+            self._wake_idle_waiters()
+
+    def _wake_idle_waiters(self) -> None:
+        waiters, self.idle_waiters = self.idle_waiters, []
+        for ev in waiters:
+            ev.succeed()
 
     # -- queues -------------------------------------------------------------------------
 
@@ -359,9 +362,9 @@ class Device:
                 self.kernel_log.append((e, run.first_start, t, run.n_batches))
                 s = e.stream
                 s.busy = False
-                self.pending -= 1
+                self.pending -= 1  # _complete_one, inline: once per kernel
                 if self.pending == 0 and self.idle_waiters:
-                    self._complete_one(0)
+                    self._wake_idle_waiters()
                 self.advance(s.queue, t)
         if self.contended or self.demand > self.dram_capacity:
             self._reshare(t)
