@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import run_error, run_json, run_ok
 
 from schedulers.base import scheduler_names
 from simgpu.cli import main
@@ -31,33 +32,6 @@ RESULT_KEYS = {
     "schedule_s",
     "profiler_calls",
 }
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    assert "Traceback" not in err
-    return json.loads(out)
-
-
-def run_ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    return out
-
-
-def run_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Run a command that must fail cleanly; return its one error line."""
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("simgpu: error:"), err
-    return lines[0]
 
 
 def _graph_file(tmp_path: Path, ops: list[dict], name: str = "g.json") -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from _cli import run_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,17 +57,6 @@ def small_grid(**kw) -> Grid:
 
 def sweep(grid: Grid, out: Path, **kw):
     return run_sweep(grid, out, progress=False, **kw)
-
-
-def run_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("simgpu: error:"), err
-    return lines[0]
 
 
 # --- the grid -------------------------------------------------------------------------
