@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from simgpu.errors import SimGPUError
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec, Machine
-from simgpu.kernels import Kernel, KernelCache
-from simgpu.program import Copy, Launch, Record, StreamProgram, Wait, lower
+from simgpu.kernels import Kernel, KernelCache, signature
+from simgpu.program import Copy, Launch, Record, StreamProgram, Synchronize, Wait, lower
 from simgpu.schedule import Schedule
 from simgpu.sim.engine import simulate
 from simgpu.timeline import Timeline
@@ -187,9 +187,18 @@ class Profiler:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
+        return self._simulate(key, program)
+
+    def _simulate(self, key: tuple, program: StreamProgram, until_host: bool = False) -> float:
+        """Simulate a program not measured before, memoise its latency under ``key`` and
+        charge what measuring it would cost on a GPU. ``until_host``: the latency runs
+        until the host's last call returns (a stage ending in a synchronize)."""
         t0 = time.perf_counter()
-        lat = simulate(program, self.machine).makespan_us
+        tl = simulate(program, self.machine)
         self.sim_wall_s += time.perf_counter() - t0
+        lat = tl.makespan_us
+        if until_host:
+            lat = max(lat, max((h.end_us for h in tl.host), default=0.0))
         self.cache[key] = lat
         self.gpu_search_us += (self.warmup + self.repeat) * lat
         return lat
@@ -199,8 +208,6 @@ class Profiler:
         per-op profile gives list schedulers such as LIOS and HEFT. Memoised by the op's
         kernel signature, so ops of equal shape cost one measurement; counted in
         ``calls``/``distinct``/``gpu_search_s`` like :meth:`measure`."""
-        from simgpu.kernels import signature
-
         if op_name not in graph:
             raise SchedulerError(f"profiler: op '{op_name}' is not in graph '{graph.name}'")
         self.calls += 1
@@ -210,12 +217,7 @@ class Profiler:
             return hit
         ks = self.kernels.lower(graph, op_name)
         cmds = [Launch(op_name, k, 0) for k in ks] or [Launch(op_name, None, 0)]
-        t0 = time.perf_counter()
-        lat = simulate(StreamProgram(cmds, name=f"op:{op_name}"), self.machine).makespan_us
-        self.sim_wall_s += time.perf_counter() - t0
-        self.cache[key] = lat
-        self.gpu_search_us += (self.warmup + self.repeat) * lat
-        return lat
+        return self._simulate(key, StreamProgram(cmds, name=f"op:{op_name}"))
 
     def measure_stage(self, graph: OpGraph, groups: Sequence[Sequence[str]]) -> float:
         """Latency in microseconds of one stage measured as IOS measures it: group i's
@@ -226,8 +228,6 @@ class Profiler:
         content, not op names: stages of equal shapes (repeated blocks) cost one
         simulation. Counted in ``calls``/``distinct``/``gpu_search_s`` like :meth:`measure`.
         """
-        from simgpu.program import Synchronize
-
         self.calls += 1
         memo = self._stage_ops.get(id(graph))
         if memo is None or memo[0] is not graph:  # the graph is kept, so its id stays its own
@@ -243,10 +243,7 @@ class Profiler:
                     if op not in graph:
                         raise SchedulerError(f"profiler: op '{op}' is not in graph '{graph.name}'")
                     ks = self.kernels.lower(graph, op)
-                    content = tuple(
-                        (k.name, k.grid, k.threads, k.regs, k.smem, k.block_bytes, k.block_us)
-                        for k in ks
-                    )
+                    content = tuple(_kernel_key(k) for k in ks)
                     hit = per_op[op] = (ks, ids.setdefault(content, len(ids)))
                 key.append(hit[1])
         key = tuple(key)
@@ -262,13 +259,7 @@ class Profiler:
                 else:
                     cmds.append(Launch(op, None, gi))
         cmds.append(Synchronize(0))
-        t0 = time.perf_counter()
-        tl = simulate(StreamProgram(cmds, name="stage"), self.machine)
-        self.sim_wall_s += time.perf_counter() - t0
-        lat = max(tl.makespan_us, max((h.end_us for h in tl.host), default=0.0))
-        self.cache[key] = lat
-        self.gpu_search_us += (self.warmup + self.repeat) * lat
-        return lat
+        return self._simulate(key, StreamProgram(cmds, name="stage"), until_host=True)
 
 
 def _kernel_key(k: Kernel) -> tuple:

@@ -31,6 +31,7 @@ result exact.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -286,7 +287,10 @@ class Gap:
 
     @property
     def gap(self) -> float:
-        """Relative excess over optimal: 0.1 means 10 % slower."""
+        """Relative excess over optimal: 0.1 means 10 % slower. A graph with no work on
+        a GPU with no costs takes 0 us: any schedule of it is then optimal."""
+        if self.optimal_us == 0.0:
+            return 0.0 if self.latency_us == 0.0 else math.inf
         return self.latency_us / self.optimal_us - 1.0
 
 
