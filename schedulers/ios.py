@@ -524,6 +524,8 @@ class _PartSearch:
         fixed = self.fixed_us
         merge = self.merge
         chain_memo = self.chain_memo
+        memo = self.stage_memo
+        launch, view = self.merge_host
         stack = [full]
         while stack:
             S = stack[-1]
@@ -542,8 +544,6 @@ class _PartSearch:
             # branch and bound: endings in order of what they can at best cost (exact
             # where measured, else the host-time bound); stop at the first that cannot
             # beat the best found, so the result is the same as measuring every ending
-            memo = self.stage_memo
-            launch, view = self.merge_host
             cands = []
             for E, host, mcls in ends:
                 hit = memo.get(E)
@@ -562,16 +562,18 @@ class _PartSearch:
                 if exact:
                     st = memo[E]
                 else:
+                    before = cost[S ^ E]
+                    groups = None
                     lb = chain_memo.get(E)
                     if lb is None:
                         groups = self._groups(E)
                         lb = self._chain_bound(groups) * (1 - 1e-12)
                         if mcls >= 0 and merge:
-                            lb = c - cost[S ^ E]  # a merged stage: the host bound only
+                            lb = c - before  # a merged stage: the host bound only
                         chain_memo[E] = lb
-                    if cost[S ^ E] + lb >= best:
+                    if before + lb >= best:
                         continue
-                    st = self._stage(E, self._groups(E))
+                    st = self._stage(E, groups if groups is not None else self._groups(E))
                 c = cost[S ^ E] + st[0]
                 if c < best:
                     best, pick = c, (E, st)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schedulers.base import Profiler, SchedulerError, register
+from schedulers.lios import op_latencies
 from simgpu.graph import OpGraph
 from simgpu.schedule import StageSchedule
 
@@ -61,7 +62,7 @@ class Wavefront:
     def schedule(self, graph: OpGraph, profiler: Profiler) -> StageSchedule:
         if self.streams < 1:
             raise SchedulerError(f"wavefront: streams must be at least 1, got {self.streams}")
-        lat = {n: profiler.op_latency_us(graph, n) for n in graph.topo_order}
+        lat = op_latencies(graph, profiler)
         stages = [pack(w, lat, self.streams) for w in waves(graph)]
         return StageSchedule(
             stages, barrier="events", graph_mode=self.graph_mode, meta={"waves": len(stages)}
