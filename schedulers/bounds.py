@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 
 from simgpu.graph import OpGraph
-from simgpu.hardware import GPUSpec
+from simgpu.hardware import GPUSpec, Machine
 from simgpu.kernels import Kernel, KernelCache, standalone_time_us
 
 
@@ -130,3 +130,32 @@ def work_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None
 def lower_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> float:
     """The best of the bounds: no schedule of ``graph`` on ``gpu`` can be faster."""
     return max(critical_path_bound_us(graph, gpu, cache), work_bound_us(graph, gpu, cache))
+
+
+def machine_bounds_us(graph: OpGraph, machine: Machine) -> tuple[float, float]:
+    """(critical path, work) lower bounds in us for any schedule on ``machine``: the
+    best device's critical path, and the work shared by every device at its rate. On
+    one GPU they are :func:`critical_path_bound_us` and :func:`work_bound_us`."""
+    if len(machine.devices) == 1:
+        gpu = machine.gpu
+        return critical_path_bound_us(graph, gpu), work_bound_us(graph, gpu)
+    gpus = list({id(g): g for g in machine.devices}.values())
+    counts = [sum(1 for d in machine.devices if d is g) for g in gpus]
+    cp = min(critical_path_bound_us(graph, g) for g in gpus)
+    first = min(first_start_us(g) for g in gpus)
+    rate = 0.0
+    for g, n in zip(gpus, counts, strict=True):
+        busy = work_bound_us(graph, g) - first_start_us(g)
+        if busy <= 0:
+            return cp, 0.0
+        rate += n / busy
+    return cp, first + 1.0 / rate
+
+
+def schedule_bound_us(graph: OpGraph, machine: Machine, run_graph: OpGraph | None = None) -> float:
+    """The bound a schedule is measured against: the best of the bounds on ``machine``;
+    a schedule that rewrote the graph (merged ops) is bounded by the better of both."""
+    bound = max(machine_bounds_us(graph, machine))
+    if run_graph is not None and run_graph is not graph:
+        bound = min(bound, max(machine_bounds_us(run_graph, machine)))
+    return bound

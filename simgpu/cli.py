@@ -50,24 +50,6 @@ def _machine(args: argparse.Namespace):
     return Machine.single(load_gpu(getattr(args, "gpu", None) or "v100"))
 
 
-def _machine_bounds(graph: Any, machine: Any) -> tuple[float, float]:
-    """(critical path, work) lower bounds in us for any schedule on ``machine``: the
-    best device's critical path, and the work shared by every device at its rate."""
-    from schedulers.bounds import critical_path_bound_us, first_start_us, work_bound_us
-
-    gpus = list({id(g): g for g in machine.devices}.values())
-    counts = [sum(1 for d in machine.devices if d is g) for g in gpus]
-    cp = min(critical_path_bound_us(graph, g) for g in gpus)
-    first = min(first_start_us(g) for g in gpus)
-    rate = 0.0
-    for g, n in zip(gpus, counts, strict=True):
-        busy = work_bound_us(graph, g) - first_start_us(g)
-        if busy <= 0:
-            return cp, 0.0
-        rate += n / busy
-    return cp, first + 1.0 / rate
-
-
 def _model(args: argparse.Namespace):
     from simgpu.models import build_model
 
@@ -147,7 +129,7 @@ def _graph_file_or_model(spec: str, args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from schedulers.base import make_scheduler, parse_options, run_scheduler, scheduler_names
-    from schedulers.bounds import critical_path_bound_us, lower_bound_us, work_bound_us
+    from schedulers.bounds import machine_bounds_us, schedule_bound_us
 
     graph = _model(args)
     machine = _machine(args)
@@ -177,10 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     base = results.get("sequential") or run_scheduler("sequential", graph, machine)
     base_ms = base.latency_ms
     gpu = machine.gpu
-    if multi:
-        cp_us, work_us = _machine_bounds(graph, machine)
-    else:
-        cp_us, work_us = critical_path_bound_us(graph, gpu), work_bound_us(graph, gpu)
+    cp_us, work_us = machine_bounds_us(graph, machine)
     bound_ms = max(cp_us, work_us) / 1e3
     rows = []
     for n in names:
@@ -188,16 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if r is None:
             rows.append({"scheduler": n, "status": "failed", "error": failures[n]})
             continue
-        # a schedule that rewrites the graph (merged ops) is bounded by the better of both
-        run_graph = r.schedule.graph
-        bound = bound_ms
-        if run_graph is not None and run_graph is not graph:
-            rb = (
-                max(_machine_bounds(run_graph, machine))
-                if multi
-                else lower_bound_us(run_graph, gpu)
-            )
-            bound = min(bound, rb / 1e3)
+        bound = schedule_bound_us(graph, machine, r.schedule.graph) / 1e3
         rows.append(
             {
                 "scheduler": n,

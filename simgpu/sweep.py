@@ -407,6 +407,7 @@ def _fmt(v: Any) -> str:
 
 def _measure(combo: Combo) -> dict[str, str]:
     from schedulers.base import run_scheduler
+    from schedulers.bounds import schedule_bound_us
     from simgpu.models import build_model
 
     graph = build_model(combo.model, combo.batch, combo.image_size, combo.dtype)
@@ -433,12 +434,8 @@ def _measure(combo: Combo) -> dict[str, str]:
         "gpu_search_s": res.gpu_search_s,
         "schedule_s": res.schedule_s,
     }
-    try:
-        bound = _lower_bound_ms(graph, machine)
-        run_graph = getattr(res.schedule, "graph", None)
-        if bound is not None and run_graph is not None and run_graph is not graph:
-            # a schedule that rewrites the graph (merged ops) is bounded by the better of both
-            bound = min(bound, _lower_bound_ms(run_graph, machine) or bound)
+    try:  # the bound `simgpu run` reports
+        bound = schedule_bound_us(graph, machine, res.schedule.graph) / 1e3
     except SimGPUError as e:  # the schedule is fine; say why its bound is missing
         out["error"] = f"lower bound: {_one_line(e)}"
         bound = None
@@ -465,30 +462,7 @@ def machine_for(gpu: str, machine: str) -> Machine:
 
     if gpu:
         return hardware.Machine.single(hardware.load_gpu(gpu))
-    loader = getattr(hardware, "load_machine", None)
-    if loader is not None:
-        return loader(machine)
-    return hardware.Machine.single(hardware.load_gpu(machine))  # no multi-GPU presets yet
-
-
-def _lower_bound_ms(graph: Any, machine: Machine) -> float | None:
-    """The bound ``simgpu run`` reports: ``schedulers.bounds.lower_bound_us`` on one GPU;
-    on several, the machine-wide bound (a schedule spread over GPUs may beat one GPU's).
-    None when the bounds module is absent."""
-    try:
-        from schedulers import bounds
-    except ModuleNotFoundError as e:
-        if e.name == "schedulers.bounds":
-            return None
-        raise
-    if len(machine.devices) > 1:
-        try:
-            from simgpu.cli import _machine_bounds  # shared with `simgpu run`
-        except ImportError:
-            return None
-        return max(_machine_bounds(graph, machine)) / 1e3
-    fn = getattr(bounds, "lower_bound_us", None)
-    return None if fn is None else float(fn(graph, machine.gpu)) / 1e3
+    return hardware.load_machine(machine)
 
 
 # --- results files --------------------------------------------------------------------
