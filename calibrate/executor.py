@@ -97,10 +97,19 @@ class Executor:
             else:
                 st.wait_event(events[s.event])  # type: ignore[index]
 
-    def _join(self) -> None:
-        cur = self.torch.cuda.current_stream(self.dev)
-        for st in self.streams.values():
-            cur.wait_stream(st)
+    def _time(self, run: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+        """Wall-clock microseconds of ``run`` from an idle device to an idle device, for
+        each of ``repeats`` calls after ``warmup`` untimed ones."""
+        out = []
+        for i in range(warmup + repeats):
+            self.torch.cuda.synchronize(self.dev)
+            t0 = time.perf_counter()
+            run()
+            self.torch.cuda.synchronize(self.dev)
+            t1 = time.perf_counter()
+            if i >= warmup:
+                out.append((t1 - t0) * 1e6)
+        return out
 
     def time_eager(self, warmup: int = 5, repeats: int = 30) -> list[float]:
         """Wall-clock microseconds from the first call to the device idle, per repeat
@@ -108,16 +117,7 @@ class Executor:
         torch = self.torch
         for st in self.streams.values():
             st.wait_stream(torch.cuda.current_stream(self.dev))
-        out = []
-        for i in range(warmup + repeats):
-            torch.cuda.synchronize(self.dev)
-            t0 = time.perf_counter()
-            self.issue()
-            torch.cuda.synchronize(self.dev)
-            t1 = time.perf_counter()
-            if i >= warmup:
-                out.append((t1 - t0) * 1e6)
-        return out
+        return self._time(self.issue, warmup, repeats)
 
     def time_graph(self, warmup: int = 5, repeats: int = 30) -> list[float]:
         """The same, captured once into a CUDA Graph and replayed (Nimble's mode)."""
@@ -136,16 +136,7 @@ class Executor:
             self.issue()
             for st in self.streams.values():
                 side.wait_stream(st)
-        out = []
-        for i in range(warmup + repeats):
-            torch.cuda.synchronize(self.dev)
-            t0 = time.perf_counter()
-            graph.replay()
-            torch.cuda.synchronize(self.dev)
-            t1 = time.perf_counter()
-            if i >= warmup:
-                out.append((t1 - t0) * 1e6)
-        return out
+        return self._time(graph.replay, warmup, repeats)
 
 
 def measure(

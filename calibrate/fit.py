@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -336,11 +336,3 @@ def load_spec(path: str | Path) -> GPUSpec:
     from simgpu.hardware import load_gpu
 
     return load_gpu(str(path))
-
-
-def merge_fields(*parts: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
-    """Later parts win: probe facts, then microbenchmark fits, then trace fits."""
-    out: dict[str, Any] = {}
-    for p in parts:
-        out.update(dict(p))
-    return out

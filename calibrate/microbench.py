@@ -33,6 +33,7 @@ from calibrate.errors import CalibrationError, require_cuda
 from calibrate.fit import fit_line
 from simgpu.hardware import GPUSpec
 from simgpu.kernels import Kernel, occupancy
+from simgpu.timeline import Timeline
 
 BENCHES = ("launch", "events", "waves", "overlap", "bandwidth", "connections")
 SPIN_THREADS = 128
@@ -112,6 +113,11 @@ def spin_kernel(gpu: GPUSpec, grid: int, block_us: float, name: str = "spin") ->
     return Kernel(name, name, grid, SPIN_THREADS, 32, 0, 0.0, 0.0, block_us, occ, True)
 
 
+def _kernel_span_us(tl: Timeline) -> float:
+    """First kernel start to last kernel end (the measured spans start at an event)."""
+    return max(k.end_us for k in tl.kernels) - min(k.start_us for k in tl.kernels)
+
+
 def simulate_pair(gpu: GPUSpec, grid_a: int, grid_b: int, block_us: float) -> float:
     """Span (us, first start to last end) the simulator predicts for two spin kernels
     issued back to back on two streams."""
@@ -125,8 +131,7 @@ def simulate_pair(gpu: GPUSpec, grid_a: int, grid_b: int, block_us: float) -> fl
             Launch("b", spin_kernel(g, grid_b, block_us, "b"), 1),
         ]
     )
-    tl = simulate(prog, g)
-    return max(k.end_us for k in tl.kernels) - min(k.start_us for k in tl.kernels)
+    return _kernel_span_us(simulate(prog, g))
 
 
 def analyse_overlap(raw: Mapping[str, Any], gpu: GPUSpec) -> dict[str, Any]:
@@ -195,8 +200,7 @@ def simulate_connections(
         for s in range(streams)
         for i in range(per_stream)
     ]
-    tl = simulate(StreamProgram(cmds), g)
-    return max(k.end_us for k in tl.kernels) - min(k.start_us for k in tl.kernels)
+    return _kernel_span_us(simulate(StreamProgram(cmds), g))
 
 
 def analyse_connections(raw: Mapping[str, Any], gpu: GPUSpec) -> dict[str, Any]:
@@ -319,27 +323,40 @@ def _grid_spin(g: _Gpu):
     return launch
 
 
+def _host_us(g: _Gpu, n: int, fn: Callable[..., object], *args: Any) -> float:
+    """Host microseconds to call ``fn(*args)`` n times, from and back to an idle device."""
+    g.sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn(*args)
+    t1 = time.perf_counter()
+    g.sync()
+    return (t1 - t0) * 1e6
+
+
+def _pair_span_us(g: _Gpu, a, b, issue: Callable[[], None]) -> float:
+    """Device microseconds from a common start on streams ``a`` and ``b`` to the later
+    of their ends, around ``issue`` (which queues work on both)."""
+    e0, e1, e2 = g.event(), g.event(), g.event()
+    e0.record(a)
+    b.wait_event(e0)
+    issue()
+    e1.record(a)
+    e2.record(b)
+    g.sync()
+    return max(e0.elapsed_time(e1), e0.elapsed_time(e2)) * 1e3
+
+
 def bench_launch(g: _Gpu, n: int = 2000) -> dict[str, Any]:
     torch = g.torch
     x = torch.zeros(1, device=g.dev)
     out: dict[str, Any] = {}
     for _ in range(50):
         x.add_(1)
-    g.sync()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        x.add_(1)
-    t1 = time.perf_counter()
-    g.sync()
-    out["eager"] = {"n": n, "host_us": (t1 - t0) * 1e6}
+    out["eager"] = {"n": n, "host_us": _host_us(g, n, x.add_, 1)}
     # raw kernels: torch.cuda._sleep launches spin_kernel with no dispatcher work
     g.spin(0)
-    g.sync()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        g.spin(0)
-    t1 = time.perf_counter()
-    g.sync()
+    raw_host_us = _host_us(g, n, g.spin, 0)
     cyc = g.cycles_per_us()
     # queued: behind a long spin so the GPU, not the host, sets the pace
     e0, e1 = g.event(), g.event()
@@ -351,7 +368,7 @@ def bench_launch(g: _Gpu, n: int = 2000) -> dict[str, Any]:
     g.sync()
     out["raw"] = {
         "n": n,
-        "host_us": (t1 - t0) * 1e6,
+        "host_us": raw_host_us,
         "queued_gpu_us": e0.elapsed_time(e1) * 1e3,
         "kernel_us": _own_duration_us(g, lambda: g.spin(0)),
     }
@@ -462,19 +479,15 @@ def bench_overlap(g: _Gpu) -> dict[str, Any]:
     a, b = torch.cuda.Stream(g.dev), torch.cuda.Stream(g.dev)
 
     def span(ga: int, gb: int) -> float:
-        samples = []
-        for _ in range(g.repeats):
-            g.sync()
-            e0, e1, e2 = g.event(), g.event(), g.event()
-            e0.record(a)
-            b.wait_event(e0)
+        def issue() -> None:
             launch(ga, cycles, a)
             if gb:
                 launch(gb, cycles, b)
-            e1.record(a)
-            e2.record(b)
+
+        samples = []
+        for _ in range(g.repeats):
             g.sync()
-            samples.append(max(e0.elapsed_time(e1), e0.elapsed_time(e2)) * 1e3)
+            samples.append(_pair_span_us(g, a, b, issue))
         return statistics.median(samples)
 
     block_us = span(sms, 0)
@@ -490,6 +503,13 @@ def bench_bandwidth(g: _Gpu, mib: int = 512) -> dict[str, Any]:
     n = mib * 2**20 // 4
     xs = [torch.empty(n, device=g.dev) for _ in range(4)]
     a, b = torch.cuda.Stream(g.dev), torch.cuda.Stream(g.dev)
+
+    def copy_pair() -> None:
+        with torch.cuda.stream(a):
+            xs[1].copy_(xs[0])
+        with torch.cuda.stream(b):
+            xs[3].copy_(xs[2])
+
     alone, pair = [], []
     for _ in range(g.repeats):
         g.sync()
@@ -499,17 +519,7 @@ def bench_bandwidth(g: _Gpu, mib: int = 512) -> dict[str, Any]:
         e1.record()
         g.sync()
         alone.append(e0.elapsed_time(e1) * 1e3)
-        e0, e1, e2 = g.event(), g.event(), g.event()
-        e0.record(a)
-        b.wait_event(e0)
-        with torch.cuda.stream(a):
-            xs[1].copy_(xs[0])
-        with torch.cuda.stream(b):
-            xs[3].copy_(xs[2])
-        e1.record(a)
-        e2.record(b)
-        g.sync()
-        pair.append(max(e0.elapsed_time(e1), e0.elapsed_time(e2)) * 1e3)
+        pair.append(_pair_span_us(g, a, b, copy_pair))
     return {"bytes": 2 * n * 4, "alone_us": alone, "pair_us": pair}
 
 
