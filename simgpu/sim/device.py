@@ -14,12 +14,13 @@ timeline, bit for bit.
 from __future__ import annotations
 
 from collections import deque
+from heapq import heappush
 from typing import TYPE_CHECKING
 
 import simpy
+from simpy.core import NORMAL
 
 from simgpu.hardware import GPUSpec
-from simgpu.kernels import Kernel
 from simgpu.sim.sms import Need, SMPool
 
 if TYPE_CHECKING:
@@ -55,9 +56,26 @@ class EventSlot:
 
 class Entry:
     """A command in a hardware queue, as issued by the host. For a COPY, ``kernel``
-    holds the Copy command (its bytes and devices)."""
+    holds the Copy command (its bytes and devices). A LAUNCH, once it leaves its queue,
+    also carries its kernel's dispatch state (one object per kernel, not two: this is
+    the hot path)."""
 
-    __slots__ = ("available", "event", "index", "issue", "kernel", "kind", "op", "stream")
+    __slots__ = (
+        "available",
+        "event",
+        "first_start",  # start of its first batch (-1 before)
+        "index",
+        "issue",
+        "kernel",
+        "kind",
+        "n_batches",
+        "not_before",  # earliest block start (the kernel gap after its release)
+        "occ",  # the kernel's Occupancy: what one block holds on its SM
+        "op",
+        "remaining",  # blocks not yet finished
+        "stream",
+        "unplaced",  # blocks not yet placed
+    )
 
     def __init__(self, kind, stream, available, issue, index, kernel=None, op=None, event=None):
         self.kind = kind
@@ -84,37 +102,17 @@ class HwQueue:
         self.release_t = 0.0  # effective time of the last command it released: in order
 
 
-class KernelRun:
-    """A kernel between dispatch and its last block."""
-
-    __slots__ = (
-        "entry",
-        "first_start",
-        "kernel",
-        "n_batches",
-        "need",
-        "not_before",
-        "remaining",
-        "unplaced",
-    )
-
-    def __init__(self, entry: Entry, kernel: Kernel, need: Need, not_before: float) -> None:
-        self.entry = entry
-        self.kernel = kernel
-        self.need = need
-        self.not_before = not_before
-        self.unplaced = kernel.grid
-        self.remaining = kernel.grid
-        self.first_start = -1.0
-        self.n_batches = 0
-
-
 class Batch:
-    """Blocks of one kernel placed at one instant: they end together (one event)."""
+    """Blocks of one kernel placed at one instant: they end together (one event).
 
-    __slots__ = ("blocks", "demand", "finish", "last_t", "rate", "run", "uid", "work")
+    The first batch to end at an instant is itself the SimPy event of that instant
+    (``callbacks`` and ``_ok`` are all SimPy's loop reads), so arming a batch costs one
+    heap push and no extra object."""
 
-    def __init__(self, uid: int, run: KernelRun, blocks: int, start: float) -> None:
+    __slots__ = ("blocks", "callbacks", "demand", "finish", "last_t", "rate", "run", "uid", "work")
+    _ok = True  # read by SimPy's loop: the event succeeded
+
+    def __init__(self, uid: int, run: Entry, blocks: int, start: float) -> None:
         k = run.kernel
         self.uid = uid
         self.run = run
@@ -137,11 +135,14 @@ class Device:
         self.queues = [HwQueue(q, self) for q in range(gpu.hw_queues)]
         self.streams: dict[int, Stream] = {}
         self.pool = SMPool(gpu)
+        self.pool.log = record_batches
         self.next_uid = 0
-        self.fifo: deque[KernelRun] = deque()
+        self.fifo: deque[Entry] = deque()  # LAUNCH entries with blocks to place
         self.active: dict[int, Batch] = {}  # by uid, in placement order
         self.timers: dict[float, list[Batch]] = {}
         self._at = sim.env.at
+        self._queue = sim.env._queue  # SimPy's event heap: batches are pushed directly
+        self._eid = sim.env._eid
         self.dram_capacity = gpu.dram_bytes_per_us * gpu.dram_efficiency
         self.demand = 0.0
         self.contended = False
@@ -158,7 +159,6 @@ class Device:
         # (start, end, op, [(SM indices, blocks each)], Need) per batch, for invariant tests
         self.batch_log: list[list] | None = [] if record_batches else None
         self._open_logs: dict[int, list] = {}
-        self._needs: dict[int, Need] = {}
 
     # -- host side ----------------------------------------------------------------------
 
@@ -220,11 +220,16 @@ class Device:
             if kind == LAUNCH:
                 items.popleft()
                 s.busy = True
-                k = e.kernel
                 q.release_t = base
-                run = KernelRun(e, k, self._need(k), base + self.gap)
-                self.fifo.append(run)
-                if len(self.fifo) == 1:
+                k = e.kernel
+                e.occ = k.occupancy
+                e.unplaced = e.remaining = k.grid
+                e.first_start = -1.0
+                e.n_batches = 0
+                e.not_before = base + self.gap
+                fifo = self.fifo
+                fifo.append(e)
+                if len(fifo) == 1:
                     self.dispatch(now)
                 continue
             if kind == WAIT:
@@ -252,7 +257,9 @@ class Device:
             q.release_t = done
             items.popleft()
             self.command_log.append((e, done))
-            self._complete_one()
+            self.pending -= 1  # _complete_one, inline: once per command
+            if self.pending == 0 and self.idle_waiters:
+                self._wake_idle_waiters()
             if kind == RECORD and slot.waiters:
                 waiters, slot.waiters = slot.waiters, []
                 for wq in waiters:
@@ -269,20 +276,10 @@ class Device:
 
     # -- block dispatch (left-over policy) ----------------------------------------------
 
-    def _need(self, k: Kernel) -> Need:
-        key = id(k.occupancy)
-        need = self._needs.get(key)
-        if need is None:
-            o = k.occupancy
-            need = self._needs[key] = Need(o.warps, o.regs_alloc, o.smem_alloc)
-        return need
-
     def dispatch(self, now: float) -> None:
         """Place blocks of the FIFO head; the next kernel only gets what is left over
         once every block of the head is placed."""
         fifo = self.fifo
-        if not fifo:
-            return
         pool = self.pool
         placed_any = False
         active = self.active
@@ -290,7 +287,7 @@ class Device:
         while fifo:
             run = fifo[0]
             uid = self.next_uid
-            blocks, where = pool.place(uid, run.need, run.unplaced, now)
+            blocks = pool.place(uid, run.occ, run.unplaced, now)
             if not blocks:
                 break
             self.next_uid = uid + 1
@@ -301,11 +298,12 @@ class Device:
             run.n_batches += 1
             b = Batch(uid, run, blocks, start)
             active[uid] = b
-            t = b.finish  # arm its timer (inline _arm: the hot path)
+            t = b.finish  # arm it (inline _arm: the hot path); it is its instant's event
             bucket = timers.get(t)
             if bucket is None:
                 timers[t] = [b]
-                self._at(t, self._on_timer, t)
+                b.callbacks = [self._on_timer]
+                heappush(self._queue, (t, NORMAL, next(self._eid), b))
             else:
                 bucket.append(b)
             self.demand += b.demand
@@ -313,7 +311,9 @@ class Device:
                 self._reshare(now)
             placed_any = True
             if self.batch_log is not None:
-                rec = [start, -1.0, run.kernel.op, where, run.need]
+                o = run.occ
+                need = Need(o.warps, o.regs_alloc, o.smem_alloc)
+                rec = [start, -1.0, run.kernel.op, pool.where, need]
                 self.batch_log.append(rec)
                 self._open_logs[uid] = rec
             if run.unplaced:
@@ -325,6 +325,8 @@ class Device:
     # -- batch timing and DRAM sharing --------------------------------------------------
 
     def _arm(self, b: Batch) -> None:
+        """Re-arm a batch whose end moved (DRAM sharing): a plain timer, since the batch
+        may already be an event in SimPy's queue."""
         t = b.finish
         bucket = self.timers.get(t)
         if bucket is None:
@@ -333,11 +335,12 @@ class Device:
         else:
             bucket.append(b)
 
-    def _on_timer(self, ev: simpy.Event) -> None:
-        t = ev._value
+    def _on_timer(self, ev: Batch | simpy.Event) -> None:
+        t = self.env._now
         due = self.timers.pop(t)
         if len(due) == 1:  # the common case: one batch, armed once
-            if due[0].finish != t or not due[0].blocks:
+            b = due[0]
+            if b.finish != t or not b.blocks:
                 return
             finished = due
         else:  # a batch re-armed by DRAM sharing may sit in a bucket twice, or be stale
@@ -348,7 +351,7 @@ class Device:
         active = self.active
         log = self._open_logs if self.batch_log is not None else None
         for b in finished:
-            pool.release(b.uid, b.run.need, t)
+            pool.release(b.uid, b.run.occ, t)
             del active[b.uid]
             self.demand -= b.demand
             if log is not None:
@@ -358,9 +361,8 @@ class Device:
             run.remaining -= b.blocks
             b.blocks = 0
             if run.remaining == 0:  # the kernel is done: its stream moves on
-                e = run.entry
-                self.kernel_log.append((e, run.first_start, t, run.n_batches))
-                s = e.stream
+                self.kernel_log.append((run, run.first_start, t, run.n_batches))
+                s = run.stream
                 s.busy = False
                 self.pending -= 1  # _complete_one, inline: once per kernel
                 if self.pending == 0 and self.idle_waiters:
@@ -369,7 +371,8 @@ class Device:
         if self.contended or self.demand > self.dram_capacity:
             self._reshare(t)
         self._account(t)
-        self.dispatch(t)
+        if self.fifo:
+            self.dispatch(t)
 
     def _reshare(self, now: float) -> None:
         """Max-min fair split of DRAM bandwidth among running batches (processor

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simgpu.hardware import GPUSpec
+from simgpu.kernels import Occupancy
 
 
 class Group:
@@ -49,31 +50,70 @@ class SMPool:
         self.batches = 0  # batches resident
         # (time, +1 busy / -1 idle, SM indices): per-SM busy time is derived from it lazily
         self.transitions: list[tuple[float, int, list[int]]] = []
+        self.where: list[tuple[list[int], int]] = []  # the last placement, if ``log``
+        self.log = False  # keep ``where`` for every placement (invariant tests)
+        # The pool holds exactly one batch, placed on an idle GPU (a sequential program's
+        # every kernel): (uid, level, extra, warps, regs, smem, busy SMs) — the first
+        # ``extra`` SMs hold ``level`` blocks, the rest ``level - 1``. Its groups are
+        # spelled out only if a second batch arrives, so the common case makes none.
+        self.solo: tuple | None = None
+        self._prefix: dict[int, list[int]] = {}  # SMs 0..k-1, the busy set of a solo batch
 
-    def place(
-        self, uid: int, need: Need, n: int, now: float
-    ) -> tuple[int, list[tuple[list[int], int]]]:
+    def place(self, uid: int, need: Occupancy, n: int, now: float) -> int:
         """Place up to ``n`` blocks breadth-first on the least-loaded SMs (most free warps
         first, then lowest SM index): one block on every SM that fits before a second on
-        any. Returns the blocks placed and where: [(SM indices, blocks each)]."""
-        w, r, s = need.warps, need.regs, need.smem
+        any. Returns the blocks placed; ``self.where`` says where: [(SM indices, blocks
+        each)]."""
+        w, r, s = need.warps, need.regs_alloc, need.smem_alloc
+        if not self.batches:  # an idle GPU: the common case, kept as one resident batch
+            fw, fr, fs, fb = self.cap
+            c = min(fb, fw // w, fr // r, fs // s if s else fb)
+            if c == 0:
+                return 0
+            m = self.n
+            if n >= c * m:
+                level, extra, n = c, m, c * m
+            else:  # breadth-first: every SM gets level-1 blocks, the first ``extra`` level
+                level = -(-n // m)
+                extra = n - (level - 1) * m
+            if level > 1 or extra == m:
+                busy = self.all_sms
+            else:
+                busy = self._prefix.get(extra) or self._prefix.setdefault(extra, list(range(extra)))
+            self.solo = (uid, level, extra, w, r, s, busy)
+            self.batches = 1
+            self.busy = len(busy)
+            self.transitions.append((now, 1, busy))
+            if self.log:
+                sms = self.all_sms
+                if extra == m:
+                    self.where = [(sms, level)]
+                else:
+                    self.where = [(sms[:extra], level)]
+                    if level > 1:
+                        self.where.append((sms[extra:], level - 1))
+            return n
+        if self.solo is not None:
+            self._materialize()
         groups = self.groups
         self.batches += 1
-        if len(groups) == 1:  # every SM alike: the common case, without the general loop
+        if len(groups) == 1:  # every SM alike, without the general loop
             g = groups[0]
             c = min(g.fb, g.fw // w, g.fr // r, g.fs // s if s else g.fb)
             m = len(g.sms)
             if c == 0:
                 self.batches -= 1
-                return 0, []
+                return 0
             if n >= c * m:
                 self._add(g, uid, c, w, r, s, now)
-                return c * m, [(g.sms, c)]
+                self.where = [(g.sms, c)]
+                return c * m
             level = -(-n // m)  # breadth-first: every SM gets level-1, the first few level
             extra = n - (level - 1) * m
             if extra == m:
                 self._add(g, uid, level, w, r, s, now)
-                return n, [(g.sms, level)]
+                self.where = [(g.sms, level)]
+                return n
             head = Group(g.sms[:extra], g.res, g.fw, g.fr, g.fs, g.fb)
             g.sms = g.sms[extra:]
             self._add(head, uid, level, w, r, s, now)
@@ -82,7 +122,8 @@ class SMPool:
                 self._add(g, uid, level - 1, w, r, s, now)
                 where.append((g.sms, level - 1))
             self.groups = [head, g]
-            return n, where
+            self.where = where
+            return n
         groups.sort(key=_load_key)
         caps = []
         total = 0
@@ -102,7 +143,7 @@ class SMPool:
             total += c * len(g.sms)
         if total == 0:
             self.batches -= 1
-            return 0, []
+            return 0
         where: list[tuple[list[int], int]] = []
         add = self._add
         if n >= total:
@@ -110,7 +151,8 @@ class SMPool:
                 if c:
                     add(g, uid, c, w, r, s, now)
                     where.append((g.sms, c))
-            return total, where
+            self.where = where
+            return total
         # breadth-first: find the level at which the n-th block lands; groups before it
         # in load order take one block more at that level
         level, below = 0, 0  # blocks placed by levels 1..level-1
@@ -151,7 +193,32 @@ class SMPool:
                     where.append((g.sms, level - 1))
             out.append(g)
         self.groups = out
-        return n, where
+        self.where = where
+        return n
+
+    def _materialize(self) -> None:
+        """A second batch arrives beside a solo one: spell the solo batch out as the
+        groups the general path works on (its SMs were already counted busy)."""
+        uid, level, extra, w, r, s, _ = self.solo
+        self.solo = None
+        fw, fr, fs, fb = self.cap
+        sms = self.all_sms
+        head = Group(
+            sms, ((uid, level),), fw - level * w, fr - level * r, fs - level * s, fb - level
+        )
+        if extra == self.n:
+            self.groups = [head]
+            return
+        head.sms = sms[:extra]
+        tail = Group(sms[extra:], (), fw, fr, fs, fb)
+        if level > 1:
+            k = level - 1
+            tail.res = ((uid, k),)
+            tail.fw -= k * w
+            tail.fr -= k * r
+            tail.fs -= k * s
+            tail.fb -= k
+        self.groups = [head, tail]
 
     def _add(self, g: Group, uid: int, k: int, w: int, r: int, s: int, now: float) -> None:
         if not g.res:
@@ -163,17 +230,23 @@ class SMPool:
         g.fs -= k * s
         g.fb -= k
 
-    def release(self, uid: int, need: Need, now: float) -> None:
+    def release(self, uid: int, need: Occupancy, now: float) -> None:
         """Free every block of batch ``uid``; merge groups that became identical."""
         self.batches -= 1
         if not self.batches:  # the pool is empty again: back to one group, in SM order
+            solo = self.solo
+            if solo is not None:  # the groups were never spelled out
+                self.solo = None
+                self.transitions.append((now, -1, solo[6]))
+                self.busy = 0
+                return
             for g in self.groups:
                 if g.res:
                     self.transitions.append((now, -1, g.sms))
             self.groups = [Group(self.all_sms, (), *self.cap)]
             self.busy = 0
             return
-        w, r, s = need.warps, need.regs, need.smem
+        w, r, s = need.warps, need.regs_alloc, need.smem_alloc
         groups = self.groups
         touched = 0
         for g in groups:
