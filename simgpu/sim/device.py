@@ -64,7 +64,6 @@ class Entry:
         "available",
         "event",
         "first_start",  # start of its first batch (-1 before)
-        "index",
         "issue",
         "kernel",
         "kind",
@@ -77,12 +76,11 @@ class Entry:
         "unplaced",  # blocks not yet placed
     )
 
-    def __init__(self, kind, stream, available, issue, index, kernel=None, op=None, event=None):
+    def __init__(self, kind, stream, available, issue, kernel=None, op=None, event=None):
         self.kind = kind
         self.stream = stream
         self.available = available
         self.issue = issue
-        self.index = index
         self.kernel = kernel
         self.op = op
         self.event = event
@@ -149,6 +147,7 @@ class Device:
         self.pending = 0  # commands issued and not yet complete
         self.idle_waiters: list[simpy.Event] = []
         self.gap = gpu.kernel_gap_us
+        self.in_timer = False  # inside _on_timer, which logs the counters once at its end
         # accounting
         self.counters: list[tuple[float, int, float]] = [(0.0, 0, 0.0)]
         self._last_busy = 0
@@ -281,9 +280,7 @@ class Device:
         once every block of the head is placed."""
         fifo = self.fifo
         pool = self.pool
-        placed_any = False
-        active = self.active
-        timers = self.timers
+        placed = False
         while fifo:
             run = fifo[0]
             uid = self.next_uid
@@ -291,17 +288,18 @@ class Device:
             if not blocks:
                 break
             self.next_uid = uid + 1
-            run.unplaced -= blocks
-            start = now if now > run.not_before else run.not_before
+            start = run.not_before
+            if now > start:
+                start = now
             if run.first_start < 0:
                 run.first_start = start
             run.n_batches += 1
             b = Batch(uid, run, blocks, start)
-            active[uid] = b
+            self.active[uid] = b
             t = b.finish  # arm it (inline _arm: the hot path); it is its instant's event
-            bucket = timers.get(t)
+            bucket = self.timers.get(t)
             if bucket is None:
-                timers[t] = [b]
+                self.timers[t] = [b]
                 b.callbacks = [self._on_timer]
                 heappush(self._queue, (t, NORMAL, next(self._eid), b))
             else:
@@ -309,17 +307,18 @@ class Device:
             self.demand += b.demand
             if self.contended or self.demand > self.dram_capacity:
                 self._reshare(now)
-            placed_any = True
+            placed = True
             if self.batch_log is not None:
                 o = run.occ
                 need = Need(o.warps, o.regs_alloc, o.smem_alloc)
                 rec = [start, -1.0, run.kernel.op, pool.where, need]
                 self.batch_log.append(rec)
                 self._open_logs[uid] = rec
+            run.unplaced -= blocks
             if run.unplaced:
                 break
             fifo.popleft()
-        if placed_any:
+        if placed and not self.in_timer:
             self._account(now)
 
     # -- batch timing and DRAM sharing --------------------------------------------------
@@ -336,43 +335,58 @@ class Device:
             bucket.append(b)
 
     def _on_timer(self, ev: Batch | simpy.Event) -> None:
+        """Batches end: free their blocks, finish their kernels (their streams move on),
+        re-share DRAM, hand the freed SMs to the FIFO, and log the counters once."""
         t = self.env._now
         due = self.timers.pop(t)
         if len(due) == 1:  # the common case: one batch, armed once
             b = due[0]
             if b.finish != t or not b.blocks:
                 return
-            finished = due
+            self.in_timer = True
+            self._end_batch(b, t)
+            run = b.run
+            run.remaining -= b.blocks
+            b.blocks = 0
+            if not run.remaining:
+                self._end_kernel(run, t)
         else:  # a batch re-armed by DRAM sharing may sit in a bucket twice, or be stale
             finished = list(dict.fromkeys(b for b in due if b.finish == t and b.blocks))
             if not finished:
                 return
-        pool = self.pool
-        active = self.active
-        log = self._open_logs if self.batch_log is not None else None
-        for b in finished:
-            pool.release(b.uid, b.run.occ, t)
-            del active[b.uid]
-            self.demand -= b.demand
-            if log is not None:
-                log.pop(b.uid)[1] = t
-        for b in finished:
-            run = b.run
-            run.remaining -= b.blocks
-            b.blocks = 0
-            if run.remaining == 0:  # the kernel is done: its stream moves on
-                self.kernel_log.append((run, run.first_start, t, run.n_batches))
-                s = run.stream
-                s.busy = False
-                self.pending -= 1  # _complete_one, inline: once per kernel
-                if self.pending == 0 and self.idle_waiters:
-                    self._wake_idle_waiters()
-                self.advance(s.queue, t)
+            self.in_timer = True
+            for b in finished:  # every block freed before any stream moves on
+                self._end_batch(b, t)
+            for b in finished:
+                run = b.run
+                run.remaining -= b.blocks
+                b.blocks = 0
+                if not run.remaining:
+                    self._end_kernel(run, t)
         if self.contended or self.demand > self.dram_capacity:
             self._reshare(t)
-        self._account(t)
         if self.fifo:
             self.dispatch(t)
+        self.in_timer = False
+        self._account(t)
+
+    def _end_batch(self, b: Batch, t: float) -> None:
+        uid = b.uid
+        self.pool.release(uid, b.run.occ, t)
+        del self.active[uid]
+        self.demand -= b.demand
+        if self.batch_log is not None:
+            self._open_logs.pop(uid)[1] = t
+
+    def _end_kernel(self, run: Entry, t: float) -> None:
+        """The kernel's last block ended: its stream moves on."""
+        self.kernel_log.append((run, run.first_start, t, run.n_batches))
+        s = run.stream
+        s.busy = False
+        self.pending -= 1  # _complete_one, inline: once per kernel
+        if self.pending == 0 and self.idle_waiters:
+            self._wake_idle_waiters()
+        self.advance(s.queue, t)
 
     def _reshare(self, now: float) -> None:
         """Max-min fair split of DRAM bandwidth among running batches (processor

@@ -121,16 +121,40 @@ class Simulation:
             for d in devices:
                 d.gap = d.gpu.graph_node_us
         n_dev = len(devices)
-        # per device: (launch, no-op dispatch, record, wait) host costs and launch latency
+        # per device: (launch, no-op dispatch, record, wait) host costs and launch latency,
+        # unpacked again only when a command names another device than the last one
         costs = [_host_costs(d.gpu) for d in devices]
+        cur = -1
         now = env._now
         for i, c in enumerate(program.commands):
             ctype = type(c)
             d = c.device
-            if not 0 <= d < n_dev:
-                raise ProgramError(f"command {i}: device {d} does not exist (machine has {n_dev})")
-            dev = devices[d]
-            if ctype is Synchronize:
+            if d != cur:
+                if not 0 <= d < n_dev:
+                    raise ProgramError(
+                        f"command {i}: device {d} does not exist (machine has {n_dev})"
+                    )
+                cur = d
+                dev = devices[d]
+                streams = dev.streams
+                c_launch, c_noop, c_record, c_wait, latency = costs[d]
+            if ctype is Launch:
+                k = c.kernel
+                if k is None:
+                    kind, cost, api = NOOP, c_noop, "dispatch"
+                else:
+                    kind, cost, api = LAUNCH, c_launch, "launch"
+                op = c.op
+                slot = None
+            elif ctype is Record:
+                kind, cost, api = RECORD, c_record, "event_record"
+                k = op = None
+                slot = self._bind_record(events, c, d)
+            elif ctype is Wait:
+                kind, cost, api = WAIT, c_wait, "stream_wait_event"
+                k = op = None
+                slot = self._bind_wait(events, c, d)
+            elif ctype is Synchronize:
                 if t > env.now:
                     yield env.timeout(t - env.now)
                 start = env.now
@@ -141,23 +165,6 @@ class Simulation:
                 log.append(new_record(HostRecord, ("synchronize", d, start, t, None)))
                 now = env._now
                 continue
-            c_launch, c_noop, c_record, c_wait, latency = costs[d]
-            stream = dev.streams.get(c.stream) or dev.stream(c.stream)
-            if ctype is Launch:
-                k = c.kernel
-                if k is None:
-                    kind, cost, api = NOOP, c_noop, "dispatch"
-                else:
-                    kind, cost, api = LAUNCH, c_launch, "launch"
-                op, slot = c.op, None
-            elif ctype is Record:
-                kind, cost, api = RECORD, c_record, "event_record"
-                k = op = None
-                slot = self._bind_record(events, c, d)
-            elif ctype is Wait:
-                kind, cost, api = WAIT, c_wait, "stream_wait_event"
-                k = op = None
-                slot = self._bind_wait(events, c, d)
             elif ctype is Copy:
                 # cudaMemcpyPeerAsync: host cost of a launch; runs on a copy engine
                 self._check_copy(c, i)
@@ -165,13 +172,14 @@ class Simulation:
                 k, op, slot = c, c.tensor, None
             else:
                 raise ProgramError(f"command {i}: unknown command {c!r}")
+            stream = streams.get(c.stream) or dev.stream(c.stream)
             if graph:
-                entry = Entry(kind, stream, avail_base, t, i, k, op, slot)
+                entry = Entry(kind, stream, avail_base, t, k, op, slot)
             else:
                 end = t + cost
                 log.append(new_record(HostRecord, (api, d, t, end, op)))
                 t = end
-                entry = Entry(kind, stream, t + latency, t, i, k, op, slot)
+                entry = Entry(kind, stream, t + latency, t, k, op, slot)
             dev.pending += 1  # enqueue (inline: once per command)
             items = stream.queue.items
             items.append(entry)
@@ -284,12 +292,12 @@ class Simulation:
                 kind, cost, api = COPY, c_launch, "memcpy_peer"
                 k, op = c, c.tensor
             if graph:
-                entry = Entry(kind, stream, avail_base, t, i, k, op, slot)
+                entry = Entry(kind, stream, avail_base, t, k, op, slot)
             else:
                 end = t + cost
                 log.append(new_record(HostRecord, (api, d, t, end, op)))
                 t = end
-                entry = Entry(kind, stream, t + latency, t, i, k, op, slot)
+                entry = Entry(kind, stream, t + latency, t, k, op, slot)
             if kind == RECORD:
                 ev = handoffs.get(i)
                 if ev is not None:
@@ -317,6 +325,14 @@ class Simulation:
             if not proc.ok:  # pragma: no cover - errors inside the host re-raise in env.run
                 raise proc.value
         return self._timeline()
+
+    def dispose(self) -> None:
+        """Drop the run's internals once its timeline is built, breaking the reference
+        cycles between the simulation, its devices, queues and streams, so reference
+        counting frees them at once instead of the cyclic collector later."""
+        for d in self.devices:
+            d.__dict__.clear()
+        self.__dict__.clear()
 
     def _deadlock(self) -> DeadlockError:
         """Nothing can move but work is pending: name who waits for what."""
@@ -457,15 +473,19 @@ def simulate(
     # A run allocates many short-lived objects that reference counting frees; the cyclic
     # collector, triggered by the allocation count, would walk the whole heap (graphs,
     # kernel caches) again and again for nothing — a third of the run time on Inception
-    # V3. Paused for the run as ``timeit`` does, and restored however the run ends.
+    # V3. Paused for the run as ``timeit`` does, and restored however the run ends. The
+    # simulation's own objects (queue entries, batches, queues) are freed before the
+    # collector comes back: they form cycles (a device and its queues point at each
+    # other), and left to the collector they cost its next pass a tenth of a run.
     paused = gc.isenabled()
     gc.disable()
     try:
         sim = Simulation(machine, record_batches)
         tl = sim.run(program)
+        if record_batches:
+            tl.batches = [d.batch_log for d in sim.devices]  # type: ignore[attr-defined]
+        sim.dispose()
     finally:
         if paused:
             gc.enable()
-    if record_batches:
-        tl.batches = [d.batch_log for d in sim.devices]  # type: ignore[attr-defined]
     return tl

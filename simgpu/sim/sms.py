@@ -93,7 +93,16 @@ class SMPool:
                     if level > 1:
                         self.where.append((sms[extra:], level - 1))
             return n
-        if self.solo is not None:
+        solo = self.solo
+        if solo is not None:
+            # the least-loaded SMs hold ``level - 1`` blocks of it (or ``level`` when all
+            # hold as many): if those cannot take a block, no SM can, and the groups
+            # need not be spelled out
+            _, level, extra, sw, sr, ss, _ = solo
+            k = level - 1 if extra < self.n else level
+            fw, fr, fs, fb = self.cap
+            if fb - k < 1 or fw - k * sw < w or fr - k * sr < r or fs - k * ss < s:
+                return 0
             self._materialize()
         groups = self.groups
         self.batches += 1
@@ -155,17 +164,21 @@ class SMPool:
             return total
         # breadth-first: find the level at which the n-th block lands; groups before it
         # in load order take one block more at that level
-        level, below = 0, 0  # blocks placed by levels 1..level-1
+        # F(L), the blocks levels 1..L hold, is the sum of min(cap, L) * SMs: piecewise
+        # linear in L with a kink at each group's cap, so walk the kinks, not the levels
         sizes = [len(g.sms) for g in groups]
-        while True:
-            level += 1
-            step = 0
-            for c, m in zip(caps, sizes, strict=True):
-                if c >= level:
-                    step += m
-            if below + step >= n:
-                break
-            below += step
+        slope = self.n  # SMs whose cap is above the current segment
+        prev = below = 0
+        for c, m in sorted(zip(caps, sizes, strict=True)):
+            if c > prev:
+                seg = (c - prev) * slope
+                if below + seg >= n:
+                    break
+                below += seg
+                prev = c
+            slope -= m
+        level = prev - (below - n) // slope  # prev + ceil((n - below) / slope)
+        below += (level - 1 - prev) * slope  # blocks placed by levels 1..level-1
         rem = n - below
         out: list[Group] = []
         for g, c, m in zip(groups, caps, sizes, strict=True):

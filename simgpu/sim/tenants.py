@@ -164,7 +164,6 @@ class TenantSimulation:
         self.outstanding = 0  # commands issued and not complete, all requests
         self.last_done = 0.0
         self.drain: simpy.Event | None = None
-        self.index = 0
         g = gpu
         self.cost = {
             LAUNCH: (g.launch_api_us + g.framework_dispatch_us, "launch"),
@@ -303,9 +302,8 @@ class TenantSimulation:
             log.append(new_record(HostRecord, (api, 0, t, end_t, label)))
             hts.append(ten)
             t = end_t
-            entry = _ReqEntry(kind, stream, t + latency, t, self.index, kernel, label, slot)
+            entry = _ReqEntry(kind, stream, t + latency, t, kernel, label, slot)
             entry.req = req
-            self.index += 1
             req.remaining += 1
             self.outstanding += 1
             dev.pending += 1
