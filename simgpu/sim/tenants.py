@@ -459,11 +459,16 @@ def simulate_tenants(
     programs: list[RequestProgram] | None = None,
 ) -> MultiTenantRun:
     """Run ``workload`` under ``plan`` on one GPU. Raises DeadlockError if a request can
-    never finish. The cyclic GC is paused for the run, as :func:`simulate` does."""
+    never finish. The cyclic GC is paused for the run and the run's internals are freed
+    before it resumes, as :func:`simulate` does."""
     paused = gc.isenabled()
     gc.disable()
     try:
-        return TenantSimulation(workload, plan, machine, cache, programs).run()
+        ts = TenantSimulation(workload, plan, machine, cache, programs)
+        result = ts.run()
+        ts.sim.dispose()
+        ts.__dict__.clear()
+        return result
     finally:
         if paused:
             gc.enable()
