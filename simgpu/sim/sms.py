@@ -134,7 +134,8 @@ class SMPool:
             self.where = where
             return n
         groups.sort(key=_load_key)
-        caps = []
+        caps: list[int] = []
+        sizes: list[int] = []
         total = 0
         for g in groups:
             c = g.fb
@@ -148,64 +149,68 @@ class SMPool:
                 x = g.fs // s
                 if x < c:
                     c = x
+            m = len(g.sms)
             caps.append(c)
-            total += c * len(g.sms)
+            sizes.append(m)
+            total += c * m
         if total == 0:
             self.batches -= 1
             return 0
+        if n >= total:  # every group takes all it can
+            self.groups = out = groups
+            ks, n = caps, total
+        else:
+            # breadth-first: find the level at which the n-th block lands; groups before
+            # it in load order take one block more at that level. F(L), the blocks
+            # levels 1..L hold, is the sum of min(cap, L) * SMs: piecewise linear in L
+            # with a kink at each group's cap, so walk the kinks, not the levels
+            slope = self.n  # SMs whose cap is above the current segment
+            prev = below = 0
+            for c, m in sorted(zip(caps, sizes, strict=True)):  # by cap
+                if c > prev:
+                    seg = (c - prev) * slope
+                    if below + seg >= n:
+                        break
+                    below += seg
+                    prev = c
+                slope -= m
+            level = prev - (below - n) // slope  # prev + ceil((n - below) / slope)
+            rem = n - below - (level - 1 - prev) * slope  # blocks at the last level
+            out, ks = [], []
+            for g, c, m in zip(groups, caps, sizes, strict=True):
+                if c < level:
+                    k = c
+                elif rem == 0:
+                    k = level - 1
+                elif rem >= m:  # the whole group takes the extra block
+                    rem -= m
+                    k = level
+                else:  # split: the first SMs take one block more
+                    out.append(Group(g.sms[:rem], g.res, g.fw, g.fr, g.fs, g.fb))
+                    ks.append(level)
+                    g.sms = g.sms[rem:]
+                    rem = 0
+                    k = level - 1
+                out.append(g)
+                ks.append(k)
+            self.groups = out
+        # take the resources: _add, inline (a few groups per placement, on the hot path)
         where: list[tuple[list[int], int]] = []
-        add = self._add
-        if n >= total:
-            for g, c in zip(groups, caps, strict=True):
-                if c:
-                    add(g, uid, c, w, r, s, now)
-                    where.append((g.sms, c))
-            self.where = where
-            return total
-        # breadth-first: find the level at which the n-th block lands; groups before it
-        # in load order take one block more at that level
-        # F(L), the blocks levels 1..L hold, is the sum of min(cap, L) * SMs: piecewise
-        # linear in L with a kink at each group's cap, so walk the kinks, not the levels
-        sizes = [len(g.sms) for g in groups]
-        slope = self.n  # SMs whose cap is above the current segment
-        prev = below = 0
-        for c, m in sorted(zip(caps, sizes, strict=True)):
-            if c > prev:
-                seg = (c - prev) * slope
-                if below + seg >= n:
-                    break
-                below += seg
-                prev = c
-            slope -= m
-        level = prev - (below - n) // slope  # prev + ceil((n - below) / slope)
-        below += (level - 1 - prev) * slope  # blocks placed by levels 1..level-1
-        rem = n - below
-        out: list[Group] = []
-        for g, c, m in zip(groups, caps, sizes, strict=True):
-            if c < level:
-                if c:
-                    add(g, uid, c, w, r, s, now)
-                    where.append((g.sms, c))
-            elif rem == 0:
-                if level > 1:
-                    add(g, uid, level - 1, w, r, s, now)
-                    where.append((g.sms, level - 1))
-            elif rem >= m:  # the whole group takes the extra block
-                rem -= m
-                add(g, uid, level, w, r, s, now)
-                where.append((g.sms, level))
-            else:  # split: the first SMs take one block more
-                head = Group(g.sms[:rem], g.res, g.fw, g.fr, g.fs, g.fb)
-                g.sms = g.sms[rem:]
-                rem = 0
-                add(head, uid, level, w, r, s, now)
-                where.append((head.sms, level))
-                out.append(head)
-                if level > 1:
-                    add(g, uid, level - 1, w, r, s, now)
-                    where.append((g.sms, level - 1))
-            out.append(g)
-        self.groups = out
+        busy = self.busy
+        transitions = self.transitions
+        for g, k in zip(out, ks, strict=True):
+            if k:
+                res = g.res
+                if not res:
+                    busy += len(g.sms)
+                    transitions.append((now, 1, g.sms))
+                g.res = (*res, (uid, k))
+                g.fw -= k * w
+                g.fr -= k * r
+                g.fs -= k * s
+                g.fb -= k
+                where.append((g.sms, k))
+        self.busy = busy
         self.where = where
         return n
 
