@@ -14,6 +14,7 @@ timeline, bit for bit.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from heapq import heappush
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,9 @@ from simpy.core import NORMAL
 
 from simgpu.hardware import GPUSpec
 from simgpu.sim.sms import Need, SMPool
+from simgpu.timeline import KernelRecord
+
+new_record = tuple.__new__  # NamedTuple records without a Python frame each
 
 if TYPE_CHECKING:
     from simgpu.sim.engine import Simulation
@@ -123,7 +127,44 @@ class Batch:
 
 
 class Device:
-    """SMs, queues and DRAM of one GPU inside a Simulation."""
+    """SMs, queues and DRAM of one GPU inside a Simulation.
+
+    Slotted: its attributes are read on every command, and a plain instance past 30
+    attributes loses CPython's fast attribute path (key-sharing dicts stop there)."""
+
+    __slots__ = (
+        "_at",
+        "_eid",
+        "_last_busy",
+        "_last_bw",
+        "_open_logs",
+        "_queue",
+        "active",
+        "batch_log",
+        "command_log",
+        "contended",
+        "copy_log",
+        "counters",
+        "demand",
+        "dram_capacity",
+        "env",
+        "fifo",
+        "gap",
+        "gpu",
+        "idle_waiters",
+        "in_timer",
+        "index",
+        "kernel_end",
+        "kernels",
+        "next_uid",
+        "on_done",
+        "pending",
+        "pool",
+        "queues",
+        "sim",
+        "streams",
+        "timers",
+    )
 
     def __init__(self, sim: Simulation, index: int, gpu: GPUSpec, record_batches: bool) -> None:
         self.sim = sim
@@ -152,12 +193,22 @@ class Device:
         self.counters: list[tuple[float, int, float]] = [(0.0, 0, 0.0)]
         self._last_busy = 0
         self._last_bw = 0.0
-        self.kernel_log: list[tuple] = []
+        # a kernel's record is built when it ends (times are final then): no second pass
+        self.kernels: list[KernelRecord] = []
+        self.kernel_end = 0.0
+        # called with (entry, time) as each kernel or stream command completes (the
+        # multi-tenant simulation counts a request's commands with it)
+        self.on_done: Callable[[Entry, float], None] | None = None
         self.command_log: list[tuple] = []
         self.copy_log: list[tuple] = []  # (entry, start, end) per copy
         # (start, end, op, [(SM indices, blocks each)], Need) per batch, for invariant tests
         self.batch_log: list[list] | None = [] if record_batches else None
         self._open_logs: dict[int, list] = {}
+
+    def dispose(self) -> None:
+        """Drop every reference (the run is over): no cycles left for the collector."""
+        for name in Device.__slots__:
+            setattr(self, name, None)
 
     # -- host side ----------------------------------------------------------------------
 
@@ -256,6 +307,8 @@ class Device:
             q.release_t = done
             items.popleft()
             self.command_log.append((e, done))
+            if self.on_done is not None:
+                self.on_done(e, done)
             self.pending -= 1  # _complete_one, inline: once per command
             if self.pending == 0 and self.idle_waiters:
                 self._wake_idle_waiters()
@@ -379,9 +432,19 @@ class Device:
             self._open_logs.pop(uid)[1] = t
 
     def _end_kernel(self, run: Entry, t: float) -> None:
-        """The kernel's last block ended: its stream moves on."""
-        self.kernel_log.append((run, run.first_start, t, run.n_batches))
+        """The kernel's last block ended: its record is final, its stream moves on."""
+        k = run.kernel
         s = run.stream
+        self.kernels.append(
+            new_record(
+                KernelRecord,
+                (run.op, k.name, self.index, s.id, s.queue.id, run.issue, run.first_start, t,
+                 k.grid, k.threads, run.n_batches),
+            )
+        )  # fmt: skip
+        self.kernel_end = t  # kernels end in time order: the last one ends last
+        if self.on_done is not None:
+            self.on_done(run, t)
         s.busy = False
         self.pending -= 1  # _complete_one, inline: once per kernel
         if self.pending == 0 and self.idle_waiters:

@@ -20,11 +20,19 @@ from simpy.core import NORMAL
 from simgpu.errors import DeadlockError, ProgramError
 from simgpu.hardware import GPUSpec, Machine
 from simgpu.program import Copy, Launch, Record, StreamProgram, Synchronize, Wait
-from simgpu.sim.device import COPY, LAUNCH, NOOP, RECORD, WAIT, Device, Entry, EventSlot
+from simgpu.sim.device import (
+    COPY,
+    LAUNCH,
+    NOOP,
+    RECORD,
+    WAIT,
+    Device,
+    Entry,
+    EventSlot,
+    new_record,
+)
 from simgpu.sim.links import Fabric
 from simgpu.timeline import CommandRecord, CopyRecord, HostRecord, KernelRecord, Timeline
-
-new_record = tuple.__new__  # NamedTuple records without a Python frame each
 
 
 class _Timer:
@@ -331,7 +339,7 @@ class Simulation:
         cycles between the simulation, its devices, queues and streams, so reference
         counting frees them at once instead of the cyclic collector later."""
         for d in self.devices:
-            d.__dict__.clear()
+            d.dispose()
         self.__dict__.clear()
 
     def _deadlock(self) -> DeadlockError:
@@ -393,18 +401,9 @@ class Simulation:
         end = 0.0
         for d in self.devices:
             di = d.index
-            for e, start, stop, batches in d.kernel_log:
-                k = e.kernel
-                s = e.stream
-                kernels.append(
-                    new(
-                        KernelRecord,
-                        (e.op, k.name, di, s.id, s.queue.id, e.issue, start, stop, k.grid,
-                         k.threads, batches),
-                    )
-                )  # fmt: skip
-                if stop > end:
-                    end = stop
+            kernels += d.kernels
+            if d.kernel_end > end:
+                end = d.kernel_end
             for e, done in d.command_log:
                 ev = e.event.name if e.event is not None else None
                 commands.append(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import gc
 import heapq
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,22 +107,6 @@ class _ReqEntry(Entry):
     __slots__ = ("req",)
 
 
-class _DoneLog(list):
-    """A device log that also reports each completed command: the kernel log holds
-    (entry, start, end, batches), the command log (entry, done)."""
-
-    __slots__ = ("on_done", "pos")
-
-    def __init__(self, on_done: Callable[[Any, float], None], pos: int) -> None:
-        super().__init__()
-        self.on_done = on_done
-        self.pos = pos
-
-    def append(self, rec: Any) -> None:
-        super().append(rec)
-        self.on_done(rec[0], rec[self.pos])
-
-
 class TenantSimulation:
     """One run of a workload under a plan. Use :func:`simulate_tenants`."""
 
@@ -149,8 +133,7 @@ class TenantSimulation:
         self.sim = Simulation(machine)
         self.env = self.sim.env
         self.dev: Device = self.sim.devices[0]
-        self.dev.kernel_log = _DoneLog(self._on_done, 2)
-        self.dev.command_log = _DoneLog(self._on_done, 1)
+        self.dev.on_done = self._on_done
         n = len(workload.tenants)
         self.names = [t.name for t in workload.tenants]
         self.queues: list[deque[_Req]] = [deque() for _ in range(n)]
