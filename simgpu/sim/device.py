@@ -158,6 +158,7 @@ class Device:
         "kernels",
         "next_uid",
         "on_done",
+        "on_timer",
         "pending",
         "pool",
         "queues",
@@ -188,6 +189,7 @@ class Device:
         self.pending = 0  # commands issued and not yet complete
         self.idle_waiters: list[simpy.Event] = []
         self.gap = gpu.kernel_gap_us
+        self.on_timer = self._on_timer  # the bound method, made once
         self.in_timer = False  # inside _on_timer, which logs the counters once at its end
         # accounting
         self.counters: list[tuple[float, int, float]] = [(0.0, 0, 0.0)]
@@ -353,7 +355,7 @@ class Device:
             bucket = self.timers.get(t)
             if bucket is None:
                 self.timers[t] = [b]
-                b.callbacks = [self._on_timer]
+                b.callbacks = [self.on_timer]
                 heappush(self._queue, (t, NORMAL, next(self._eid), b))
             else:
                 bucket.append(b)
@@ -392,13 +394,18 @@ class Device:
         re-share DRAM, hand the freed SMs to the FIFO, and log the counters once."""
         t = self.env._now
         due = self.timers.pop(t)
-        if len(due) == 1:  # the common case: one batch, armed once
+        if len(due) == 1:  # the common case: one batch, armed once (_end_batch, inline)
             b = due[0]
             if b.finish != t or not b.blocks:
                 return
             self.in_timer = True
-            self._end_batch(b, t)
+            uid = b.uid
             run = b.run
+            self.pool.release(uid, run.occ, t)
+            del self.active[uid]
+            self.demand -= b.demand
+            if self.batch_log is not None:
+                self._open_logs.pop(uid)[1] = t
             run.remaining -= b.blocks
             b.blocks = 0
             if not run.remaining:
