@@ -208,9 +208,12 @@ class Device:
         self._open_logs: dict[int, list] = {}
 
     def dispose(self) -> None:
-        """Drop every reference (the run is over): no cycles left for the collector."""
-        for name in Device.__slots__:
-            setattr(self, name, None)
+        """The run is over: cut the references back to the device (from its queues, the
+        simulation and its own timer callback), so no cycle is left for the collector."""
+        for q in self.queues:
+            q.device = None
+        self.sim = None
+        self.on_timer = None
 
     # -- host side ----------------------------------------------------------------------
 
