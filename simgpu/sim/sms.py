@@ -134,66 +134,33 @@ class SMPool:
             self.where = where
             return n
         groups.sort(key=_load_key)
-        caps: list[int] = []
-        sizes: list[int] = []
-        total = 0
-        for g in groups:
-            c = g.fb
-            x = g.fw // w
-            if x < c:
-                c = x
-            x = g.fr // r
-            if x < c:
-                c = x
-            if s:
-                x = g.fs // s
-                if x < c:
-                    c = x
-            m = len(g.sms)
-            caps.append(c)
-            sizes.append(m)
-            total += c * m
-        if total == 0:
-            self.batches -= 1
-            return 0
-        if n >= total:  # every group takes all it can
-            self.groups = out = groups
-            ks, n = caps, total
-        else:
-            # breadth-first: find the level at which the n-th block lands; groups before
-            # it in load order take one block more at that level. F(L), the blocks
-            # levels 1..L hold, is the sum of min(cap, L) * SMs: piecewise linear in L
-            # with a kink at each group's cap, so walk the kinks, not the levels
-            slope = self.n  # SMs whose cap is above the current segment
-            prev = below = 0
-            for c, m in sorted(zip(caps, sizes, strict=True)):  # by cap
-                if c > prev:
-                    seg = (c - prev) * slope
-                    if below + seg >= n:
-                        break
-                    below += seg
-                    prev = c
-                slope -= m
-            level = prev - (below - n) // slope  # prev + ceil((n - below) / slope)
-            rem = n - below - (level - 1 - prev) * slope  # blocks at the last level
-            out, ks = [], []
-            for g, c, m in zip(groups, caps, sizes, strict=True):
-                if c < level:
-                    k = c
-                elif rem == 0:
-                    k = level - 1
-                elif rem >= m:  # the whole group takes the extra block
-                    rem -= m
-                    k = level
-                else:  # split: the first SMs take one block more
-                    out.append(Group(g.sms[:rem], g.res, g.fw, g.fr, g.fs, g.fb))
-                    ks.append(level)
+        # Beside other kernels a batch mostly needs one block per SM at most: walk the
+        # groups in load order, every SM that fits a block taking one, until all n are
+        # placed — no per-group capacity, no level search. Exactly the general rule's
+        # level-1 case; anything more falls through to it, nothing changed yet.
+        out: list[Group] = []
+        rem = n
+        for i, g in enumerate(groups):
+            if g.fb and g.fw >= w and g.fr >= r and g.fs >= s:
+                m = len(g.sms)
+                if rem < m:  # the n-th block lands inside this group: its first SMs
+                    head = Group(g.sms[:rem], g.res, g.fw, g.fr, g.fs, g.fb)
                     g.sms = g.sms[rem:]
+                    groups.insert(i, head)
+                    out.append(head)
                     rem = 0
-                    k = level - 1
+                    break
                 out.append(g)
-                ks.append(k)
-            self.groups = out
+                rem -= m
+                if not rem:
+                    break
+        if not rem:
+            ks = [1] * len(out)
+        else:
+            out, ks, n = self._spread(groups, n, w, r, s)
+            if not n:
+                self.batches -= 1
+                return 0
         # take the resources: _add, inline (a few groups per placement, on the hot path)
         where: list[tuple[list[int], int]] = []
         busy = self.busy
@@ -213,6 +180,69 @@ class SMPool:
         self.busy = busy
         self.where = where
         return n
+
+    def _spread(
+        self, groups: list[Group], n: int, w: int, r: int, s: int
+    ) -> tuple[list[Group], list[int], int]:
+        """The general breadth-first rule over groups in load order: up to ``n`` blocks,
+        level by level. Returns the groups, the blocks each takes and the blocks placed
+        (a group may be split: ``self.groups`` is updated)."""
+        caps: list[int] = []
+        sizes: list[int] = []
+        total = 0
+        for g in groups:
+            c = g.fb
+            x = g.fw // w
+            if x < c:
+                c = x
+            x = g.fr // r
+            if x < c:
+                c = x
+            if s:
+                x = g.fs // s
+                if x < c:
+                    c = x
+            m = len(g.sms)
+            caps.append(c)
+            sizes.append(m)
+            total += c * m
+        if n >= total:  # every group takes all it can (nothing, if total is 0)
+            return groups, caps, total
+        # Find the level at which the n-th block lands; groups before it in load order
+        # take one block more at that level. F(L), the blocks levels 1..L hold, is the
+        # sum of min(cap, L) * SMs: piecewise linear in L with a kink at each group's
+        # cap, so walk the kinks, not the levels.
+        slope = self.n  # SMs whose cap is above the current segment
+        prev = below = 0
+        for c, m in sorted(zip(caps, sizes, strict=True)):  # by cap
+            if c > prev:
+                seg = (c - prev) * slope
+                if below + seg >= n:
+                    break
+                below += seg
+                prev = c
+            slope -= m
+        level = prev - (below - n) // slope  # prev + ceil((n - below) / slope)
+        rem = n - below - (level - 1 - prev) * slope  # blocks at the last level
+        out, ks = [], []
+        for g, c, m in zip(groups, caps, sizes, strict=True):
+            if c < level:
+                k = c
+            elif rem == 0:
+                k = level - 1
+            elif rem >= m:  # the whole group takes the extra block
+                rem -= m
+                k = level
+            else:  # split: the first SMs take one block more
+                out.append(Group(g.sms[:rem], g.res, g.fw, g.fr, g.fs, g.fb))
+                ks.append(level)
+                g.sms = g.sms[rem:]
+                rem = 0
+                k = level - 1
+            out.append(g)
+            ks.append(k)
+        self.groups = out
+        return out, ks, n
 
     def _materialize(self) -> None:
         """A second batch arrives beside a solo one: spell the solo batch out as the
