@@ -45,7 +45,9 @@ class SMPool:
         self.cap = (gpu.max_warps_per_sm, gpu.regs_per_sm, gpu.smem_per_sm, gpu.max_blocks_per_sm)
         self.n = gpu.sm_count
         self.all_sms = list(range(self.n))  # never mutated: groups get new lists
-        self.groups: list[Group] = [Group(self.all_sms, (), *self.cap)]
+        # groups of identical SMs, spelled out only while two batches or more are
+        # resident (an idle GPU and a solo batch need none: see ``solo``)
+        self.groups: list[Group] = []
         self.busy = 0  # SMs with at least one resident block
         self.batches = 0  # batches resident
         # (time, +1 busy / -1 idle, SM indices): per-SM busy time is derived from it lazily
@@ -281,17 +283,16 @@ class SMPool:
     def release(self, uid: int, need: Occupancy, now: float) -> None:
         """Free every block of batch ``uid``; merge groups that became identical."""
         self.batches -= 1
-        if not self.batches:  # the pool is empty again: back to one group, in SM order
+        if not self.batches:  # the pool is empty again (the next batch will be solo)
             solo = self.solo
             if solo is not None:  # the groups were never spelled out
                 self.solo = None
                 self.transitions.append((now, -1, solo[6]))
-                self.busy = 0
-                return
-            for g in self.groups:
-                if g.res:
-                    self.transitions.append((now, -1, g.sms))
-            self.groups = [Group(self.all_sms, (), *self.cap)]
+            else:
+                for g in self.groups:
+                    if g.res:
+                        self.transitions.append((now, -1, g.sms))
+                self.groups = []
             self.busy = 0
             return
         w, r, s = need.warps, need.regs_alloc, need.smem_alloc
