@@ -22,7 +22,9 @@ class Group:
 
     def __init__(self, sms: list[int], res: tuple, fw: int, fr: int, fs: int, fb: int) -> None:
         self.sms = sms  # SM indices, all in the same state
-        self.res = res  # resident batches: ((batch uid, blocks per SM), ...) by uid
+        # resident batches, flat: (~uid, blocks per SM, ~uid, ...) in placement order —
+        # a batch is found with one C-level index() (~uid is negative, so never a count)
+        self.res = res
         self.fw = fw  # free warps
         self.fr = fr  # free registers
         self.fs = fs  # free shared memory (bytes)
@@ -173,7 +175,7 @@ class SMPool:
                 if not res:
                     busy += len(g.sms)
                     transitions.append((now, 1, g.sms))
-                g.res = (*res, (uid, k))
+                g.res = (*res, ~uid, k)
                 g.fw -= k * w
                 g.fr -= k * r
                 g.fs -= k * s
@@ -254,7 +256,7 @@ class SMPool:
         fw, fr, fs, fb = self.cap
         sms = self.all_sms
         head = Group(
-            sms, ((uid, level),), fw - level * w, fr - level * r, fs - level * s, fb - level
+            sms, (~uid, level), fw - level * w, fr - level * r, fs - level * s, fb - level
         )
         if extra == self.n:
             self.groups = [head]
@@ -263,7 +265,7 @@ class SMPool:
         tail = Group(sms[extra:], (), fw, fr, fs, fb)
         if level > 1:
             k = level - 1
-            tail.res = ((uid, k),)
+            tail.res = (~uid, k)
             tail.fw -= k * w
             tail.fr -= k * r
             tail.fs -= k * s
@@ -274,7 +276,7 @@ class SMPool:
         if not g.res:
             self.busy += len(g.sms)
             self.transitions.append((now, 1, g.sms))
-        g.res = (*g.res, (uid, k))
+        g.res = (*g.res, ~uid, k)
         g.fw -= k * w
         g.fr -= k * r
         g.fs -= k * s
@@ -298,28 +300,26 @@ class SMPool:
         w, r, s = need.warps, need.regs_alloc, need.smem_alloc
         groups = self.groups
         touched = 0
+        key = ~uid
         for g in groups:
             res = g.res
-            for i, e in enumerate(res):
-                if e[0] == uid:
-                    k = e[1]
-                    g.res = res = res[:i] + res[i + 1 :]
-                    g.fw += k * w
-                    g.fr += k * r
-                    g.fs += k * s
-                    g.fb += k
-                    touched += 1
-                    if not res:
-                        self.busy -= len(g.sms)
-                        self.transitions.append((now, -1, g.sms))
-                    break
+            if key in res:
+                i = res.index(key)
+                k = res[i + 1]
+                g.res = res = res[:i] + res[i + 2 :]
+                g.fw += k * w
+                g.fr += k * r
+                g.fs += k * s
+                g.fb += k
+                touched += 1
+                if not res:
+                    self.busy -= len(g.sms)
+                    self.transitions.append((now, -1, g.sms))
         if touched and len(groups) > 1:
             merged: dict[tuple, Group] = {}
             for g in groups:
-                m = merged.get(g.res)
-                if m is None:
-                    merged[g.res] = g
-                else:
+                m = merged.setdefault(g.res, g)
+                if m is not g:
                     m.sms = m.sms + g.sms
             if len(merged) != len(groups):
                 self.groups = list(merged.values())
