@@ -70,8 +70,17 @@ class SMPool:
         each)]."""
         w, r, s = need.warps, need.regs_alloc, need.smem_alloc
         if not self.batches:  # an idle GPU: the common case, kept as one resident batch
-            fw, fr, fs, fb = self.cap
-            c = min(fb, fw // w, fr // r, fs // s if s else fb)
+            fw, fr, fs, c = self.cap
+            x = fw // w  # blocks an idle SM takes (min() costs more than the chain)
+            if x < c:
+                c = x
+            x = fr // r
+            if x < c:
+                c = x
+            if s:
+                x = fs // s
+                if x < c:
+                    c = x
             if c == 0:
                 return 0
             m = self.n
