@@ -175,7 +175,6 @@ class SMPool:
                 self.batches -= 1
                 return 0
         # take the resources: _add, inline (a few groups per placement, on the hot path)
-        where: list[tuple[list[int], int]] = []
         busy = self.busy
         transitions = self.transitions
         for g, k in zip(out, ks, strict=True):
@@ -189,9 +188,9 @@ class SMPool:
                 g.fr -= k * r
                 g.fs -= k * s
                 g.fb -= k
-                where.append((g.sms, k))
         self.busy = busy
-        self.where = where
+        if self.log:
+            self.where = [(g.sms, k) for g, k in zip(out, ks, strict=True) if k]
         return n
 
     def _spread(
