@@ -751,3 +751,23 @@ def test_compare_rerun_matches(graphs: list[OpGraph]) -> None:
     assert [r.name for r in results] == ["depth-first", "search"]
     for r in results:
         assert measure(rerun(ev, r), r.name).throughput_rps == r.metrics.throughput_rps
+
+
+def test_a_tenant_run_leaves_no_cycles_for_the_collector(graphs: list[OpGraph]) -> None:
+    """simulate_tenants frees its run by reference counting, as simulate does."""
+    import gc
+
+    wl = Workload(make_tenants(graphs, Arrival("poisson", rate_rps=2000.0)), requests=4, seed=1)
+    ctx = TenantContext(wl, V100)
+    g = baseline_genome("breadth-first", len(graphs), 4)
+    plan, programs = ctx.plan(g, "bf"), ctx.programs(g)
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        run = simulate_tenants(wl, plan, V100, programs=programs)
+        assert gc.collect() == 0
+    finally:
+        if was:
+            gc.enable()
+    assert run.timeline.kernels

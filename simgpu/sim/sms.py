@@ -7,6 +7,13 @@ release merges groups whose residents became equal again. Real models keep a han
 groups, so placing or releasing a batch costs a few Python operations instead of one per
 SM — the difference between simulating tens and hundreds of thousands of kernels per
 second.
+
+Two shortcuts cover the common cases without changing a single placement: a batch on an
+idle GPU (every kernel of a sequential program) is kept "solo", as two numbers instead
+of groups; and a batch beside others that needs at most one block per SM is placed by
+one walk over the groups in load order. Everything else goes through the general
+breadth-first rule, :meth:`SMPool._spread`; ``tests/test_sms.py`` checks the shortcuts
+against it on random GPUs and place/release sequences.
 """
 
 from __future__ import annotations
@@ -119,33 +126,6 @@ class SMPool:
             self._materialize()
         groups = self.groups
         self.batches += 1
-        if len(groups) == 1:  # every SM alike, without the general loop
-            g = groups[0]
-            c = min(g.fb, g.fw // w, g.fr // r, g.fs // s if s else g.fb)
-            m = len(g.sms)
-            if c == 0:
-                self.batches -= 1
-                return 0
-            if n >= c * m:
-                self._add(g, uid, c, w, r, s, now)
-                self.where = [(g.sms, c)]
-                return c * m
-            level = -(-n // m)  # breadth-first: every SM gets level-1, the first few level
-            extra = n - (level - 1) * m
-            if extra == m:
-                self._add(g, uid, level, w, r, s, now)
-                self.where = [(g.sms, level)]
-                return n
-            head = Group(g.sms[:extra], g.res, g.fw, g.fr, g.fs, g.fb)
-            g.sms = g.sms[extra:]
-            self._add(head, uid, level, w, r, s, now)
-            where = [(head.sms, level)]
-            if level > 1:
-                self._add(g, uid, level - 1, w, r, s, now)
-                where.append((g.sms, level - 1))
-            self.groups = [head, g]
-            self.where = where
-            return n
         groups.sort(key=_load_key)
         # Beside other kernels a batch mostly needs one block per SM at most: walk the
         # groups in load order, every SM that fits a block taking one, until all n are
@@ -174,7 +154,13 @@ class SMPool:
             if not n:
                 self.batches -= 1
                 return 0
-        # take the resources: _add, inline (a few groups per placement, on the hot path)
+        self._take(out, ks, uid, w, r, s, now)
+        return n
+
+    def _take(
+        self, out: list[Group], ks: list[int], uid: int, w: int, r: int, s: int, now: float
+    ) -> None:
+        """Batch ``uid`` takes ``ks[i]`` blocks on every SM of group ``out[i]``."""
         busy = self.busy
         transitions = self.transitions
         for g, k in zip(out, ks, strict=True):
@@ -191,7 +177,6 @@ class SMPool:
         self.busy = busy
         if self.log:
             self.where = [(g.sms, k) for g, k in zip(out, ks, strict=True) if k]
-        return n
 
     def _spread(
         self, groups: list[Group], n: int, w: int, r: int, s: int
@@ -263,9 +248,7 @@ class SMPool:
         self.solo = None
         fw, fr, fs, fb = self.cap
         sms = self.all_sms
-        head = Group(
-            sms, (~uid, level), fw - level * w, fr - level * r, fs - level * s, fb - level
-        )
+        head = Group(sms, (~uid, level), fw - level * w, fr - level * r, fs - level * s, fb - level)
         if extra == self.n:
             self.groups = [head]
             return
@@ -279,16 +262,6 @@ class SMPool:
             tail.fs -= k * s
             tail.fb -= k
         self.groups = [head, tail]
-
-    def _add(self, g: Group, uid: int, k: int, w: int, r: int, s: int, now: float) -> None:
-        if not g.res:
-            self.busy += len(g.sms)
-            self.transitions.append((now, 1, g.sms))
-        g.res = (*g.res, ~uid, k)
-        g.fw -= k * w
-        g.fr -= k * r
-        g.fs -= k * s
-        g.fb -= k
 
     def release(self, uid: int, need: Occupancy, now: float) -> None:
         """Free every block of batch ``uid``; merge groups that became identical."""
