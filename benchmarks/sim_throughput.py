@@ -5,7 +5,8 @@ path, timeline included — and times a bare ``yield env.timeout(1)`` loop in th
 process, so the ratio is comparable across machines. Both are timed in CPU time
 (``process_time``) and interleaved over several rounds, best round kept, so a busy
 machine skews neither side. The headline ``kernels_per_s`` is the mean of those two
-programs; ``--schedulers`` also times the programs that real schedulers (lios, nimble,
+programs, by equal CPU time on each (``ratio_equal_work`` mixes them by equal kernel
+counts instead); ``--schedulers`` also times the programs that real schedulers (lios, nimble,
 heft, ios) produce for Inception V3, each reported with its own ratio. Usage:
     python benchmarks/sim_throughput.py [--json] [--seconds S] [--rounds R] [--schedulers]
 """
@@ -41,6 +42,10 @@ def simpy_timeouts_per_s(n: int = 200_000) -> float:
     t0 = time.process_time()
     env.run()
     return n / (time.process_time() - t0)
+
+
+def _kernel_count(program) -> int:
+    return sum(1 for c in program.commands if getattr(c, "kernel", None) is not None)
 
 
 def kernels_per_s(program, gpu, seconds: float) -> tuple[float, int, float]:
@@ -93,10 +98,14 @@ def main() -> None:
         for name, (kps, runs, epk) in best.items()
     }
     kps = sum(best[name][0] for name in headline) / len(headline)  # equal time on each
+    # the same programs mixed by equal work instead: one run of each, kernels over time
+    kernels = {name: _kernel_count(programs[name]) for name in headline}
+    work = sum(kernels.values()) / sum(kernels[name] / best[name][0] for name in headline)
     out = {
         "kernels_per_s": round(kps),
         "simpy_timeouts_per_s": round(tps),
         "ratio": round(kps / tps, 3),
+        "ratio_equal_work": round(work / tps, 3),
         "programs": per,
     }
     if args.json:
