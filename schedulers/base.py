@@ -31,6 +31,11 @@ class SchedulerError(SimGPUError):
     """Unknown scheduler, bad option, or a scheduler that cannot handle its input."""
 
 
+class SchedulerSkipped(SchedulerError):
+    """The scheduler does not apply to this input by design (an exact search past its
+    size limit, say): a comparison reports it as skipped, not as a failure."""
+
+
 @runtime_checkable
 class Scheduler(Protocol):
     name: ClassVar[str]

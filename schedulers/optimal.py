@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from schedulers.base import Profiler, SchedulerError, register, run_scheduler
+from schedulers.base import Profiler, SchedulerError, SchedulerSkipped, register, run_scheduler
 from simgpu.graph import Op, OpGraph
 from simgpu.hardware import Machine
 from simgpu.kernels import standalone_time_us
@@ -56,7 +56,7 @@ class Optimal:
         if self.max_ops < 1:
             raise SchedulerError(f"option optimal.max_ops must be >= 1, got {self.max_ops}")
         if len(graph) > self.max_ops:
-            raise SchedulerError(
+            raise SchedulerSkipped(
                 f"optimal handles at most {self.max_ops} ops; graph has {len(graph)}"
             )
         search = _Search(graph, profiler, self.max_nodes)

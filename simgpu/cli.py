@@ -128,7 +128,13 @@ def _graph_file_or_model(spec: str, args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from schedulers.base import make_scheduler, parse_options, run_scheduler, scheduler_names
+    from schedulers.base import (
+        SchedulerSkipped,
+        make_scheduler,
+        parse_options,
+        run_scheduler,
+        scheduler_names,
+    )
     from schedulers.bounds import machine_bounds_us, schedule_bound_us
 
     graph = _model(args)
@@ -146,16 +152,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         make_scheduler(n, options.get(n))
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
+    skipped: dict[str, str] = {}  # schedulers that do not apply to this model by design
     for n in names:  # a scheduler that fails on this model is reported, the rest go on
         try:
             results[n] = run_scheduler(n, graph, machine, options.get(n))
+        except SchedulerSkipped as e:
+            skipped[n] = _one_line(e)
         except SimGPUError as e:
             failures[n] = _one_line(e)
         except Exception as e:  # a bug in one scheduler must not hide the others' results
             failures[n] = f"internal error: {type(e).__name__}: {_one_line(e)}"
     if not results:
-        first = next(iter(failures))
-        raise SimGPUError(f"{first}: {failures[first]}")
+        first, why = next(iter({**failures, **skipped}.items()))
+        raise SimGPUError(f"{first}: {why}")
     base = results.get("sequential") or run_scheduler("sequential", graph, machine)
     base_ms = base.latency_ms
     gpu = machine.gpu
@@ -165,7 +174,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for n in names:
         r = results.get(n)
         if r is None:
-            rows.append({"scheduler": n, "status": "failed", "error": failures[n]})
+            if n in skipped:
+                rows.append({"scheduler": n, "status": "n/a", "reason": skipped[n]})
+            else:
+                rows.append({"scheduler": n, "status": "failed", "error": failures[n]})
             continue
         bound = schedule_bound_us(graph, machine, r.schedule.graph) / 1e3
         rows.append(
@@ -215,7 +227,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     table = []
     for r in rows:
         if r["status"] != "ok":
-            table.append([r["scheduler"], "failed", *["-"] * 9, r["error"]])
+            why = r.get("error") or r["reason"]
+            table.append([r["scheduler"], r["status"], *["-"] * 9, why])
             continue
         table.append(
             [

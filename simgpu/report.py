@@ -40,6 +40,11 @@ class Result:
         return self.status == "ok"
 
     @property
+    def failed(self) -> bool:
+        """An error or a timeout; ``n/a`` (the scheduler does not apply) is neither."""
+        return self.status not in ("ok", "n/a")
+
+    @property
     def config(self) -> tuple[Any, ...]:
         c = self.combo
         return (c.model, c.batch, c.image_size or 0, c.dtype, c.gpu, c.machine)
@@ -99,6 +104,7 @@ class VariantStats:
     variant: str
     ok: int = 0
     failed: int = 0
+    na: int = 0  # configurations it does not apply to (status n/a)
     wins: int = 0
     speedups: list[float] = field(default_factory=list)
     schedule_s: list[float] = field(default_factory=list)
@@ -137,7 +143,10 @@ def variant_stats(results: Sequence[Result]) -> list[VariantStats]:
     for r in results:
         s = stats.setdefault(r.variant, VariantStats(r.variant))
         if not r.ok:
-            s.failed += 1
+            if r.failed:
+                s.failed += 1
+            else:
+                s.na += 1
             continue
         s.ok += 1
         s.wins += wins.get(r.config) is r
@@ -354,16 +363,17 @@ class Table:
 def _tables(results: Sequence[Result], stats: Sequence[VariantStats]) -> list[Table]:
     labels = _config_labels(results)
     ok = [r for r in results if r.ok]
-    failed = [r for r in results if not r.ok]
+    failed = [r for r in results if r.failed]
     tables = [
         Table(
             "Overview",
-            ["rows", "ok", "failed", "models", "GPUs/machines", "schedulers"],
+            ["rows", "ok", "failed", "n/a", "models", "GPUs/machines", "schedulers"],
             [
                 [
                     str(len(results)),
                     str(len(ok)),
                     str(len(failed)),
+                    str(len(results) - len(ok) - len(failed)),
                     ", ".join(sorted({r.combo.model for r in results})),
                     ", ".join(sorted({r.hardware for r in results})),
                     ", ".join(sorted({r.variant for r in results})),
@@ -378,6 +388,7 @@ def _tables(results: Sequence[Result], stats: Sequence[VariantStats]) -> list[Ta
                 "scheduler",
                 "ok",
                 "failed",
+                "n/a",
                 "wins",
                 "speedup (geo-mean)",
                 "min",
@@ -391,6 +402,7 @@ def _tables(results: Sequence[Result], stats: Sequence[VariantStats]) -> list[Ta
                     s.variant,
                     str(s.ok),
                     str(s.failed),
+                    str(s.na),
                     str(s.wins),
                     _f(s.speedup),
                     _f(min(s.speedups, default=None)),
@@ -402,7 +414,8 @@ def _tables(results: Sequence[Result], stats: Sequence[VariantStats]) -> list[Ta
                 for s in stats
             ],
             "Speedups are over `sequential` on the same model, batch, size, dtype and GPU; "
-            "a scheduler's averages cover the configurations it ran on (see failed). "
+            "a scheduler's averages cover the configurations it ran on (see failed; n/a: "
+            "it does not apply there by design, e.g. an exact search past its size limit). "
             "The bound gap is latency over the best lower bound, minus one.",
         )
     )
@@ -432,7 +445,7 @@ def _tables(results: Sequence[Result], stats: Sequence[VariantStats]) -> list[Ta
                 _f(w.get("sequential_ms") if w else None),
                 _f(w.get("speedup") if w else None),
                 _f(w.get("lower_bound_ms") if w else None),
-                str(sum(not r.ok for r in rs)),
+                str(sum(r.failed for r in rs)),
             ]
         )
     tables.append(

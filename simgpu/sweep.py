@@ -8,7 +8,8 @@ tasks on local processes or on a Dask cluster and only collects rows.
 The output is built to survive interruption: every finished row is appended and
 flushed at once, so a killed sweep leaves a valid CSV prefix, and rerunning the same
 command skips the combinations already in the file. A combination that raises becomes
-a row with ``status=error`` and its one-line error; it never stops the sweep. When the
+a row with ``status=error`` and its one-line error (``status=n/a`` when the scheduler
+does not apply to that input by design); it never stops the sweep. When the
 sweep ends the file is rewritten in grid order, so its content does not depend on the
 worker count or on completion order — only the wall-time columns differ between runs.
 """
@@ -36,6 +37,11 @@ from simgpu.errors import SimGPUError
 
 if TYPE_CHECKING:
     from simgpu.hardware import Machine
+
+
+#: Row statuses that are final: a success, or a scheduler that does not apply by design
+#: (``n/a``: not a failure, and ``--retry-failed`` does not rerun it).
+DONE = ("ok", "n/a")
 
 
 class SweepError(SimGPUError):
@@ -352,6 +358,8 @@ def run_combo(combo: Combo, timeout_s: float | None = None) -> dict[str, str]:
     With ``timeout_s`` the row becomes ``status=timeout`` when the combination runs
     longer (POSIX, main thread: an interval timer interrupts it).
     """
+    from schedulers.base import SchedulerSkipped
+
     t0 = time.perf_counter()
     row = dict(zip(KEY_COLUMNS, combo.key(), strict=True))
     try:
@@ -359,6 +367,8 @@ def run_combo(combo: Combo, timeout_s: float | None = None) -> dict[str, str]:
             metrics = _measure(combo)
     except CombinationTimeout:
         row.update(status="timeout", error=f"timed out after {timeout_s:g} s")
+    except SchedulerSkipped as e:  # does not apply by design: not a failure, never retried
+        row.update(status="n/a", error=_one_line(e))
     except Exception as e:  # any failure of one combination is data, not a crash
         row.update(status="error", error=_one_line(e))
     else:
@@ -621,7 +631,7 @@ class SweepResult:
     total: int  # combinations in the grid
     skipped: int  # already in the file before this run
     ran: int
-    failed: int  # grid rows whose status is error (this run or earlier)
+    failed: int  # grid rows whose status is error or timeout (this run or earlier)
     kept: int  # rows of the file from outside this grid, kept after the grid's rows
     wall_s: float
     parquet: Path | None = None
@@ -667,7 +677,7 @@ def run_sweep(
         if not timeout_supported():
             raise SweepError("--timeout needs a POSIX system (and the main thread)")
     existing = _load_existing(path)
-    finished = {row_key(r) for r in existing if r["status"] == "ok" or not retry_failed}
+    finished = {row_key(r) for r in existing if r["status"] in DONE or not retry_failed}
     todo = [c for c in combos if c.key() not in finished]
 
     bar = Progress(len(todo), progress_stream, enabled=progress)
@@ -684,7 +694,7 @@ def run_sweep(
 
             def record(row: dict[str, str]) -> None:
                 app.write(row)
-                bar.update(row["status"] != "ok")
+                bar.update(row["status"] not in DONE)
 
             if todo:
                 if dask is not None:
@@ -709,7 +719,7 @@ def run_sweep(
     except OSError as e:
         raise SweepError(f"cannot write {parquet}: {_one_line(e)}") from None
     keys = {c.key() for c in combos}
-    failed = sum(1 for r in rows if r["status"] != "ok" and row_key(r) in keys)
+    failed = sum(1 for r in rows if r["status"] not in DONE and row_key(r) in keys)
     return SweepResult(
         path,
         rows,

@@ -672,3 +672,24 @@ def test_run_combo_is_deterministic() -> None:
 
 def test_errors_are_simgpu_errors() -> None:
     assert issubclass(SweepError, SimGPUError)
+
+
+def test_a_scheduler_that_does_not_apply_is_not_a_failure(tmp_path: Path) -> None:
+    """``optimal`` past its size limit: a row with status n/a and the reason, not counted
+    as failed and not rerun by --retry-failed; ``simgpu run`` shows it the same way."""
+    grid = small_grid(batches=[1], gpus=["v100"], schedulers=["optimal", "sequential"])
+    res = sweep(grid, tmp_path / "r.csv", workers=1)
+    opt, seq = res.rows
+    assert (opt["status"], seq["status"]) == ("n/a", "ok")
+    assert "at most 12 ops" in opt["error"] and opt["latency_ms"] == ""
+    assert res.failed == 0
+    again = sweep(grid, tmp_path / "r.csv", workers=1, retry_failed=True)
+    assert again.ran == 0 and again.rows == res.rows
+    from simgpu.report import _tables, load_results, variant_stats
+
+    results = load_results(tmp_path / "r.csv")
+    stats = {s.variant: s for s in variant_stats(results)}
+    assert (stats["optimal"].failed, stats["optimal"].na, stats["sequential"].ok) == (0, 1, 1)
+    tables = {t.title: t for t in _tables(results, list(stats.values()))}
+    assert tables["Overview"].rows[0][1:4] == ["1", "0", "1"]  # ok, failed, n/a
+    assert "Failures" not in tables
