@@ -168,14 +168,38 @@ def _gemm(
     )
     size = 1 if dtype == "int8" else 2 if dtype in ("fp16", "bf16") else 4
     tk, stages = (32 // size * 2, 3) if tensor else (8, 2)
-    chosen = GEMM_TILES[-1]
+    what = f"op '{op_name}'"
+
+    def fit(tile: _Tile) -> tuple[int, Occupancy] | None:
+        """Its shared memory and occupancy, or None if a block does not fit on an SM (a
+        library only launches tiles the device can run)."""
+        smem = min((tile.m + tile.n) * tk * size * stages, gpu.max_smem_per_block)
+        try:
+            return smem, occupancy(tile.threads, tile.regs, smem, gpu, what=what)
+        except LoweringError:
+            return None
+
+    chosen, fitted = None, None
     for tile in GEMM_TILES:
         if batch * -(-m // tile.m) * -(-n // tile.n) >= gpu.sm_count:
-            chosen = tile
-            break
-    smem = min((chosen.m + chosen.n) * tk * size * stages, gpu.max_smem_per_block)
+            fitted = fit(tile)
+            if fitted is not None:
+                chosen = tile
+                break
+    if chosen is None:  # none fills a wave (or none of those fits): the smallest that fits
+        for tile in reversed(GEMM_TILES):
+            fitted = fit(tile)
+            if fitted is not None:
+                chosen = tile
+                break
+        else:
+            t = GEMM_TILES[-1]
+            raise LoweringError(
+                f"{what}: no GEMM tile fits on an SM of {gpu.name} (the smallest needs "
+                f"{t.threads} threads of {t.regs} registers)"
+            )
+    smem, occ = fitted
     grid = batch * -(-m // chosen.m) * -(-n // chosen.n)
-    occ = occupancy(chosen.threads, chosen.regs, smem, gpu, what=f"op '{op_name}'")
     block_flops = 2.0 * chosen.m * chosen.n * k + extra_flops / grid
     block_bytes = nbytes / grid
     peak = gpu.peak_flops(dtype, tensor)
@@ -194,6 +218,13 @@ def _gemm(
     )
 
 
+def _block_limit(threads: int, gpu: GPUSpec) -> int:
+    """Threads per block, capped at what one block may have and one SM can hold (in
+    whole warps): a kernel is launched with a configuration the device can run."""
+    cap = min(gpu.max_threads_per_block, gpu.max_warps_per_sm * gpu.warp_size)
+    return threads if threads <= cap else max(gpu.warp_size, cap // gpu.warp_size * gpu.warp_size)
+
+
 def _streaming(
     op_name: str,
     name: str,
@@ -207,6 +238,7 @@ def _streaming(
     regs: int = 32,
 ) -> Kernel:
     """An elementwise-style kernel: each thread handles a few elements, no shared memory."""
+    threads = _block_limit(threads, gpu)
     grid = max(1, -(-elements // (threads * per_thread)))
     occ = occupancy(threads, regs, 0, gpu, what=f"op '{op_name}'")
     bf, bb = flops / grid, nbytes / grid
@@ -236,7 +268,7 @@ def _rowwise(
     gpu: GPUSpec,
 ) -> Kernel:
     """A reduction over rows (softmax, norms, global pooling): one block per row."""
-    threads = min(1024, max(32, 1 << max(0, (row_len // 4 - 1).bit_length())))
+    threads = _block_limit(min(1024, max(32, 1 << max(0, (row_len // 4 - 1).bit_length()))), gpu)
     occ = occupancy(threads, 32, threads * 4 // 32 * 4, gpu, what=f"op '{op_name}'")
     bf, bb = flops / rows, nbytes / rows
     peak = gpu.peak_flops(dtype, False)

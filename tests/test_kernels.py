@@ -202,6 +202,32 @@ def test_every_kind_lowers(kind: str, gpu: str) -> None:
         assert standalone_time_us(k, spec) > 0
 
 
+# An SM with 128 threads and 16K registers: the largest GEMM tile (256 threads of 128
+# registers), the 256-thread depthwise kernel and wide row reductions do not fit as such.
+SMALL_SM = A100.replace(
+    sm_count=1, max_threads_per_sm=128, max_threads_per_block=256, regs_per_sm=16384,
+    smem_per_sm=16 * KB, max_smem_per_block=256, max_blocks_per_sm=1,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_lowers_to_what_a_small_sm_can_run(kind: str) -> None:
+    """Kernels are launched with a configuration the device can run: a smaller tile or
+    fewer threads per block, never a block that does not fit (found by a property test
+    on a random GPU, where lowering used to fail)."""
+    g, name = _tiny(kind)
+    for k in lower_op(g, name, SMALL_SM):
+        assert k.threads <= SMALL_SM.max_threads_per_sm and k.occupancy.blocks >= 1
+        assert k.block_us > 0 and standalone_time_us(k, SMALL_SM) > 0
+
+
+def test_no_gemm_tile_fits_is_a_clear_error() -> None:
+    tiny = SMALL_SM.replace(regs_per_sm=4096)
+    g, name = _tiny("conv")
+    with pytest.raises(LoweringError, match="no GEMM tile fits on an SM"):
+        lower_op(g, name, tiny)
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_every_kind_lowers_in_every_dtype(dtype: str) -> None:
     for kind in sorted(TINY):
