@@ -329,10 +329,10 @@ class Simulation:
         self.env.run()
         for proc in procs:
             if not proc.triggered:
-                raise self._deadlock()
+                raise self.deadlock_error()
             if not proc.ok:  # pragma: no cover - errors inside the host re-raise in env.run
                 raise proc.value
-        return self._timeline()
+        return self.timeline()
 
     def dispose(self) -> None:
         """Drop the run's internals once its timeline is built, breaking the reference
@@ -342,7 +342,7 @@ class Simulation:
             d.dispose()
         self.__dict__.clear()
 
-    def _deadlock(self) -> DeadlockError:
+    def deadlock_error(self) -> DeadlockError:
         """Nothing can move but work is pending: name who waits for what."""
         parts = []
         for d in self.devices:
@@ -390,7 +390,8 @@ class Simulation:
                     return ""
         return ""
 
-    def _timeline(self) -> Timeline:
+    def timeline(self) -> Timeline:
+        """The run's records, once it has finished (a multi-tenant run reads it too)."""
         # records are built with tuple.__new__: the NamedTuple constructor adds a Python
         # frame per record, and a run makes one record per command
         new = new_record

@@ -261,7 +261,6 @@ class TenantSimulation:
         log = self.sim.host_log
         hts = self.host_tenants
         latency = self.gpu.launch_latency_us
-        now = self.env._now
         events = self.events
         if req.rec.issue_us is None:
             req.rec.issue_us = t
@@ -289,11 +288,7 @@ class TenantSimulation:
             entry.req = req
             req.remaining += 1
             self.outstanding += 1
-            dev.pending += 1
-            items = stream.queue.items
-            items.append(entry)
-            if len(items) == 1:
-                dev.advance(stream.queue, now)
+            dev.enqueue(entry)
         return t
 
     def _issue_paced(self, req: _Req, t: float) -> Generator[Any, Any, float]:
@@ -416,7 +411,7 @@ class TenantSimulation:
         pending = [r for r in self.records if not r.dropped and r.done_us is None]
         if pending or not all(p.triggered for p in procs):
             raise self._deadlock(pending)
-        tl = self.sim._timeline()
+        tl = self.sim.timeline()
         records = sorted(self.records, key=lambda r: (r.arrival_us, r.tenant, r.rid))
         return MultiTenantRun(
             self.plan,
@@ -429,7 +424,7 @@ class TenantSimulation:
         )
 
     def _deadlock(self, pending: list[RequestRecord]) -> DeadlockError:
-        base = self.sim._deadlock()
+        base = self.sim.deadlock_error()
         who = ", ".join(f"{self.names[r.tenant]}#{r.rid}" for r in pending[:5])
         return DeadlockError(f"{base} (requests never finished: {who or 'none'})")
 
