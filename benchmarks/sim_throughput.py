@@ -44,10 +44,6 @@ def simpy_timeouts_per_s(n: int = 200_000) -> float:
     return n / (time.process_time() - t0)
 
 
-def _kernel_count(program) -> int:
-    return sum(1 for c in program.commands if getattr(c, "kernel", None) is not None)
-
-
 def kernels_per_s(program, gpu, seconds: float) -> tuple[float, int, float]:
     """Whole simulations, timeline records included, for ``seconds`` of CPU time."""
     kernels, runs, events = 0, 0, 0
@@ -99,7 +95,7 @@ def main() -> None:
     }
     kps = sum(best[name][0] for name in headline) / len(headline)  # equal time on each
     # the same programs mixed by equal work instead: one run of each, kernels over time
-    kernels = {name: _kernel_count(programs[name]) for name in headline}
+    kernels = {name: programs[name].kernels for name in headline}
     work = sum(kernels.values()) / sum(kernels[name] / best[name][0] for name in headline)
     out = {
         "kernels_per_s": round(kps),

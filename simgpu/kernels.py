@@ -179,25 +179,19 @@ def _gemm(
         except LoweringError:
             return None
 
-    chosen, fitted = None, None
-    for tile in GEMM_TILES:
-        if batch * -(-m // tile.m) * -(-n // tile.n) >= gpu.sm_count:
-            fitted = fit(tile)
-            if fitted is not None:
-                chosen = tile
+    chosen = fitted = None
+    for tile in GEMM_TILES:  # largest first; the last that fits if none fills a wave
+        f = fit(tile)
+        if f is not None:
+            chosen, fitted = tile, f
+            if batch * -(-m // tile.m) * -(-n // tile.n) >= gpu.sm_count:
                 break
-    if chosen is None:  # none fills a wave (or none of those fits): the smallest that fits
-        for tile in reversed(GEMM_TILES):
-            fitted = fit(tile)
-            if fitted is not None:
-                chosen = tile
-                break
-        else:
-            t = GEMM_TILES[-1]
-            raise LoweringError(
-                f"{what}: no GEMM tile fits on an SM of {gpu.name} (the smallest needs "
-                f"{t.threads} threads of {t.regs} registers)"
-            )
+    if chosen is None or fitted is None:
+        t = GEMM_TILES[-1]
+        raise LoweringError(
+            f"{what}: no GEMM tile fits on an SM of {gpu.name} (the smallest needs "
+            f"{t.threads} threads of {t.regs} registers)"
+        )
     smem, occ = fitted
     grid = batch * -(-m // chosen.m) * -(-n // chosen.n)
     block_flops = 2.0 * chosen.m * chosen.n * k + extra_flops / grid

@@ -133,7 +133,6 @@ class Simulation:
         # unpacked again only when a command names another device than the last one
         costs = [_host_costs(d.gpu) for d in devices]
         cur = -1
-        now = env._now
         for i, c in enumerate(program.commands):
             ctype = type(c)
             d = c.device
@@ -171,7 +170,6 @@ class Simulation:
                 self.host_blocked = None
                 t = env.now + dev.gpu.sync_api_us
                 log.append(new_record(HostRecord, ("synchronize", d, start, t, None)))
-                now = env._now
                 continue
             elif ctype is Copy:
                 # cudaMemcpyPeerAsync: host cost of a launch; runs on a copy engine
@@ -188,11 +186,7 @@ class Simulation:
                 log.append(new_record(HostRecord, (api, d, t, end, op)))
                 t = end
                 entry = Entry(kind, stream, t + latency, t, k, op, slot)
-            dev.pending += 1  # enqueue (inline: once per command)
-            items = stream.queue.items
-            items.append(entry)
-            if len(items) == 1:
-                dev.advance(stream.queue, now)
+            dev.enqueue(entry)
         # the program ends with the host waiting for every device
         if t > env.now:
             yield env.timeout(t - env.now)
@@ -310,11 +304,7 @@ class Simulation:
                 ev = handoffs.get(i)
                 if ev is not None:
                     ev.succeed(t)
-            dev.pending += 1
-            q = stream.queue
-            q.items.append(entry)
-            if len(q.items) == 1:
-                dev.advance(q, env._now)
+            dev.enqueue(entry)
         if t > env.now:
             yield env.timeout(t - env.now)
         yield dev.wait_idle()
