@@ -12,7 +12,7 @@ tensor widths) so that one simulation takes milliseconds.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
@@ -419,3 +419,15 @@ __all__ = [
     "stream_schedules",
     "topo_orders",
 ]
+
+
+def set_partitions(items: list[str]) -> Iterator[list[list[str]]]:
+    """Every partition of ``items`` into non-empty groups (brute-force references)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in set_partitions(rest):
+        yield [[first], *part]
+        for i in range(len(part)):
+            yield [*part[:i], [first, *part[i]], *part[i + 1 :]]

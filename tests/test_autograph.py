@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -115,17 +114,6 @@ def test_cost_of_a_merge_set_equals_the_cost_of_the_rewritten_graph() -> None:
 # --- rewrites -------------------------------------------------------------------------------
 
 
-def _set_partitions(items: list[str]) -> Iterator[list[list[str]]]:
-    if not items:
-        yield []
-        return
-    first, rest = items[0], items[1:]
-    for part in _set_partitions(rest):
-        yield [[first], *part]
-        for i in range(len(part)):
-            yield [*part[:i], [first, *part[i]], *part[i + 1 :]]
-
-
 def test_backtracking_search_reaches_the_best_merge_set() -> None:
     """With room to climb (relax) and budget, the search visits every merge set of a
     block; its best equals a brute force over all partitions of the merge class."""
@@ -133,7 +121,7 @@ def test_backtracking_search_reaches_the_best_merge_set() -> None:
     rw = _Rewrites(g, Profiler(MACHINE), alpha=1.0)
     (cls,) = rw.classes
     brute = {}
-    for part in _set_partitions(list(cls)):
+    for part in strategies.set_partitions(list(cls)):
         merges = tuple(sorted(tuple(sorted(p, key=g.index.get)) for p in part if len(p) > 1))
         merges = tuple(sorted(merges, key=lambda m: g.index[m[0]]))
         brute[merges] = rw.evaluate(merges)

@@ -87,17 +87,6 @@ def test_prediction_is_the_simulated_latency_of_the_whole_schedule() -> None:
 # --- against a brute force ----------------------------------------------------------------
 
 
-def _set_partitions(items: list[str]) -> Iterator[list[list[str]]]:
-    if not items:
-        yield []
-        return
-    first, rest = items[0], items[1:]
-    for part in _set_partitions(rest):
-        yield [[first], *part]
-        for i in range(len(part)):
-            yield [*part[:i], [first, *part[i]], *part[i + 1 :]]
-
-
 def all_stage_schedules(graph: OpGraph) -> Iterator[list[list[list[str]]]]:
     """Every stage schedule in optimal's space, built forwards and naively: a next stage is
     any set that keeps what ran closed under inputs; any set partition of it whose groups
@@ -115,7 +104,7 @@ def all_stage_schedules(graph: OpGraph) -> Iterator[list[list[list[str]]]]:
                 now = done | set(stage)
                 if any(u not in now for v in stage for u in graph.predecessors(v)):
                     continue
-                for part in _set_partitions(list(stage)):
+                for part in strategies.set_partitions(list(stage)):
                     if any(
                         (u, v) in edges
                         for a, b in itertools.permutations(part, 2)
