@@ -30,7 +30,7 @@ from simgpu.timeline import Timeline
 
 def _steps(counters: list[tuple[float, int, float]]) -> list[tuple[str, int, str]]:
     out: list[tuple[str, int, str]] = []
-    for t, busy, bw in counters:
+    for t, busy, bw, *_ in counters:
         if out and out[-1][1:] == (busy, repr(bw)):
             continue
         out.append((repr(t), busy, repr(bw)))

@@ -505,11 +505,11 @@ _COPY_OCC: dict[int, Occupancy] = {}
 def activity_kernel(a: GpuActivity, gpu: GPUSpec, op: str) -> Kernel:
     """A Kernel that runs ``a`` for its recorded duration when it has the GPU to itself.
 
-    Its launch configuration is the recorded one, so it takes the SMs it took; the time
-    per block is the duration over its waves, as the measured-table path of
-    ``simgpu.kernels`` does. Copies and memsets run on copy engines: one single-thread
-    block, so they keep their stream's order without taking SM room. No DRAM traffic is
-    modelled: the recorded durations already include the contention of their run.
+    Its launch configuration is the recorded one, so it takes the SMs it took; each block
+    takes the duration over its waves, a fixed time: no work or DRAM traffic that
+    co-running kernels would share, since the recorded durations already include the
+    contention of their run. Copies and memsets run on copy engines: one single-thread
+    block, so they keep their stream's order without taking SM room.
     """
     if a.kind == "kernel":
         regs = max(1, a.regs)
@@ -522,7 +522,9 @@ def activity_kernel(a: GpuActivity, gpu: GPUSpec, op: str) -> Kernel:
         occ = occupancy(1, 1, 0, gpu)
         grid, threads, regs, smem = 1, 1, 1, 0
     rounds = waves(grid, occ, gpu)
-    return Kernel(a.name[:120], op, grid, threads, regs, smem, 0.0, 0.0, a.dur / rounds, occ, True)
+    # all setup, no work: a replayed kernel keeps its recorded time beside anything
+    return Kernel(a.name[:120], op, grid, threads, regs, smem, 0.0, 0.0, 0.0, a.dur / rounds, occ,
+                  True)  # fmt: skip
 
 
 def _zero_host(gpu: GPUSpec) -> GPUSpec:
@@ -549,7 +551,7 @@ class _Builder:
         gap = t - self.anchor
         if gap > 1e-9:
             occ = _gap_occupancy(self.gap_gpu)
-            k = Kernel("host_gap", "host_gap", 1, 1, 1, 0, 0.0, 0.0, gap, occ, True)
+            k = Kernel("host_gap", "host_gap", 1, 1, 1, 0, 0.0, 0.0, 0.0, gap, occ, True)
             self.cmds.append(Launch("host_gap", k, 0, self.gap_device))
             self.cmds.append(Synchronize(self.gap_device))
             self.gaps += 1

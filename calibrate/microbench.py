@@ -108,9 +108,10 @@ def analyse_waves(
 
 
 def spin_kernel(gpu: GPUSpec, grid: int, block_us: float, name: str = "spin") -> Kernel:
-    """The simulator's view of the benchmark's spin kernel: fixed time per block."""
+    """The simulator's view of the benchmark's spin kernel: a fixed time per block (it
+    spins on the clock, so what shares its SM does not stretch it)."""
     occ = occupancy(SPIN_THREADS, 32, 0, gpu)
-    return Kernel(name, name, grid, SPIN_THREADS, 32, 0, 0.0, 0.0, block_us, occ, True)
+    return Kernel(name, name, grid, SPIN_THREADS, 32, 0, 0.0, 0.0, 0.0, block_us, occ, True)
 
 
 def _kernel_span_us(tl: Timeline) -> float:

@@ -1,9 +1,10 @@
 """Lower bounds on the simulated latency of *any* schedule of a graph on one GPU.
 
 Not a scheduler (``discover`` skips this module): ``simgpu run`` reports each
-schedule's gap to the best bound, and the property tests check every scheduler
-against them. Each bound follows from what the simulator guarantees, for either
-launch mode (eager or one CUDA Graph), so it holds whichever mode a schedule uses:
+schedule's gap to the best bound and which bound binds, and the property tests check
+every scheduler against them. Each bound follows from what the simulator guarantees
+(:mod:`simgpu.sharing`), for either launch mode (eager or one CUDA Graph), so it holds
+whichever mode a schedule uses:
 
 * no kernel starts before the host's first call reached the GPU: in eager mode its
   launch call (``launch_api_us + framework_dispatch_us``), in graph mode the graph
@@ -11,12 +12,13 @@ launch mode (eager or one CUDA Graph), so it holds whichever mode a schedule use
   start-up (``kernel_gap_us`` eager, ``graph_node_us`` in a graph);
 * a kernel starts no earlier than that start-up after whatever it depends on ended
   (stream order, an event or a synchronize), and event latency only adds to it;
-* a block never runs faster than its ``block_us`` (DRAM sharing only slows blocks
-  down), and an SM holds at most ``occupancy.blocks`` blocks of one kernel — so a
-  kernel takes at least ``waves x block_us`` (:func:`standalone_time_us`);
-* at any instant the resident blocks of all kernels fit the SMs' warps, registers,
-  shared memory and block slots, and together draw at most the DRAM bandwidth the
-  simulator shares out (``dram_gbps x dram_efficiency``).
+* a kernel takes at least :func:`~simgpu.kernels.kernel_floor_us` in any company (not
+  its standalone time: a lone kernel's tail wave can be beaten);
+* a block holds its warps, registers, shared memory and block slot for at least
+  :func:`~simgpu.kernels.min_block_us` (its time alone on an idle SM);
+* at any instant the blocks of all kernels compute at most one SM's sustained rate
+  per SM, and draw at most the DRAM bandwidth the simulator shares out (``dram_gbps x
+  dram_efficiency``).
 
 Merged ops (IOS conv merge) change the graph, so a bound is for the graph run.
 """
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec, Machine
-from simgpu.kernels import Kernel, KernelCache, standalone_time_us
+from simgpu.kernels import Kernel, KernelCache, kernel_floor_us, min_block_us
 
 
 def _modes(gpu: GPUSpec) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -50,11 +52,11 @@ def _kernels(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None) -> dict[st
 
 
 def critical_path_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> float:
-    """Longest dependency path, each kernel on it at its standalone time plus its
-    start-up, after the launch cost of the first; the cheaper launch mode decides.
-    Ops without kernels (views) cost nothing on the path."""
+    """Longest dependency path, each kernel on it at its floor plus its start-up, after
+    the launch cost of the first; the cheaper launch mode decides. Ops without kernels
+    (views) cost nothing on the path."""
     ks = _kernels(graph, gpu, cache)
-    times = {n: [standalone_time_us(k, gpu) for k in kernels] for n, kernels in ks.items()}
+    times = {n: [kernel_floor_us(k, gpu) for k in kernels] for n, kernels in ks.items()}
     if not any(times.values()):
         return 0.0
     best = math.inf
@@ -76,40 +78,45 @@ class WorkBreakdown:
     shared_memory: float
     block_slots: float
     dram: float
+    compute: float
 
     @property
     def binding(self) -> tuple[str, float]:
         items = [
+            ("compute", self.compute),
+            ("DRAM", self.dram),
             ("warps", self.warps),
             ("registers", self.registers),
             ("shared memory", self.shared_memory),
             ("block slots", self.block_slots),
-            ("DRAM", self.dram),
         ]
         return max(items, key=lambda kv: kv[1])
 
 
 def work_breakdown(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> WorkBreakdown:
-    """Resource-time each SM resource and DRAM must supply, divided by its capacity.
+    """Resource-time each SM resource, the SMs' compute and DRAM must supply, divided
+    by its capacity.
 
     A block holds its warps, registers, shared memory and one block slot for at least
-    ``block_us``; all SMs together offer ``sm_count x`` the per-SM capacity of each, so
-    no schedule finishes the blocks sooner than sum(grid x block_us x use) / capacity,
-    for every resource separately (blocks of different kernels may be limited by
-    different resources, so the resources are not added). DRAM likewise: every byte
-    a block moves passes through at most the shared bandwidth.
+    ``min_block_us``; all SMs together offer ``sm_count x`` the per-SM capacity of each,
+    so no schedule finishes the blocks sooner than sum(grid x min_block_us x use) /
+    capacity, for every resource separately (blocks of different kernels may be limited
+    by different resources, so the resources are not added). Compute likewise: every
+    block's work passes through SMs that each sustain one SM's rate; and every byte
+    through the shared DRAM bandwidth.
     """
     warps = regs = smem = slots = 0.0
-    nbytes = 0.0
+    nbytes = work = 0.0
     for kernels in _kernels(graph, gpu, cache).values():
         for k in kernels:
             o = k.occupancy
-            busy = k.grid * k.block_us
+            busy = k.grid * min_block_us(k, gpu)
             warps += busy * o.warps
             regs += busy * o.regs_alloc
             smem += busy * o.smem_alloc
             slots += busy
             nbytes += k.grid * k.block_bytes
+            work += k.grid * k.work_us
     n = gpu.sm_count
     return WorkBreakdown(
         warps / (gpu.max_warps_per_sm * n),
@@ -117,6 +124,7 @@ def work_breakdown(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = Non
         smem / (gpu.smem_per_sm * n),
         slots / (gpu.max_blocks_per_sm * n),
         nbytes / (gpu.dram_bytes_per_us * gpu.dram_efficiency),
+        work / n,
     )
 
 
@@ -130,6 +138,15 @@ def work_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None
 def lower_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> float:
     """The best of the bounds: no schedule of ``graph`` on ``gpu`` can be faster."""
     return max(critical_path_bound_us(graph, gpu, cache), work_bound_us(graph, gpu, cache))
+
+
+def binding_bound(graph: OpGraph, machine: Machine) -> str:
+    """Which bound binds on ``machine``: ``critical path`` or ``work (<resource>)``, the
+    resource being the busiest one of the first GPU (compute, DRAM, warps, ...)."""
+    cp, work = machine_bounds_us(graph, machine)
+    if cp >= work:
+        return "critical path"
+    return f"work ({work_breakdown(graph, machine.devices[0]).binding[0]})"
 
 
 def machine_bounds_us(graph: OpGraph, machine: Machine) -> tuple[float, float]:

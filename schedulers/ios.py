@@ -45,7 +45,7 @@ from typing import Any
 from schedulers._merge import apply_merges, merge_key, merged_name, merged_ops
 from schedulers.base import Profiler, SchedulerError, register
 from simgpu.graph import Op, OpGraph
-from simgpu.kernels import standalone_time_us
+from simgpu.kernels import kernel_floor_us
 from simgpu.schedule import StageSchedule
 
 STRATEGIES = ("parallel", "merge", "both")
@@ -302,14 +302,13 @@ class _PartSearch:
         self.fixed_us = gpu.launch_latency_us + gpu.sync_api_us
         self.merge_host = (launch, gpu.framework_dispatch_us)  # one conv, then n views
         # per op, its commands as (host time, least device time or None for a view): a
-        # block never runs faster than alone, so a kernel takes at least its start-up gap
-        # plus its standalone waves x block time
+        # kernel takes at least its start-up gap plus its floor in any company
         self.cmds: dict[str, list[tuple[float, float | None]]] = {}
         for u in units:
             for o in u:
                 ks = profiler.kernels.lower(graph, o)
                 self.cmds[o] = [
-                    (launch, gpu.kernel_gap_us + standalone_time_us(k, gpu)) for k in ks
+                    (launch, gpu.kernel_gap_us + kernel_floor_us(k, gpu)) for k in ks
                 ] or [(gpu.framework_dispatch_us, None)]
         self.chain_memo: dict[int, float] = {}  # per ending, its lower bound
         self.group_memo: dict[int, tuple[float, float]] = {}

@@ -39,7 +39,7 @@ from typing import Any
 from schedulers.base import Profiler, SchedulerError, SchedulerSkipped, register, run_scheduler
 from simgpu.graph import Op, OpGraph
 from simgpu.hardware import Machine
-from simgpu.kernels import standalone_time_us
+from simgpu.kernels import kernel_floor_us
 from simgpu.program import Command, Launch, StreamProgram
 from simgpu.schedule import Schedule, StageSchedule, StreamSchedule
 
@@ -109,7 +109,7 @@ class _Search:
         for ks in self.kernels:
             if ks:
                 self.cmds.append(
-                    [(launch, gpu.kernel_gap_us + standalone_time_us(k, gpu)) for k in ks]
+                    [(launch, gpu.kernel_gap_us + kernel_floor_us(k, gpu)) for k in ks]
                 )
             else:
                 self.cmds.append([(gpu.framework_dispatch_us, None)])
@@ -171,8 +171,8 @@ class _Search:
     def _chain_bound(self, groups: list[int]) -> float:
         """A lower bound on the stage's latency: commands become visible at their issue
         time plus the launch latency; each group is one stream, so its commands run one
-        after another; a kernel takes at least its gap plus waves x block time (at most
-        a full GPU of its blocks at once, none faster than alone). Adding ops to any
+        after another; a kernel takes at least its gap plus its floor in any company
+        (``kernel_floor_us``). Adding ops to any
         group only delays later issues and lengthens chains, so it also bounds every
         completion of a partial partition."""
         t = 0.0

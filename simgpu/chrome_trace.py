@@ -28,6 +28,7 @@ from simgpu.timeline import HostRecord, Timeline
 
 SM_COUNTER = "SMs busy"
 DRAM_COUNTER = "DRAM GB/s"
+COMPUTE_COUNTER = "SM compute %"  # share of the GPU's sustained compute in use
 
 # Tie-break order for events sharing a timestamp: slices open before the flow ends that bind
 # to them, and counters come last.
@@ -209,8 +210,12 @@ def to_chrome_trace(timeline: Timeline, title: str = "simgpu") -> dict[str, Any]
 
     # --- counters -----------------------------------------------------------------------------
     for dev, points in enumerate(tl.counters):
-        for t, busy, gbps in points:
-            for name, val in ((SM_COUNTER, int(busy)), (DRAM_COUNTER, round(float(gbps), 6))):
+        for t, busy, gbps, compute in points:
+            for name, val in (
+                (SM_COUNTER, int(busy)),
+                (DRAM_COUNTER, round(float(gbps), 6)),
+                (COMPUTE_COUNTER, round(100.0 * float(compute), 6)),
+            ):
                 events.append(
                     {
                         "ph": "C",

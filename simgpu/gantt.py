@@ -141,8 +141,8 @@ def _draw_sm_busy(ax: Axes, tl: Timeline) -> None:
     for dev, points in enumerate(tl.counters):
         if not points:
             continue
-        xs = [t / 1e3 for t, _, _ in points] + [end_ms]
-        ys = [busy for _, busy, _ in points]
+        xs = [t / 1e3 for t, *_ in points] + [end_ms]
+        ys = [busy for _, busy, *_ in points]
         ys.append(ys[-1])
         name = tl.gpu_names[dev] if dev < len(tl.gpu_names) else "?"
         ax.step(xs, ys, where="post", linewidth=0.8, label=f"GPU {dev} ({name})")

@@ -1,11 +1,12 @@
 """Ops to kernels, occupancy, and the analytic per-block cost model.
 
 A kernel here is what a GPU's block scheduler sees: a grid of blocks, each with its
-thread count, registers and shared memory, and the time one block takes. The kernel's
-standalone time is never computed directly: it *emerges* in the simulator from blocks
-placed in waves on the SMs, so a small kernel leaves SMs idle that a concurrent one can
-use. A table of measured kernels (from calibration) replaces the analytic estimate for
-the ops it knows.
+thread count, registers and shared memory, and the work one block carries (compute and
+DRAM traffic, :mod:`simgpu.sharing`). A kernel's time is never fixed at lowering: it
+*emerges* in the simulator from blocks placed in waves on the SMs and sharing their
+throughput with whatever else is resident, so a small kernel leaves SMs idle that a
+concurrent one can use, and two kernels on one SM each get part of it. A table of
+measured kernels (from calibration) replaces the analytic estimate for the ops it knows.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from simgpu.errors import LoweringError
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec
 from simgpu.ops import kind_of, numel
+from simgpu.sharing import INF, Demand, demand, dram_capacity, lone_kernel_us, warp_cap
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,12 @@ class Occupancy:
 
 @dataclass(frozen=True)
 class Kernel:
-    """One kernel launch, bound to a GPU: launch configuration plus per-block cost."""
+    """One kernel launch, bound to a GPU: launch configuration plus the work of a block.
+
+    A block carries work, not a duration (see :mod:`simgpu.sharing`): ``work_us`` of
+    compute at its SM's whole sustained rate, ``block_bytes`` of DRAM traffic and a
+    fixed ``setup_us``. How long it takes depends on what shares its SM and DRAM.
+    """
 
     name: str
     op: str
@@ -45,9 +52,13 @@ class Kernel:
     smem: int  # bytes per block
     block_flops: float
     block_bytes: float  # DRAM traffic per block
-    block_us: float  # time of one block at the kernel's own residency, full bandwidth
+    work_us: float  # SM-microseconds of compute per block (its SM's full rate)
+    setup_us: float  # fixed latency of every block, shared with nobody
     occupancy: Occupancy
-    measured: bool = False  # block_us comes from a measured kernel table
+    measured: bool = False  # the work comes from a measured duration
+    # the simulator's per-GPU constants of this kernel, made on first use (a memo: not
+    # part of the kernel's value, not copied by ``dataclasses.replace``)
+    sim: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 def occupancy(threads: int, regs: int, smem: int, gpu: GPUSpec, what: str = "kernel") -> Occupancy:
@@ -82,46 +93,112 @@ def occupancy(threads: int, regs: int, smem: int, gpu: GPUSpec, what: str = "ker
     return Occupancy(blocks, limiter, warps, warps * regs_per_warp, smem_alloc)
 
 
-def block_time_us(
-    block_flops: float,
-    block_bytes: float,
-    grid: int,
-    occ: Occupancy,
-    gpu: GPUSpec,
-    peak_flops: float,
-) -> float:
-    """Time of one block when the kernel runs alone at its own residency.
+def work_us(block_flops: float, peak_flops: float, gpu: GPUSpec) -> float:
+    """SM-microseconds of compute in ``block_flops``: one SM sustains its share of the
+    GPU's peak for the dtype and unit, times ``compute_efficiency``."""
+    sm_rate = peak_flops * gpu.compute_efficiency / gpu.sm_count / 1e6  # flop per us
+    return block_flops / sm_rate
 
-    Compute: a block gets the share ``min(warps / warps_to_saturate, 1 / resident)`` of
-    its SM's sustained rate — few warps cannot hide latency, many blocks split the SM.
-    Memory: the kernel's wave draws DRAM bandwidth in proportion to the SMs it covers,
-    saturating at ``dram_saturation_fraction`` of them; resident blocks share it.
-    """
-    n_sm = gpu.sm_count
-    resident = min(occ.blocks, -(-grid // n_sm))
-    share = min(occ.warps / gpu.warps_to_saturate, 1.0 / resident)
-    sm_rate = peak_flops * gpu.compute_efficiency / n_sm / 1e6  # flop per us
-    t_compute = block_flops / (sm_rate * share) if block_flops else 0.0
-    wave_blocks = min(grid, occ.blocks * n_sm)
-    sms_used = min(n_sm, grid)
-    bw = gpu.dram_bytes_per_us * gpu.dram_efficiency
-    bw *= min(1.0, sms_used / (gpu.dram_saturation_fraction * n_sm))
-    t_memory = block_bytes * wave_blocks / bw if block_bytes else 0.0
-    return gpu.block_setup_us + max(t_compute, t_memory)
+
+def demand_of(k: Kernel, gpu: GPUSpec) -> Demand:
+    """What one block of ``k`` asks of its SM and of DRAM on ``gpu``."""
+    return demand(k.occupancy.warps, k.work_us, k.block_bytes, k.setup_us, gpu)
 
 
 def standalone_time_us(k: Kernel, gpu: GPUSpec) -> float:
-    """Analytic wave time of a kernel alone on an idle GPU: waves x block time.
+    """Analytic time of a kernel alone on an idle GPU: full waves at full residency,
+    then a tail wave at the residency it has (its blocks may have an SM to themselves).
 
     The simulator must reproduce this for a lone kernel (plus launch latency); it is the
     cost model's promise, tested, not a shortcut the simulator takes.
     """
-    return waves(k.grid, k.occupancy, gpu) * k.block_us
+    return lone_kernel_us(demand_of(k, gpu), k.grid, k.occupancy.blocks, gpu)
+
+
+def min_block_us(k: Kernel, gpu: GPUSpec) -> float:
+    """The least time one block of ``k`` can take anywhere: alone on an idle SM, with
+    the DRAM it asks for. Every block holds its SM resources at least this long."""
+    d = demand_of(k, gpu)
+    return d.setup_us + (1.0 / d.rate if d.rate < INF else 0.0)
+
+
+def kernel_floor_us(k: Kernel, gpu: GPUSpec) -> float:
+    """The least time ``k`` can take in any company, from its first block's placement to
+    its last block's end. Not its standalone time: blocks placed at different instants
+    can beat a lone kernel's tail. Three floors, each physics:
+
+    * an SM holds at most ``occupancy.blocks`` blocks of it, each for at least
+      :func:`min_block_us`, so some SM runs ``waves`` of them one after another;
+    * all its compute, spread over every SM at the whole of each SM's rate;
+    * all its traffic at the whole DRAM bandwidth.
+    """
+    d = demand_of(k, gpu)
+    rounds = waves(k.grid, k.occupancy, gpu) * min_block_us(k, gpu)
+    compute = d.setup_us + k.grid * d.work_us / gpu.sm_count
+    memory = d.setup_us + k.grid * d.bytes / dram_capacity(gpu)
+    return max(rounds, compute, memory)
 
 
 def waves(grid: int, occ: Occupancy, gpu: GPUSpec) -> int:
     """Full rounds of blocks a grid needs on an otherwise idle GPU."""
     return -(-grid // (occ.blocks * gpu.sm_count))
+
+
+def first_wave_load(grid: int, occ: Occupancy, gpu: GPUSpec) -> int:
+    """Blocks the most loaded SM holds in a kernel's first wave on an idle GPU."""
+    return min(occ.blocks, -(-grid // gpu.sm_count))
+
+
+def timed_kernel(
+    gpu: GPUSpec,
+    name: str,
+    op: str,
+    grid: int,
+    threads: int,
+    regs: int,
+    smem: int,
+    block_us: float,
+    block_bytes: float = 0.0,
+    fixed: bool = False,
+    measured: bool = False,
+    block_flops: float = 0.0,
+) -> Kernel:
+    """A kernel given by the time of one block, not by its work.
+
+    ``fixed``: the block takes ``block_us`` whatever runs beside it (a spin loop, or a
+    recorded duration being replayed): all setup, no work, no traffic. Otherwise the
+    block is compute work that takes ``block_us`` in the kernel's first wave alone on the
+    GPU (on its most loaded SM), and shares its SM with whatever else is resident.
+    """
+    occ = occupancy(threads, regs, smem, gpu, what=f"op '{op}'")
+    if fixed:
+        return Kernel(name, op, grid, threads, regs, smem, block_flops, 0.0, 0.0, block_us, occ,
+                      measured)  # fmt: skip
+    share = min(warp_cap(occ.warps, gpu), 1.0 / first_wave_load(grid, occ, gpu))
+    return Kernel(name, op, grid, threads, regs, smem, block_flops, block_bytes,
+                  block_us * share, 0.0, occ, measured)  # fmt: skip
+
+
+def _fit_duration(k: Kernel, duration_us: float, gpu: GPUSpec) -> Kernel:
+    """``k`` with its work (or, if its traffic alone takes longer, its traffic) scaled so
+    that it runs ``duration_us`` alone on an idle GPU: a measured time is the truth."""
+
+    def alone(work: float, nbytes: float) -> float:
+        d = demand(k.occupancy.warps, work, nbytes, k.setup_us, gpu)
+        return lone_kernel_us(d, k.grid, k.occupancy.blocks, gpu)
+
+    nbytes = k.block_bytes
+    if alone(0.0, nbytes) > duration_us:  # traffic alone is too slow: scale it down
+        lo, hi = 0.0, nbytes
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if alone(0.0, mid) <= duration_us else (lo, mid)
+        return dataclasses.replace(k, work_us=0.0, block_bytes=lo)
+    lo, hi = 0.0, duration_us  # a block with this much work takes at least this long
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if alone(mid, nbytes) <= duration_us else (lo, mid)
+    return dataclasses.replace(k, work_us=lo)
 
 
 # --- lowering -------------------------------------------------------------------------
@@ -207,7 +284,8 @@ def _gemm(
         smem,
         block_flops,
         block_bytes,
-        block_time_us(block_flops, block_bytes, grid, occ, gpu, peak),
+        work_us(block_flops, peak, gpu),
+        gpu.block_setup_us,
         occ,
     )
 
@@ -246,7 +324,8 @@ def _streaming(
         0,
         bf,
         bb,
-        block_time_us(bf, bb, grid, occ, gpu, peak),
+        work_us(bf, peak, gpu),
+        gpu.block_setup_us,
         occ,
     )
 
@@ -276,7 +355,8 @@ def _rowwise(
         smem,
         bf,
         bb,
-        block_time_us(bf, bb, rows, occ, gpu, peak),
+        work_us(bf, peak, gpu),
+        gpu.block_setup_us,
         occ,
     )
 
@@ -298,7 +378,8 @@ def signature(graph: OpGraph, name: str) -> str:
 
 
 def _measured(graph: OpGraph, name: str, entries: Any, gpu: GPUSpec) -> list[Kernel]:
-    """Kernels from a measured table: launch configs as recorded, block time from duration."""
+    """Kernels from a measured table: launch configs as recorded, work fitted so that each
+    kernel alone takes its measured duration (it still shares its SMs when co-running)."""
     st = graph.stats(name)
     out = []
     total_bytes = st.bytes_read + st.bytes_written
@@ -315,22 +396,21 @@ def _measured(graph: OpGraph, name: str, entries: Any, gpu: GPUSpec) -> list[Ker
         if grid < 1 or not (math.isfinite(duration) and duration > 0):
             raise LoweringError(f"op '{name}': kernel table entry needs grid >= 1, duration > 0")
         occ = occupancy(threads, regs, smem, gpu, what=f"op '{name}' (measured)")
-        rounds = waves(grid, occ, gpu)
-        out.append(
-            Kernel(
-                kname,
-                name,
-                grid,
-                threads,
-                regs,
-                smem,
-                st.flops / len(entries) / grid,
-                total_bytes / len(entries) / grid,
-                duration / rounds,
-                occ,
-                measured=True,
-            )
+        k = Kernel(
+            kname,
+            name,
+            grid,
+            threads,
+            regs,
+            smem,
+            st.flops / len(entries) / grid,
+            total_bytes / len(entries) / grid,
+            0.0,
+            0.0,
+            occ,
+            measured=True,
         )
+        out.append(_fit_duration(k, duration, gpu))
     return out
 
 

@@ -70,7 +70,8 @@ class HostRecord(NamedTuple):
 
 @dataclass
 class Timeline:
-    """A finished run. ``counters`` sample SMs busy and DRAM GB/s at every change."""
+    """A finished run. ``counters`` sample SMs busy, DRAM GB/s and the fraction of the
+    GPU's compute in use at every change."""
 
     gpu_names: list[str]
     sm_counts: list[int]
@@ -78,8 +79,8 @@ class Timeline:
     commands: list[CommandRecord] = field(default_factory=list)
     host: list[HostRecord] = field(default_factory=list)
     makespan_us: float = 0.0
-    # per device: change points (time_us, busy SMs, DRAM GB/s in use)
-    counters: list[list[tuple[float, int, float]]] = field(default_factory=list)
+    # per device: change points (time_us, busy SMs, DRAM GB/s drawn, compute fraction)
+    counters: list[list[tuple[float, int, float, float]]] = field(default_factory=list)
     # per device: microseconds each SM had at least one resident block. A simulator
     # fills ``sm_transitions`` (time, +1 busy / -1 idle, SM indices) instead, and the
     # array is derived on first use: most runs (a scheduler's search) never ask for it.

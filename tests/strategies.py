@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from simgpu.errors import LoweringError
 from simgpu.graph import Op, OpGraph
 from simgpu.hardware import _MAY_BE_ZERO, KB, PRESETS, GPUSpec
-from simgpu.kernels import Kernel, Occupancy, occupancy
+from simgpu.kernels import Kernel, Occupancy, occupancy, timed_kernel
 from simgpu.program import Command, Launch, Record, StreamProgram, Synchronize, Wait, lower
 from simgpu.schedule import StageSchedule, StreamSchedule
 
@@ -109,10 +109,14 @@ def make_kernel(
     block_us: float = 10.0,
     block_bytes: float = 0.0,
     name: str | None = None,
+    fixed: bool = False,
 ) -> Kernel:
-    """A kernel with an explicit per-block cost (no cost model); launch config fitted."""
-    threads, regs, smem, occ = fit_launch(threads, regs, smem, gpu)
-    return Kernel(name or f"k_{op}", op, grid, threads, regs, smem, 0.0, block_bytes, block_us, occ)
+    """A kernel with an explicit per-block time (no cost model); launch config fitted.
+    Its blocks are compute work that takes ``block_us`` in the first wave alone, or, if
+    ``fixed``, a fixed time whatever shares the SM (see ``timed_kernel``)."""
+    threads, regs, smem, _ = fit_launch(threads, regs, smem, gpu)
+    return timed_kernel(gpu, name or f"k_{op}", op, grid, threads, regs, smem, block_us,
+                        block_bytes, fixed=fixed)  # fmt: skip
 
 
 @st.composite
@@ -125,17 +129,26 @@ def kernels(
     memory: bool = True,
 ) -> Kernel:
     """A random kernel that fits on ``gpu``: threads 32..1024, regs 16..255, smem up to the
-    block limit, block time 0.5..200 us, DRAM bytes 0..1e6 per block. The grid is capped at
-    ``max_waves`` full waves so simulations stay fast."""
+    block limit. Its blocks are one of: compute work (0.5..200 SM-us), DRAM traffic
+    (0..1e6 bytes; with ``memory``), both, or a fixed time (0.5..200 us) that nothing
+    shares; with a setup of 0..2 us. The grid is capped at ``max_waves`` full waves so
+    simulations stay fast."""
     threads = draw(st.integers(32, 1024))
     regs = draw(st.integers(16, 255))
     smem = draw(st.one_of(st.just(0), st.integers(0, gpu.max_smem_per_block)))
     threads, regs, smem, occ = fit_launch(threads, regs, smem, gpu)
     wave = occ.blocks * gpu.sm_count
     grid = draw(st.integers(1, max(1, min(max_grid, max_waves * wave))))
-    block_us = draw(st.floats(0.5, 200.0))
-    block_bytes = draw(st.one_of(st.just(0.0), st.floats(0.0, 1e6))) if memory else 0.0
-    return Kernel(f"k_{op}", op, grid, threads, regs, smem, 0.0, block_bytes, block_us, occ)
+    kind = draw(
+        st.sampled_from(("compute", "memory", "both", "fixed") if memory else ("compute", "fixed"))
+    )
+    work = draw(st.floats(0.5, 200.0)) if kind in ("compute", "both") else 0.0
+    nbytes = draw(st.floats(1.0, 1e6)) if kind in ("memory", "both") else 0.0
+    if kind == "fixed":
+        setup = draw(st.floats(0.5, 200.0))
+    else:
+        setup = draw(st.one_of(st.just(0.0), st.floats(0.0, 2.0)))
+    return Kernel(f"k_{op}", op, grid, threads, regs, smem, 0.0, nbytes, work, setup, occ)
 
 
 # --- DAGs -------------------------------------------------------------------------------

@@ -51,7 +51,9 @@ def timeline() -> Timeline:
         HostRecord("launch", 0, 20.0, 25.0, op="relu"),
         HostRecord("synchronize", 0, 25.0, 60.0),
     ]
-    counters = [[(0.0, 0, 0.0), (6.0, 80, 300.0), (41.0, 80, 450.5), (60.0, 0, 0.0)]]
+    counters = [
+        [(0.0, 0, 0.0, 0.0), (6.0, 80, 300.0, 0.5), (41.0, 80, 450.5, 0.25), (60.0, 0, 0.0, 0.0)]
+    ]
     return Timeline(
         gpu_names=["v100-sxm2"],
         sm_counts=[80],
@@ -122,8 +124,10 @@ def test_counters(timeline: Timeline) -> None:
     counters = _events(to_chrome_trace(timeline), "C")
     sms = [(e["ts"], e["args"]["SMs busy"]) for e in counters if e["name"] == "SMs busy"]
     dram = [(e["ts"], e["args"]["DRAM GB/s"]) for e in counters if e["name"] == "DRAM GB/s"]
-    assert sms == [(t, b) for t, b, _ in timeline.counters[0]]
-    assert dram == [(t, g) for t, _, g in timeline.counters[0]]
+    comp = [(e["ts"], e["args"]["SM compute %"]) for e in counters if e["name"] == "SM compute %"]
+    assert sms == [(t, b) for t, b, _, _ in timeline.counters[0]]
+    assert dram == [(t, g) for t, _, g, _ in timeline.counters[0]]
+    assert comp == [(t, 100.0 * c) for t, _, _, c in timeline.counters[0]]
     assert all(e["pid"] == 0 for e in counters)
 
 

@@ -44,7 +44,7 @@ from simgpu.cli import main
 from simgpu.errors import SimGPUError
 from simgpu.graph import Op, OpGraph
 from simgpu.hardware import GPUSpec, Machine, preset
-from simgpu.kernels import KernelCache, standalone_time_us
+from simgpu.kernels import KernelCache, min_block_us, standalone_time_us
 from simgpu.models import build_model
 from simgpu.program import Launch, StreamProgram, Wait, lower, validate_program
 from simgpu.schedule import (
@@ -226,12 +226,14 @@ def test_work_bound_counts_every_resource() -> None:
     g = OpGraph(ops, name="fan")
     w = work_breakdown(g, V100)
     (k,) = KernelCache(V100).lower(g, "r0")
-    busy = 40 * k.grid * k.block_us
+    busy = 40 * k.grid * min_block_us(k, V100)
     assert w.block_slots == pytest.approx(busy / (V100.max_blocks_per_sm * V100.sm_count))
     assert w.warps == pytest.approx(busy * k.occupancy.warps / (64 * V100.sm_count))
     assert w.dram == pytest.approx(
         40 * k.grid * k.block_bytes / (V100.dram_bytes_per_us * V100.dram_efficiency)
     )
+    assert w.compute == pytest.approx(40 * k.grid * k.work_us / V100.sm_count)
+    assert w.binding[0] == "DRAM"  # ReLUs: all traffic, next to no arithmetic
     assert work_bound_us(g, V100) == pytest.approx(first_start_us(V100) + w.binding[1])
     assert work_bound_us(g, V100) > critical_path_bound_us(g, V100)
     for name in ("sequential", "nimble", "greedy"):
@@ -612,13 +614,16 @@ def inception_runs() -> dict:
     return {"graph": g, "runs": out}
 
 
-def test_every_scheduler_at_least_as_fast_as_sequential_on_inception(inception_runs) -> None:
+def test_every_searching_scheduler_beats_sequential_on_inception(inception_runs) -> None:
+    """Schedulers that model or measure latency beat one stream on Inception V3. Greedy
+    does not search: its stage barriers can cost what its concurrency wins, so it is
+    only held to the bounds (the effect must come out of the model, not be assumed)."""
     runs = inception_runs["runs"]
     seq = runs["sequential"].latency_ms
-    slower = {n: r.latency_ms for n, r in runs.items() if r.latency_ms > seq}
-    assert not slower, f"slower than sequential ({seq:.3f} ms): {slower}"
-    for name in ("greedy", "nimble", "nimble-eager", "lios", "heft", "wavefront"):
-        assert name in runs
+    searching = ("ios", "lios", "heft", "nimble", "nimble-eager", "wavefront", "autograph")
+    slower = {n: runs[n].latency_ms for n in searching if runs[n].latency_ms >= seq}
+    assert not slower, f"not faster than sequential ({seq:.3f} ms): {slower}"
+    assert "greedy" in runs
 
 
 def test_inception_latencies_respect_the_bounds(inception_runs) -> None:

@@ -48,7 +48,7 @@ def test_two_small_kernels_overlap_on_two_streams() -> None:
             assert rec.end_us - rec.start_us == pytest.approx(100.0)
     # the two kernels took different SMs
     batches = two.batches[0]  # type: ignore[attr-defined]
-    sms = [set(i for s, _ in where for i in s) for _, _, _, where, _ in batches]
+    sms = [set(i for s, _ in where for i in s) for _, _, _, where, *_ in batches]
     assert len(sms) == 2 and not sms[0] & sms[1]
 
 
@@ -102,7 +102,7 @@ def test_dram_contention_slows_each_but_pair_beats_sequential() -> None:
     assert _overlap(_k(pair, "a"), _k(pair, "b")) > 0
     assert pair.makespan_us <= seq.makespan_us
     # while both run, DRAM use is capped at the achievable bandwidth
-    assert max(gbps for _, _, gbps in pair.counters[0]) == pytest.approx(cap / 1e3)
+    assert max(gbps for _, _, gbps, _ in pair.counters[0]) == pytest.approx(cap / 1e3)
 
 
 def test_graph_mode_faster_for_chain_of_tiny_kernels() -> None:

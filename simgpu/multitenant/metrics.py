@@ -149,7 +149,7 @@ def dram_utilisation(run: MultiTenantRun, span_us: float) -> float:
     if span_us <= 0 or not points:
         return 0.0
     total = 0.0  # GB/s x us
-    for (t0, _, bw), (t1, _, _) in zip(points, [*points[1:], (span_us, 0, 0.0)], strict=True):
+    for (t0, _, bw, _), (t1, *_) in zip(points, [*points[1:], (span_us, 0, 0.0, 0.0)], strict=True):
         if t1 > t0:
             total += bw * (min(t1, span_us) - t0)
     return total / (run.gpu.dram_gbps * span_us)

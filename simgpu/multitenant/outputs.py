@@ -144,7 +144,7 @@ def to_chrome_trace(run: MultiTenantRun, title: str | None = None) -> dict[str, 
             "args": {"op": h.op} if h.op is not None else {},
         }
         events.append(ev)
-    for t, busy, gbps in tl.counters[0] if tl.counters else []:
+    for t, busy, gbps, _ in tl.counters[0] if tl.counters else []:
         for name, val in (("SMs busy", int(busy)), ("DRAM GB/s", round(float(gbps), 6))):
             events.append(
                 {"ph": "C", "cat": "counter", "name": name, "pid": gpu_pid, "tid": 0,
@@ -256,8 +256,8 @@ def plot_tenant_gantt(
         pts = run.timeline.counters[0] if run.timeline.counters else []
         if not pts:
             continue
-        xs = [t / 1e3 for t, _, _ in pts] + [run.end_us / 1e3]
-        ys = [b for _, b, _ in pts]
+        xs = [t / 1e3 for t, *_ in pts] + [run.end_us / 1e3]
+        ys = [b for _, b, *_ in pts]
         ys.append(ys[-1])
         ax_sm.step(xs, ys, where="post", linewidth=0.8, label=name)
     ax_sm.set_ylim(0, items[0][1].gpu.sm_count * 1.05)

@@ -22,7 +22,9 @@ import simpy
 from simpy.core import NORMAL
 
 from simgpu.hardware import GPUSpec
-from simgpu.sim.sms import Need, SMPool
+from simgpu.kernels import Kernel, demand_of
+from simgpu.sharing import INF, Demand, dram_capacity, fill_level, lone_rates, sm_port
+from simgpu.sim.sms import Batch, Need, SMPool
 from simgpu.timeline import KernelRecord
 
 new_record = tuple.__new__  # NamedTuple records without a Python frame each
@@ -66,8 +68,10 @@ class Entry:
 
     __slots__ = (
         "available",
+        "dem",  # the kernel's Demand: what one block asks of its SM and of DRAM
         "event",
         "first_start",  # start of its first batch (-1 before)
+        "g",  # each block's share of DRAM bandwidth, bytes/us
         "issue",
         "kernel",
         "kind",
@@ -75,7 +79,9 @@ class Entry:
         "not_before",  # earliest block start (the kernel gap after its release)
         "occ",  # the kernel's Occupancy: what one block holds on its SM
         "op",
+        "plans",  # the kernel's solo plans (memo), by blocks placed
         "remaining",  # blocks not yet finished
+        "resident",  # blocks placed and not yet finished
         "stream",
         "unplaced",  # blocks not yet placed
     )
@@ -104,28 +110,6 @@ class HwQueue:
         self.release_t = 0.0  # effective time of the last command it released: in order
 
 
-class Batch:
-    """Blocks of one kernel placed at one instant: they end together (one event).
-
-    The first batch to end at an instant is itself the SimPy event of that instant
-    (``callbacks`` and ``_ok`` are all SimPy's loop reads), so arming a batch costs one
-    heap push and no extra object."""
-
-    __slots__ = ("blocks", "callbacks", "demand", "finish", "last_t", "rate", "run", "uid", "work")
-    _ok = True  # read by SimPy's loop: the event succeeded
-
-    def __init__(self, uid: int, run: Entry, blocks: int, start: float) -> None:
-        k = run.kernel
-        self.uid = uid
-        self.run = run
-        self.blocks = blocks
-        self.work = k.block_us  # full-speed microseconds still to run
-        self.demand = blocks * k.block_bytes / k.block_us if k.block_us > 0 else 0.0
-        self.rate = 1.0
-        self.last_t = start
-        self.finish = start + k.block_us
-
-
 class Device:
     """SMs, queues and DRAM of one GPU inside a Simulation.
 
@@ -137,16 +121,17 @@ class Device:
         "_eid",
         "_last_busy",
         "_last_bw",
-        "_open_logs",
+        "_last_sm",
         "_queue",
-        "active",
         "batch_log",
         "command_log",
+        "compute_used",
         "contended",
         "copy_log",
         "counters",
         "demand",
         "dram_capacity",
+        "dram_used",
         "env",
         "fifo",
         "gap",
@@ -156,11 +141,12 @@ class Device:
         "index",
         "kernel_end",
         "kernels",
-        "next_uid",
+        "live",
         "on_done",
         "on_timer",
         "pending",
         "pool",
+        "port",
         "queues",
         "sim",
         "streams",
@@ -175,26 +161,29 @@ class Device:
         self.queues = [HwQueue(q, self) for q in range(gpu.hw_queues)]
         self.streams: dict[int, Stream] = {}
         self.pool = SMPool(gpu)
-        self.pool.log = record_batches
-        self.next_uid = 0
         self.fifo: deque[Entry] = deque()  # LAUNCH entries with blocks to place
-        self.active: dict[int, Batch] = {}  # by uid, in placement order
         self.timers: dict[float, list[Batch]] = {}
         self._at = sim.env.at
         self._queue = sim.env._queue  # SimPy's event heap: batches are pushed directly
         self._eid = sim.env._eid
-        self.dram_capacity = gpu.dram_bytes_per_us * gpu.dram_efficiency
-        self.demand = 0.0
-        self.contended = False
+        # the sharing rule's capacities (simgpu.sharing) and what is drawn on them
+        self.dram_capacity = dram_capacity(gpu)
+        self.port = sm_port(gpu)
+        self.live: dict[Entry, None] = {}  # kernels with resident blocks, in placement order
+        self.demand = 0.0  # DRAM bytes/us the resident blocks ask for
+        self.contended = False  # DRAM shares were cut at the last re-plan
+        self.dram_used = 0.0  # bytes/us the resident blocks draw at their rates
+        self.compute_used = 0.0  # SM-us/us the resident blocks compute at their rates
         self.pending = 0  # commands issued and not yet complete
         self.idle_waiters: list[simpy.Event] = []
         self.gap = gpu.kernel_gap_us
         self.on_timer = self._on_timer  # the bound method, made once
-        self.in_timer = False  # inside _on_timer, which logs the counters once at its end
+        self.in_timer = False  # inside _on_timer, which re-plans once at its end
         # accounting
-        self.counters: list[tuple[float, int, float]] = [(0.0, 0, 0.0)]
+        self.counters: list[tuple[float, int, float, float]] = [(0.0, 0, 0.0, 0.0)]
         self._last_busy = 0
         self._last_bw = 0.0
+        self._last_sm = 0.0
         # a kernel's record is built when it ends (times are final then): no second pass
         self.kernels: list[KernelRecord] = []
         self.kernel_end = 0.0
@@ -203,9 +192,9 @@ class Device:
         self.on_done: Callable[[Entry, float], None] | None = None
         self.command_log: list[tuple] = []
         self.copy_log: list[tuple] = []  # (entry, start, end) per copy
-        # (start, end, op, [(SM indices, blocks each)], Need) per batch, for invariant tests
+        # per batch, logged as it ends, for invariant tests: [start, end, op, [(SM
+        # indices, blocks each)], Need, [(time, rate), ...] (from the setup's end), Kernel]
         self.batch_log: list[list] | None = [] if record_batches else None
-        self._open_logs: dict[int, list] = {}
 
     def dispose(self) -> None:
         """The run is over: cut the references back to the device (from its queues, the
@@ -278,6 +267,13 @@ class Device:
                 q.release_t = base
                 k = e.kernel
                 e.occ = k.occupancy
+                c = k.sim
+                if c is None or c.gpu is not self.gpu:
+                    c = _constants(k, self.gpu)
+                e.dem = c.dem
+                e.plans = c.plans
+                e.g = c.dem.memory
+                e.resident = 0
                 e.unplaced = e.remaining = k.grid
                 e.first_start = -1.0
                 e.n_batches = 0
@@ -341,105 +337,261 @@ class Device:
         placed = False
         while fifo:
             run = fifo[0]
-            uid = self.next_uid
-            blocks = pool.place(uid, run.occ, run.unplaced, now)
+            was_solo = pool.solo is not None
+            blocks = pool.place(run, run.occ, run.unplaced, now)
             if not blocks:
                 break
-            self.next_uid = uid + 1
             start = run.not_before
             if now > start:
                 start = now
             if run.first_start < 0:
                 run.first_start = start
             run.n_batches += 1
-            b = Batch(uid, run, blocks, start)
-            self.active[uid] = b
-            t = b.finish  # arm it (inline _arm: the hot path); it is its instant's event
-            bucket = self.timers.get(t)
-            if bucket is None:
-                self.timers[t] = [b]
-                b.callbacks = [self.on_timer]
-                heappush(self._queue, (t, NORMAL, next(self._eid), b))
-            else:
-                bucket.append(b)
-            self.demand += b.demand
-            if self.contended or self.demand > self.dram_capacity:
-                self._reshare(now)
-            placed = True
+            d = run.dem
+            t0 = start + d.setup_us
+            new = pool.new
+            pool.new = []
+            for b in new:
+                b.start = start
+                b.t0 = t0
             if self.batch_log is not None:
-                o = run.occ
-                need = Need(o.warps, o.regs_alloc, o.smem_alloc)
-                rec = [start, -1.0, run.kernel.op, pool.where, need]
-                self.batch_log.append(rec)
-                self._open_logs[uid] = rec
+                for b in new:
+                    b.segs = []
+            if not run.resident:
+                self.live[run] = None
+            run.resident += blocks
+            self.demand += blocks * d.memory
+            if pool.solo is not None:  # on an idle GPU: rates from the kernel's plan
+                self._solo_start(run, new)
+            elif was_solo:  # beside a solo placement: every rate by the general rule
+                self.contended = True
+            placed = True
             run.unplaced -= blocks
             if run.unplaced:
                 break
             fifo.popleft()
         if placed and not self.in_timer:
+            self._replan(now)
             self._account(now)
 
-    # -- batch timing and DRAM sharing --------------------------------------------------
+    # -- rates --------------------------------------------------------------------------
+
+    def _solo_start(self, run: Entry, new: list[Batch]) -> None:
+        """A placement on an idle GPU: its one or two batches (the SMs with one block
+        more, then the rest) take the rates of the kernel alone, from its plan."""
+        key = new[0].nb if len(new) == 1 else new[0].nb + new[1].nb
+        plan = run.plans.get(key)
+        if plan is None:
+            plan = run.plans[key] = _solo_plan(run.dem, new, self.gpu)
+        rates, run.g = plan
+        d = run.dem
+        for i in range(len(new)):
+            b = new[i]
+            b.p = p = rates[i]
+            b.finish = b.t0 + 1.0 / p
+            if d.bytes:
+                self.dram_used += b.nb * d.bytes * p
+            if d.work_us:
+                self.compute_used += b.nb * d.work_us * p
+            if b.segs is not None:
+                b.segs.append((b.t0, p))
+            self._arm(b)
+
+    def _set_rate(self, b: Batch, p: float, now: float) -> None:
+        """Batch ``b`` runs at ``p`` from ``now``: its progress so far is banked, its end
+        moves and it is re-armed."""
+        old = b.p
+        if p == old:
+            return
+        t0 = b.t0
+        if now > t0:
+            left = b.left - (now - t0) * old
+            b.left = left if left > 0.0 else 0.0
+            b.t0 = t0 = now
+        d = b.run.dem
+        blocks = b.nb
+        if d.bytes:
+            self.dram_used += blocks * d.bytes * (p - old)
+        if d.work_us:
+            self.compute_used += blocks * d.work_us * (p - old)
+        b.p = p
+        b.finish = t0 + b.left / p
+        if b.segs is not None:
+            b.segs.append((t0, p))
+        if b.finish != b.armed:
+            self._arm(b)
+
+    def _replan(self, now: float) -> None:
+        """Residency changed: re-plan the rates of the batches it touched (processor
+        sharing, :mod:`simgpu.sharing`) and re-arm each batch whose end moved.
+
+        A group whose residents changed re-shares its SMs' compute and memory ports
+        among them; DRAM is re-shared among all kernels when they ask for more than it
+        gives (or did at the last re-plan), and then every batch's rate is re-checked.
+        A solo placement keeps the rates of its plan."""
+        pool = self.pool
+        changed = pool.changed
+        todo: list[Batch] = []
+        if changed:
+            pool.changed = []
+            pool.stamp += 1
+            port = self.port
+            for g in changed:
+                bs = g.bs
+                if not bs:
+                    continue
+                if len(bs) == 1:  # one kernel's blocks: the even split, capped
+                    b = bs[0]
+                    d = b.run.dem
+                    k = b.k
+                    a = d.compute
+                    if a * k > 1.0:
+                        a = 1.0 / k
+                    m = d.memory
+                    if m * k > port:
+                        m = port / k
+                    b.pa = a / d.work_us if d.work_us else INF
+                    b.m = m
+                    todo.append(b)
+                else:
+                    _share(bs, port)
+                    todo += bs
+        if pool.solo is None and (self.contended or self.demand > self.dram_capacity):
+            cap = self.dram_capacity
+            if self.demand > cap:
+                self.contended = True
+                level = fill_level(
+                    [(r.dem.memory, r.dem.warps, r.resident) for r in self.live], cap
+                )
+            else:
+                self.contended = False
+                level = INF
+            moved = False
+            for r in self.live:
+                d = r.dem
+                g = level * d.warps
+                if g > d.memory:
+                    g = d.memory
+                if g != r.g:
+                    r.g = g
+                    moved = True
+            if moved:
+                todo = [b for g in pool.groups for b in g.bs]
+        for b in todo:
+            run = b.run
+            d = run.dem
+            p = b.pa
+            if d.bytes:
+                m = b.m
+                g = run.g
+                if g < m:
+                    m = g
+                q = m / d.bytes
+                if q < p:
+                    p = q
+            if p != b.p:
+                self._set_rate(b, p, now)
+            elif b.finish != b.armed:  # a sibling split off an armed batch
+                self._arm(b)
+
+    # -- batch ends ---------------------------------------------------------------------
 
     def _arm(self, b: Batch) -> None:
-        """Re-arm a batch whose end moved (DRAM sharing): a plain timer, since the batch
-        may already be an event in SimPy's queue."""
-        t = b.finish
+        """Arm a batch for its end. The first batch of an instant is pushed as SimPy's
+        event itself, unless it was already pushed once (then a plain timer)."""
+        t = b.armed = b.finish
         bucket = self.timers.get(t)
-        if bucket is None:
-            self.timers[t] = [b]
-            self._at(t, self._on_timer, t)
-        else:
+        if bucket is not None:
             bucket.append(b)
+            return
+        self.timers[t] = [b]
+        if b.pushed:
+            self._at(t, self.on_timer, t)
+        else:
+            b.pushed = True
+            b.callbacks = [self.on_timer]
+            heappush(self._queue, (t, NORMAL, next(self._eid), b))
 
     def _on_timer(self, ev: Batch | simpy.Event) -> None:
         """Batches end: free their blocks, finish their kernels (their streams move on),
-        re-share DRAM, hand the freed SMs to the FIFO, and log the counters once."""
+        hand the freed SMs to the FIFO, re-plan the rates, and log the counters once."""
         t = self.env._now
         due = self.timers.pop(t)
-        if len(due) == 1:  # the common case: one batch, armed once (_end_batch, inline)
+        pool = self.pool
+        if len(due) == 1:  # the common case: one batch, armed once (_release, inline)
             b = due[0]
-            if b.finish != t or not b.blocks:
+            if b.armed != t:
                 return
+            b.armed = -1.0
             self.in_timer = True
-            uid = b.uid
             run = b.run
-            self.pool.release(uid, run.occ, t)
-            del self.active[uid]
-            self.demand -= b.demand
+            blocks = b.nb
             if self.batch_log is not None:
-                self._open_logs.pop(uid)[1] = t
-            run.remaining -= b.blocks
-            b.blocks = 0
+                self._log(b, t)
+            pool.release(b, run.occ, t)
+            run.resident -= blocks
+            if not run.resident:
+                del self.live[run]
+            if pool.batches:
+                d = run.dem
+                self.demand -= blocks * d.memory
+                if d.bytes:
+                    self.dram_used -= blocks * d.bytes * b.p
+                if d.work_us:
+                    self.compute_used -= blocks * d.work_us * b.p
+            else:  # idle: the running sums restart clear of rounding
+                self.demand = self.dram_used = self.compute_used = 0.0
+            run.remaining -= blocks
             if not run.remaining:
                 self._end_kernel(run, t)
-        else:  # a batch re-armed by DRAM sharing may sit in a bucket twice, or be stale
-            finished = list(dict.fromkeys(b for b in due if b.finish == t and b.blocks))
-            if not finished:
+        else:  # a re-armed batch may be stale here, or here twice
+            ended = []
+            for b in due:
+                if b.armed == t:
+                    b.armed = -1.0
+                    ended.append(b)
+            if not ended:
                 return
             self.in_timer = True
-            for b in finished:  # every block freed before any stream moves on
-                self._end_batch(b, t)
-            for b in finished:
+            gone = [self._release(b, t) for b in ended]  # every block freed first
+            if not pool.batches:
+                self.demand = self.dram_used = self.compute_used = 0.0
+            for i, b in enumerate(ended):  # then the streams move on
                 run = b.run
-                run.remaining -= b.blocks
-                b.blocks = 0
+                run.remaining -= gone[i]
                 if not run.remaining:
                     self._end_kernel(run, t)
-        if self.contended or self.demand > self.dram_capacity:
-            self._reshare(t)
         if self.fifo:
             self.dispatch(t)
         self.in_timer = False
+        self._replan(t)
         self._account(t)
 
-    def _end_batch(self, b: Batch, t: float) -> None:
-        uid = b.uid
-        self.pool.release(uid, b.run.occ, t)
-        del self.active[uid]
-        self.demand -= b.demand
+    def _release(self, b: Batch, t: float) -> int:
+        """Free batch ``b``'s blocks and take what it drew off the running sums; returns
+        its blocks."""
+        run = b.run
+        d = run.dem
+        blocks = b.nb
         if self.batch_log is not None:
-            self._open_logs.pop(uid)[1] = t
+            self._log(b, t)
+        self.pool.release(b, run.occ, t)
+        run.resident -= blocks
+        if not run.resident:
+            del self.live[run]
+        self.demand -= blocks * d.memory
+        if d.bytes:
+            self.dram_used -= blocks * d.bytes * b.p
+        if d.work_us:
+            self.compute_used -= blocks * d.work_us * b.p
+        return blocks
+
+    def _log(self, b: Batch, t: float) -> None:
+        o = b.run.occ
+        self.batch_log.append(  # type: ignore[union-attr]
+            [b.start, t, b.run.op, [(b.sms, b.k)], Need(o.warps, o.regs_alloc, o.smem_alloc),
+             b.segs, b.run.kernel]
+        )  # fmt: skip
 
     def _end_kernel(self, run: Entry, t: float) -> None:
         """The kernel's last block ended: its record is final, its stream moves on."""
@@ -461,45 +613,97 @@ class Device:
             self._wake_idle_waiters()
         self.advance(s.queue, t)
 
-    def _reshare(self, now: float) -> None:
-        """Max-min fair split of DRAM bandwidth among running batches (processor
-        sharing): a batch demanding less than its fair share runs at full speed; the
-        rest slow down in proportion. Re-arms every batch whose end moved."""
-        active = list(self.active.values())
-        cap = self.dram_capacity
-        for b in active:
-            if now > b.last_t:
-                b.work -= (now - b.last_t) * b.rate
-                b.last_t = now
-        self.contended = self.demand > cap
-        rates: dict[int, float] = {}
-        if self.contended:
-            left, pool = cap, sorted(active, key=lambda x: x.demand)
-            for i, b in enumerate(pool):
-                fair = left / (len(pool) - i)
-                give = b.demand if b.demand <= fair else fair
-                rates[id(b)] = give / b.demand if b.demand > 0 else 1.0
-                left -= give
-        for b in active:
-            r = rates.get(id(b), 1.0)
-            if r == b.rate:
-                continue
-            b.rate = r
-            base = b.last_t if b.last_t > now else now
-            b.finish = base + max(0.0, b.work) / r
-            self._arm(b)
-
     def _account(self, now: float) -> None:
-        """Log the SMs-busy and DRAM counters at a change point."""
+        """Log the counters at a change point: SMs busy, DRAM GB/s drawn, and the
+        fraction of the GPU's compute in use."""
         busy = self.pool.busy
-        dem = self.demand
-        cap = self.dram_capacity
-        bw = (dem if dem < cap else cap) / 1e3  # bytes/us -> GB/s
-        if busy != self._last_busy or bw != self._last_bw:
+        bw = self.dram_used / 1e3  # bytes/us -> GB/s
+        if bw < 0.0:  # rounding of the running sum
+            bw = 0.0
+        sm = self.compute_used / self.gpu.sm_count
+        if sm < 0.0:
+            sm = 0.0
+        if busy != self._last_busy or bw != self._last_bw or sm != self._last_sm:
             self._last_busy = busy
             self._last_bw = bw
+            self._last_sm = sm
             counters = self.counters
             if counters[-1][0] == now:
-                counters[-1] = (now, busy, bw)
+                counters[-1] = (now, busy, bw, sm)
             else:
-                counters.append((now, busy, bw))
+                counters.append((now, busy, bw, sm))
+
+
+class _Constants:
+    """What the engine derives once from a kernel on a GPU (memoised on the kernel): its
+    block's demand, and the rates of its placements on an idle GPU."""
+
+    __slots__ = ("dem", "gpu", "plans")
+
+    def __init__(self, k: Kernel, gpu: GPUSpec) -> None:
+        self.gpu = gpu
+        self.dem = demand_of(k, gpu)
+        self.plans: dict[tuple[int, int], tuple] = {}
+
+
+def _constants(k: Kernel, gpu: GPUSpec) -> _Constants:
+    c = _Constants(k, gpu)
+    object.__setattr__(k, "sim", c)  # a memo on a frozen dataclass, outside its value
+    return c
+
+
+def _solo_plan(d: Demand, new: list[Batch], gpu: GPUSpec) -> tuple[list[float], float]:
+    """Rates of a placement on an idle GPU (the heavier batch first) and each block's
+    DRAM share. When the lighter batch ends first the heavier one keeps its rate (see
+    :func:`simgpu.sharing.lone_wave_us`), so one plan serves the whole placement."""
+    classes = [(len(b.sms), b.k) for b in new]
+    blocks = sum(m * k for m, k in classes)
+    return lone_rates(d, classes, gpu), min(d.memory, dram_capacity(gpu) / blocks)
+
+
+def _share(bs: tuple[Batch, ...], port: float) -> None:
+    """Several kernels' blocks on one group of SMs: max-min fair shares of the SM's
+    compute and of its memory port, by warps, each capped by what a block asks for
+    (:func:`simgpu.sharing.fill_level`; two kernels, the common case, in closed form)."""
+    if len(bs) == 2:
+        b1, b2 = bs
+        d1 = b1.run.dem
+        d2 = b2.run.dem
+        k1 = b1.k
+        k2 = b2.k
+        w1 = d1.warps
+        w2 = d2.warps
+        a1, a2 = _fill2(d1.compute, d2.compute, w1, w2, k1, k2, 1.0)
+        m1, m2 = _fill2(d1.memory, d2.memory, w1, w2, k1, k2, port)
+        b1.pa = a1 / d1.work_us if d1.work_us else INF
+        b1.m = m1
+        b2.pa = a2 / d2.work_us if d2.work_us else INF
+        b2.m = m2
+        return
+    lc = fill_level([(b.run.dem.compute, b.run.dem.warps, b.k) for b in bs], 1.0)
+    lm = fill_level([(b.run.dem.memory, b.run.dem.warps, b.k) for b in bs], port)
+    for b in bs:
+        d = b.run.dem
+        a = lc * d.warps
+        if a > d.compute:
+            a = d.compute
+        m = lm * d.warps
+        if m > d.memory:
+            m = d.memory
+        b.pa = a / d.work_us if d.work_us else INF
+        b.m = m
+
+
+def _fill2(
+    c1: float, c2: float, w1: int, w2: int, k1: int, k2: int, cap: float
+) -> tuple[float, float]:
+    """:func:`~simgpu.sharing.fill_level` for two items, returning each one's share."""
+    if c1 * k1 + c2 * k2 <= cap:
+        return c1, c2
+    level = cap / (w1 * k1 + w2 * k2)
+    if c1 * w2 <= c2 * w1:  # the first asks less per warp: it is served first
+        if c1 <= level * w1:
+            return c1, (cap - c1 * k1) / k2
+    elif c2 <= level * w2:
+        return (cap - c2 * k2) / k1, c2
+    return level * w1, level * w2

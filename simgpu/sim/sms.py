@@ -1,41 +1,32 @@
-"""The SMs of one GPU, kept as groups of identical SMs.
+"""The SMs of one GPU as groups of identical SMs, and the batches of blocks on them.
 
-SMs holding exactly the same resident blocks are interchangeable, so they form one group
-(a list of SM indices plus their free threads, registers, shared memory and block
-slots). A full wave touches every group once; a partial one splits a group in two; a
-release merges groups whose residents became equal again. Real models keep a handful of
-groups, so placing or releasing a batch costs a few Python operations instead of one per
-SM — the difference between simulating tens and hundreds of thousands of kernels per
-second.
+SMs holding the same resident blocks at the same progress are interchangeable, so they
+form one group: a list of SM indices, their free threads, registers, shared memory and
+block slots, and the batches resident on them. A **batch** is the blocks of one kernel
+on one group, ``k`` on every SM of it: they progress at one rate and end at one instant,
+so a batch costs one event however many blocks it holds.
 
-Two shortcuts cover the common cases without changing a single placement: a batch on an
-idle GPU (every kernel of a sequential program) is kept "solo", as two numbers instead
-of groups; and a batch beside others that needs at most one block per SM is placed by
-one walk over the groups in load order. Everything else goes through the general
-breadth-first rule, :meth:`SMPool._spread`; ``tests/test_sms.py`` checks the shortcuts
-against it on random GPUs and place/release sequences.
+A placement takes whole groups in load order, or splits one in two. Splitting a group
+splits its batches as well (a *sibling* for the split-off SMs, at the same progress),
+because from then on the two halves share their SMs with different neighbours and may
+progress differently. A group whose batches have all ended is idle again and merges
+into the one group of idle SMs; the pool spells out no group at all while nothing is
+resident. Real models keep a handful of groups, so placing or releasing costs a few
+Python operations instead of one per SM.
+
+The placement rule is breadth-first: the head kernel puts one block on every SM that has
+room (least loaded first, by free warps, then SM index) before a second on any.
+:meth:`SMPool._spread` is the general rule; an idle GPU and "at most one block per SM"
+are shortcuts to the same result, and ``tests/test_sms.py`` checks them against it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from simgpu.hardware import GPUSpec
 from simgpu.kernels import Occupancy
-
-
-class Group:
-    __slots__ = ("fb", "fr", "fs", "fw", "res", "sms")
-
-    def __init__(self, sms: list[int], res: tuple, fw: int, fr: int, fs: int, fb: int) -> None:
-        self.sms = sms  # SM indices, all in the same state
-        # resident batches, flat: (~uid, blocks per SM, ~uid, ...) in placement order —
-        # a batch is found with one C-level index() (~uid is negative, so never a count)
-        self.res = res
-        self.fw = fw  # free warps
-        self.fr = fr  # free registers
-        self.fs = fs  # free shared memory (bytes)
-        self.fb = fb  # free block slots
 
 
 @dataclass(frozen=True)
@@ -47,6 +38,75 @@ class Need:
     smem: int
 
 
+class Batch:
+    """``k`` blocks of one kernel on every SM of ``group``: one progress, one end.
+
+    ``left`` is the fraction of a block's work still to do at time ``t0`` and ``p`` the
+    rate (blocks per microsecond) since; ``finish`` follows. The engine sets them; the
+    pool only copies them when it splits a batch. The first batch to end at an instant
+    is itself the SimPy event of that instant (``callbacks`` and ``_ok`` are all SimPy's
+    loop reads), so arming a batch costs one heap push and no extra object."""
+
+    __slots__ = (
+        "armed",  # the end time it is armed for (-1: none)
+        "callbacks",
+        "finish",
+        "group",
+        "k",
+        "left",
+        "m",  # its share of its SM's memory port, bytes/us per block
+        "nb",  # blocks: k x its SMs
+        "p",
+        "pa",  # its compute-bound rate on its SM, blocks/us
+        "pushed",  # has been pushed onto SimPy's queue as an event itself
+        "run",
+        "segs",  # (time, rate) changes, if the device logs batches
+        "sms",  # the SMs it is on: its group's (kept equal when the group splits)
+        "start",
+        "t0",
+    )
+    _ok = True
+
+    def __init__(self, run: Any, group: Group | None, k: int, sms: list[int]) -> None:
+        self.run = run  # the kernel's queue entry (its dispatch state)
+        self.group = group  # None while the pool is solo
+        self.k = k
+        self.sms = sms
+        self.nb = k * len(sms)
+        self.left = 1.0
+        self.p = self.pa = self.m = 0.0  # none yet: the device sets them
+        self.start = self.t0 = self.finish = 0.0
+        self.armed = -1.0
+        self.pushed = False
+        self.segs: list[tuple[float, float]] | None = None
+
+    def sibling(self, group: Group) -> Batch:
+        """The same blocks' state on the SMs of ``group``, split off this batch's."""
+        b = Batch(self.run, group, self.k, group.sms)
+        b.left, b.p, b.pa, b.m = self.left, self.p, self.pa, self.m
+        b.start, b.t0, b.finish = self.start, self.t0, self.finish
+        if self.segs is not None:
+            b.segs = list(self.segs)
+        return b
+
+    @property
+    def blocks(self) -> int:
+        return self.k * len(self.sms)
+
+
+class Group:
+    __slots__ = ("bs", "fb", "fr", "fs", "fw", "mark", "sms")
+
+    def __init__(self, sms: list[int], bs: tuple, fw: int, fr: int, fs: int, fb: int) -> None:
+        self.sms = sms  # SM indices, all in the same state (never mutated in place)
+        self.bs = bs  # resident batches, in placement order
+        self.fw = fw  # free warps
+        self.fr = fr  # free registers
+        self.fs = fs  # free shared memory (bytes)
+        self.fb = fb  # free block slots
+        self.mark = -1  # the pool's ``stamp`` when it was last put on ``changed``
+
+
 class SMPool:
     """Block placement and release over the SMs of one GPU."""
 
@@ -54,29 +114,32 @@ class SMPool:
         self.cap = (gpu.max_warps_per_sm, gpu.regs_per_sm, gpu.smem_per_sm, gpu.max_blocks_per_sm)
         self.n = gpu.sm_count
         self.all_sms = list(range(self.n))  # never mutated: groups get new lists
-        # groups of identical SMs, spelled out only while two batches or more are
-        # resident (an idle GPU and a solo batch need none: see ``solo``)
-        self.groups: list[Group] = []
+        self.groups: list[Group] = []  # spelled out while two placements are resident
+        self.idle: Group | None = None  # the group of idle SMs among them, if any
         self.busy = 0  # SMs with at least one resident block
         self.batches = 0  # batches resident
         # (time, +1 busy / -1 idle, SM indices): per-SM busy time is derived from it lazily
         self.transitions: list[tuple[float, int, list[int]]] = []
-        self.where: list[tuple[list[int], int]] = []  # the last placement, if ``log``
-        self.log = False  # keep ``where`` for every placement (invariant tests)
-        # The pool holds exactly one batch, placed on an idle GPU (a sequential program's
-        # every kernel): (uid, level, extra, warps, regs, smem, busy SMs) — the first
-        # ``extra`` SMs hold ``level`` blocks, the rest ``level - 1``. Its groups are
-        # spelled out only if a second batch arrives, so the common case makes none.
-        self.solo: tuple | None = None
-        self._prefix: dict[int, list[int]] = {}  # SMs 0..k-1, the busy set of a solo batch
+        self.new: list[Batch] = []  # batches placed, for the device to start
+        self.changed: list[Group] = []  # groups whose residents changed: rates to re-plan
+        self.stamp = 0  # bumped each time the device takes ``changed``
+        # The pool holds only what one placement put on an idle GPU (a sequential
+        # program's every kernel): its batches, the first on the first SMs, the second
+        # (one block fewer each) on the rest. No group is spelled out until a second
+        # placement comes; the device times these batches from a per-kernel plan.
+        self.solo: list[Batch] | None = None
+        self.solo_need = (0, 0, 0)  # warps, registers, shared memory of one of its blocks
+        self._prefix: dict[int, list[int]] = {}  # SMs 0..k-1 and k..n-1 of an idle GPU
+        self._suffix: dict[int, list[int]] = {}
 
-    def place(self, uid: int, need: Occupancy, n: int, now: float) -> int:
-        """Place up to ``n`` blocks breadth-first on the least-loaded SMs (most free warps
-        first, then lowest SM index): one block on every SM that fits before a second on
-        any. Returns the blocks placed; ``self.where`` says where: [(SM indices, blocks
-        each)]."""
+    # -- placement ----------------------------------------------------------------------
+
+    def place(self, run: Any, need: Occupancy, n: int, now: float) -> int:
+        """Place up to ``n`` blocks of ``run`` breadth-first on the least-loaded SMs: one
+        block on every SM that fits before a second on any. Returns the blocks placed;
+        the new batches are appended to ``self.new``."""
         w, r, s = need.warps, need.regs_alloc, need.smem_alloc
-        if not self.batches:  # an idle GPU: the common case, kept as one resident batch
+        if not self.batches:  # an idle GPU: the common case, kept solo
             fw, fr, fs, c = self.cap
             x = fw // w  # blocks an idle SM takes (min() costs more than the chain)
             if x < c:
@@ -93,39 +156,39 @@ class SMPool:
             m = self.n
             if n >= c * m:
                 level, extra, n = c, m, c * m
-            else:  # breadth-first: every SM gets level-1 blocks, the first ``extra`` level
+            else:  # every SM gets level-1 blocks, the first ``extra`` one more
                 level = -(-n // m)
                 extra = n - (level - 1) * m
-            if level > 1 or extra == m:
+            if extra == m:
+                head = Batch(run, None, level, self.all_sms)
+                self.solo = [head]
                 busy = self.all_sms
             else:
-                busy = self._prefix.get(extra) or self._prefix.setdefault(extra, list(range(extra)))
-            self.solo = (uid, level, extra, w, r, s, busy)
-            self.batches = 1
+                head = Batch(run, None, level, self._head(extra))
+                if level > 1:
+                    self.solo = [head, Batch(run, None, level - 1, self._tail(extra))]
+                    busy = self.all_sms
+                else:
+                    self.solo = [head]
+                    busy = head.sms
+            self.solo_need = (w, r, s)
+            self.batches = len(self.solo)
+            self.new += self.solo
             self.busy = len(busy)
             self.transitions.append((now, 1, busy))
-            if self.log:
-                sms = self.all_sms
-                if extra == m:
-                    self.where = [(sms, level)]
-                else:
-                    self.where = [(sms[:extra], level)]
-                    if level > 1:
-                        self.where.append((sms[extra:], level - 1))
             return n
         solo = self.solo
         if solo is not None:
-            # the least-loaded SMs hold ``level - 1`` blocks of it (or ``level`` when all
-            # hold as many): if those cannot take a block, no SM can, and the groups
-            # need not be spelled out
-            _, level, extra, sw, sr, ss, _ = solo
-            k = level - 1 if extra < self.n else level
-            fw, fr, fs, fb = self.cap
-            if fb - k < 1 or fw - k * sw < w or fr - k * sr < r or fs - k * ss < s:
-                return 0
+            # the least-loaded SMs hold the last solo batch's blocks, or none: if those
+            # cannot take a block, no SM can, and the groups need not be spelled out
+            if sum(len(b.sms) for b in solo) == self.n:
+                k = solo[-1].k
+                sw, sr, ss = self.solo_need
+                fw, fr, fs, fb = self.cap
+                if fb - k < 1 or fw - k * sw < w or fr - k * sr < r or fs - k * ss < s:
+                    return 0
             self._materialize()
         groups = self.groups
-        self.batches += 1
         groups.sort(key=_load_key)
         # Beside other kernels a batch mostly needs one block per SM at most: walk the
         # groups in load order, every SM that fits a block taking one, until all n are
@@ -137,46 +200,102 @@ class SMPool:
             if g.fb and g.fw >= w and g.fr >= r and g.fs >= s:
                 m = len(g.sms)
                 if rem < m:  # the n-th block lands inside this group: its first SMs
-                    head = Group(g.sms[:rem], g.res, g.fw, g.fr, g.fs, g.fb)
-                    g.sms = g.sms[rem:]
-                    groups.insert(i, head)
-                    out.append(head)
+                    out.append(self._split(g, rem, i))
                     rem = 0
                     break
                 out.append(g)
                 rem -= m
                 if not rem:
                     break
-        if not rem:
-            ks = [1] * len(out)
-        else:
+        if rem:
             out, ks, n = self._spread(groups, n, w, r, s)
             if not n:
-                self.batches -= 1
                 return 0
-        self._take(out, ks, uid, w, r, s, now)
+            for g, k in zip(out, ks, strict=True):
+                if k:
+                    self._add(g, k, run, w, r, s, now)
+            return n
+        for g in out:
+            self._add(g, 1, run, w, r, s, now)
         return n
 
-    def _take(
-        self, out: list[Group], ks: list[int], uid: int, w: int, r: int, s: int, now: float
-    ) -> None:
-        """Batch ``uid`` takes ``ks[i]`` blocks on every SM of group ``out[i]``."""
-        busy = self.busy
-        transitions = self.transitions
-        for g, k in zip(out, ks, strict=True):
-            if k:
-                res = g.res
-                if not res:
-                    busy += len(g.sms)
-                    transitions.append((now, 1, g.sms))
-                g.res = (*res, ~uid, k)
-                g.fw -= k * w
-                g.fr -= k * r
-                g.fs -= k * s
-                g.fb -= k
-        self.busy = busy
-        if self.log:
-            self.where = [(g.sms, k) for g, k in zip(out, ks, strict=True) if k]
+    def _head(self, k: int) -> list[int]:
+        sms = self._prefix.get(k)
+        if sms is None:
+            sms = self._prefix[k] = self.all_sms[:k]
+        return sms
+
+    def _tail(self, k: int) -> list[int]:
+        sms = self._suffix.get(k)
+        if sms is None:
+            sms = self._suffix[k] = self.all_sms[k:]
+        return sms
+
+    def _materialize(self) -> None:
+        """A second placement arrives beside the solo one: spell the solo batches out as
+        groups (their SMs were already counted busy), plus one of the idle SMs. They are
+        marked changed: their rates are re-planned by the general rule from now on."""
+        solo = self.solo
+        assert solo is not None
+        self.solo = None
+        sw, sr, ss = self.solo_need
+        fw, fr, fs, fb = self.cap
+        groups = []
+        used: set[int] = set()
+        for b in solo:
+            k = b.k
+            g = Group(b.sms, (b,), fw - k * sw, fr - k * sr, fs - k * ss, fb - k)
+            b.group = g
+            g.mark = self.stamp
+            self.changed.append(g)
+            groups.append(g)
+            used.update(b.sms)
+        if len(used) < self.n:
+            self.idle = Group([i for i in self.all_sms if i not in used], (), fw, fr, fs, fb)
+            groups.append(self.idle)
+        else:
+            self.idle = None
+        self.groups = groups
+
+    def _add(self, g: Group, k: int, run: Any, w: int, r: int, s: int, now: float) -> None:
+        """A new batch of ``k`` blocks per SM of ``g``."""
+        if not g.bs:
+            self.busy += len(g.sms)
+            self.transitions.append((now, 1, g.sms))
+            if g is self.idle:
+                self.idle = None
+        b = Batch(run, g, k, g.sms)
+        g.bs += (b,)
+        g.fw -= k * w
+        g.fr -= k * r
+        g.fs -= k * s
+        g.fb -= k
+        self.batches += 1
+        self.new.append(b)
+        if g.mark != self.stamp:
+            g.mark = self.stamp
+            self.changed.append(g)
+
+    def _cut(self, g: Group, m: int) -> Group:
+        """A new group of the first ``m`` SMs of ``g``; ``g`` keeps the rest. Its batches
+        get siblings there, at the same progress."""
+        head = Group(g.sms[:m], (), g.fw, g.fr, g.fs, g.fb)
+        rest = g.sms = g.sms[m:]
+        if g.bs:
+            head.bs = tuple(b.sibling(head) for b in g.bs)
+            nrest = len(rest)
+            for b in g.bs:
+                b.sms = rest
+                b.nb = b.k * nrest
+            self.batches += len(g.bs)
+        return head
+
+    def _split(self, g: Group, m: int, at: int) -> Group:
+        """Split the first ``m`` SMs off group ``g`` (at position ``at`` of the groups)
+        into a new group before it."""
+        head = self._cut(g, m)
+        self.groups.insert(at, head)
+        return head
 
     def _spread(
         self, groups: list[Group], n: int, w: int, r: int, s: int
@@ -204,7 +323,7 @@ class SMPool:
             sizes.append(m)
             total += c * m
         if n >= total:  # every group takes all it can (nothing, if total is 0)
-            return groups, caps, total
+            return list(groups), caps, total
         # Find the level at which the n-th block lands; groups before it in load order
         # take one block more at that level. F(L), the blocks levels 1..L hold, is the
         # sum of min(cap, L) * SMs: piecewise linear in L with a kink at each group's
@@ -222,6 +341,7 @@ class SMPool:
         level = prev - (below - n) // slope  # prev + ceil((n - below) / slope)
         rem = n - below - (level - 1 - prev) * slope  # blocks at the last level
         out, ks = [], []
+        split = False
         for g, c, m in zip(groups, caps, sizes, strict=True):
             if c < level:
                 k = c
@@ -231,79 +351,65 @@ class SMPool:
                 rem -= m
                 k = level
             else:  # split: the first SMs take one block more
-                out.append(Group(g.sms[:rem], g.res, g.fw, g.fr, g.fs, g.fb))
+                out.append(self._cut(g, rem))
                 ks.append(level)
-                g.sms = g.sms[rem:]
+                split = True
                 rem = 0
                 k = level - 1
             out.append(g)
             ks.append(k)
-        self.groups = out
+        if split:
+            self.groups = list(out)
         return out, ks, n
 
-    def _materialize(self) -> None:
-        """A second batch arrives beside a solo one: spell the solo batch out as the
-        groups the general path works on (its SMs were already counted busy)."""
-        uid, level, extra, w, r, s, _ = self.solo
-        self.solo = None
-        fw, fr, fs, fb = self.cap
-        sms = self.all_sms
-        head = Group(sms, (~uid, level), fw - level * w, fr - level * r, fs - level * s, fb - level)
-        if extra == self.n:
-            self.groups = [head]
-            return
-        head.sms = sms[:extra]
-        tail = Group(sms[extra:], (), fw, fr, fs, fb)
-        if level > 1:
-            k = level - 1
-            tail.res = (~uid, k)
-            tail.fw -= k * w
-            tail.fr -= k * r
-            tail.fs -= k * s
-            tail.fb -= k
-        self.groups = [head, tail]
+    # -- release ------------------------------------------------------------------------
 
-    def release(self, uid: int, need: Occupancy, now: float) -> None:
-        """Free every block of batch ``uid``; merge groups that became identical."""
+    def release(self, b: Batch, need: Occupancy, now: float) -> None:
+        """Free the blocks of batch ``b``; its group, if idle now, joins the idle SMs."""
         self.batches -= 1
-        if not self.batches:  # the pool is empty again (the next batch will be solo)
-            solo = self.solo
-            if solo is not None:  # the groups were never spelled out
+        solo = self.solo
+        if solo is not None:
+            solo.remove(b)
+            self.busy -= len(b.sms)
+            self.transitions.append((now, -1, b.sms))
+            if not solo:
                 self.solo = None
-                self.transitions.append((now, -1, solo[6]))
-            else:
-                for g in self.groups:
-                    if g.res:
-                        self.transitions.append((now, -1, g.sms))
-                self.groups = []
-            self.busy = 0
             return
-        w, r, s = need.warps, need.regs_alloc, need.smem_alloc
-        groups = self.groups
-        touched = 0
-        key = ~uid
-        for g in groups:
-            res = g.res
-            if key in res:
-                i = res.index(key)
-                k = res[i + 1]
-                g.res = res = res[:i] + res[i + 2 :]
-                g.fw += k * w
-                g.fr += k * r
-                g.fs += k * s
-                g.fb += k
-                touched += 1
-                if not res:
-                    self.busy -= len(g.sms)
-                    self.transitions.append((now, -1, g.sms))
-        if touched and len(groups) > 1:
-            merged: dict[tuple, Group] = {}
-            for g in groups:
-                m = merged.setdefault(g.res, g)
-                if m is not g:
-                    m.sms = m.sms + g.sms
-            if len(merged) != len(groups):
-                self.groups = list(merged.values())
+        g = b.group
+        bs = g.bs
+        if len(bs) == 1:
+            g.bs = ()
+        else:
+            i = bs.index(b)
+            g.bs = bs[:i] + bs[i + 1 :]
+        k = b.k
+        g.fw += k * need.warps
+        g.fr += k * need.regs_alloc
+        g.fs += k * need.smem_alloc
+        g.fb += k
+        if g.bs:
+            if g.mark != self.stamp:
+                g.mark = self.stamp
+                self.changed.append(g)
+            return
+        self.busy -= len(g.sms)
+        self.transitions.append((now, -1, g.sms))
+        if not self.batches:  # the GPU is idle: no group spelled out
+            self.groups = []
+            self.idle = None
+            return
+        idle = self.idle
+        if idle is None:
+            self.idle = g
+        else:
+            idle.sms = idle.sms + g.sms
+            self.groups.remove(g)
+
+    def resident(self) -> list[Batch]:
+        """Every resident batch (the solo ones, or group by group in the groups' order)."""
+        if self.solo is not None:
+            return list(self.solo)
+        return [b for g in self.groups for b in g.bs]
 
 
 def _load_key(g: Group) -> tuple[int, int]:
