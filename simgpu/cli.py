@@ -135,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_scheduler,
         scheduler_names,
     )
-    from schedulers.bounds import machine_bounds_us, schedule_bound_us
+    from schedulers.bounds import binding_bound, machine_bounds_us, schedule_bound_us
 
     graph = _model(args)
     machine = _machine(args)
@@ -170,6 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     gpu = machine.gpu
     cp_us, work_us = machine_bounds_us(graph, machine)
     bound_ms = max(cp_us, work_us) / 1e3
+    binds = binding_bound(graph, machine)
     rows = []
     for n in names:
         r = results.get(n)
@@ -213,6 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "lower_bound_ms": bound_ms,
             "critical_path_bound_ms": cp_us / 1e3,
             "work_bound_ms": work_us / 1e3,
+            "binding_bound": binds,
             "results": rows,
         }
         print(json.dumps(out, indent=1))
@@ -222,7 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"on {machine.name if multi else gpu.name}"
     )
     print(
-        f"lower bound {bound_ms:.3f} ms (critical path {cp_us / 1e3:.3f}, work {work_us / 1e3:.3f})"
+        f"lower bound {bound_ms:.3f} ms, {binds} binds "
+        f"(critical path {cp_us / 1e3:.3f}, work {work_us / 1e3:.3f})"
     )
     table = []
     for r in rows:

@@ -29,6 +29,7 @@ from schedulers.base import (
     scheduler_names,
 )
 from schedulers.bounds import (
+    binding_bound,
     critical_path_bound_us,
     first_start_us,
     lower_bound_us,
@@ -237,6 +238,25 @@ def test_work_bound_counts_every_resource() -> None:
     assert work_bound_us(g, V100) == pytest.approx(first_start_us(V100) + w.binding[1])
     assert work_bound_us(g, V100) > critical_path_bound_us(g, V100)
     for name in ("sequential", "nimble", "greedy"):
+        lat = run_scheduler(name, g, Machine.single(V100)).timeline.makespan_us
+        assert lat >= work_bound_us(g, V100)
+
+
+def test_the_compute_floor_binds_many_independent_gemms() -> None:
+    """Forty GEMMs that each fill a fraction of the SMs: no schedule finishes before
+    their work has passed through every SM at its full rate (the compute floor), far
+    above the longest single GEMM."""
+    x = (64, 1024)
+    ops = [Op("x", "input", (), x)] + [
+        Op(f"g{i}", "linear", ("x",), (64, 1024), attrs={"in_features": 1024, "out_features": 1024})
+        for i in range(40)
+    ]
+    g = OpGraph(ops, name="gemms")
+    w = work_breakdown(g, V100)
+    assert w.binding[0] == "compute"
+    assert work_bound_us(g, V100) > critical_path_bound_us(g, V100)
+    assert binding_bound(g, Machine.single(V100)) == "work (compute)"
+    for name in ("sequential", "nimble", "lios"):
         lat = run_scheduler(name, g, Machine.single(V100)).timeline.makespan_us
         assert lat >= work_bound_us(g, V100)
 
@@ -672,6 +692,7 @@ def test_cli_run_all_json(capsys: pytest.CaptureFixture[str]) -> None:
     g = build_model("inception_v3")
     assert data["lower_bound_ms"] == pytest.approx(lower_bound_us(g, V100) / 1e3)
     assert data["critical_path_bound_ms"] >= data["work_bound_ms"] > 0
+    assert data["binding_bound"] == "critical path"
     rows = {r["scheduler"]: r for r in data["results"]}
     assert list(rows) == SINGLE_GPU
     for name, r in rows.items():
