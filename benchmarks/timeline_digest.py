@@ -28,12 +28,12 @@ from simgpu.sim.engine import simulate
 from simgpu.timeline import Timeline
 
 
-def _steps(counters: list[tuple[float, int, float]]) -> list[tuple[str, int, str]]:
-    out: list[tuple[str, int, str]] = []
-    for t, busy, bw, *_ in counters:
-        if out and out[-1][1:] == (busy, repr(bw)):
+def _steps(counters: list[tuple[float, int, float, float]]) -> list[tuple[str, int, str, str]]:
+    out: list[tuple[str, int, str, str]] = []
+    for t, busy, bw, compute in counters:
+        if out and out[-1][1:] == (busy, repr(bw), repr(compute)):
             continue
-        out.append((repr(t), busy, repr(bw)))
+        out.append((repr(t), busy, repr(bw), repr(compute)))
     return out
 
 

@@ -68,6 +68,7 @@ class Entry:
 
     __slots__ = (
         "available",
+        "cst",  # the kernel's _Constants on this GPU
         "dem",  # the kernel's Demand: what one block asks of its SM and of DRAM
         "event",
         "first_start",  # start of its first batch (-1 before)
@@ -270,6 +271,7 @@ class Device:
                 c = k.sim
                 if c is None or c.gpu is not self.gpu:
                     c = _constants(k, self.gpu)
+                e.cst = c
                 e.dem = c.dem
                 e.plans = c.plans
                 e.g = c.dem.memory
@@ -351,75 +353,53 @@ class Device:
             t0 = start + d.setup_us
             new = pool.new
             pool.new = []
-            for b in new:
-                b.start = start
-                b.t0 = t0
-            if self.batch_log is not None:
-                for b in new:
-                    b.segs = []
             if not run.resident:
                 self.live[run] = None
             run.resident += blocks
             self.demand += blocks * d.memory
             if pool.solo is not None:  # on an idle GPU: rates from the kernel's plan
-                self._solo_start(run, new)
-            elif was_solo:  # beside a solo placement: every rate by the general rule
-                self.contended = True
+                plan = run.plans.get(blocks)
+                if plan is None:
+                    plan = run.plans[blocks] = _solo_plan(d, new, self.gpu)
+                rates, run.g, dram, compute = plan
+                self.dram_used += dram
+                self.compute_used += compute
+                timers = self.timers
+                for i in range(len(new)):
+                    b = new[i]
+                    b.start = start
+                    b.t0 = t0
+                    b.p = p = rates[i]
+                    t = b.finish = b.armed = t0 + 1.0 / p
+                    if self.batch_log is not None:
+                        b.segs = [(t0, p)]
+                    bucket = timers.get(t)  # _arm, inline
+                    if bucket is None:
+                        timers[t] = [b]
+                        b.callbacks = [self.on_timer]
+                        heappush(self._queue, (t, NORMAL, next(self._eid), b))
+                    else:
+                        bucket.append(b)
+            else:
+                for b in new:
+                    b.start = start
+                    b.t0 = t0
+                if self.batch_log is not None:
+                    for b in new:
+                        b.segs = []
+                if was_solo:  # beside a solo placement: every rate by the general rule
+                    self.contended = True
             placed = True
             run.unplaced -= blocks
             if run.unplaced:
                 break
             fifo.popleft()
         if placed and not self.in_timer:
-            self._replan(now)
+            if pool.changed or pool.solo is None:
+                self._replan(now)
             self._account(now)
 
     # -- rates --------------------------------------------------------------------------
-
-    def _solo_start(self, run: Entry, new: list[Batch]) -> None:
-        """A placement on an idle GPU: its one or two batches (the SMs with one block
-        more, then the rest) take the rates of the kernel alone, from its plan."""
-        key = new[0].nb if len(new) == 1 else new[0].nb + new[1].nb
-        plan = run.plans.get(key)
-        if plan is None:
-            plan = run.plans[key] = _solo_plan(run.dem, new, self.gpu)
-        rates, run.g = plan
-        d = run.dem
-        for i in range(len(new)):
-            b = new[i]
-            b.p = p = rates[i]
-            b.finish = b.t0 + 1.0 / p
-            if d.bytes:
-                self.dram_used += b.nb * d.bytes * p
-            if d.work_us:
-                self.compute_used += b.nb * d.work_us * p
-            if b.segs is not None:
-                b.segs.append((b.t0, p))
-            self._arm(b)
-
-    def _set_rate(self, b: Batch, p: float, now: float) -> None:
-        """Batch ``b`` runs at ``p`` from ``now``: its progress so far is banked, its end
-        moves and it is re-armed."""
-        old = b.p
-        if p == old:
-            return
-        t0 = b.t0
-        if now > t0:
-            left = b.left - (now - t0) * old
-            b.left = left if left > 0.0 else 0.0
-            b.t0 = t0 = now
-        d = b.run.dem
-        blocks = b.nb
-        if d.bytes:
-            self.dram_used += blocks * d.bytes * (p - old)
-        if d.work_us:
-            self.compute_used += blocks * d.work_us * (p - old)
-        b.p = p
-        b.finish = t0 + b.left / p
-        if b.segs is not None:
-            b.segs.append((t0, p))
-        if b.finish != b.armed:
-            self._arm(b)
 
     def _replan(self, now: float) -> None:
         """Residency changed: re-plan the rates of the batches it touched (processor
@@ -477,40 +457,75 @@ class Device:
                     moved = True
             if moved:
                 todo = [b for g in pool.groups for b in g.bs]
+        if not todo:
+            return
+        # every rate from its shares; a batch whose rate moved banks its progress so far
+        # and is re-armed for its new end (_arm, inline: the hot path)
+        timers = self.timers
+        segs = self.batch_log is not None
+        dram = self.dram_used
+        compute = self.compute_used
         for b in todo:
             run = b.run
             d = run.dem
             p = b.pa
-            if d.bytes:
+            nbytes = d.bytes
+            if nbytes:
                 m = b.m
                 g = run.g
                 if g < m:
                     m = g
-                q = m / d.bytes
+                q = m / nbytes
                 if q < p:
                     p = q
-            if p != b.p:
-                self._set_rate(b, p, now)
-            elif b.finish != b.armed:  # a sibling split off an armed batch
-                self._arm(b)
+            old = b.p
+            if p != old:
+                t0 = b.t0
+                if now > t0:
+                    left = b.left - (now - t0) * old
+                    b.left = left if left > 0.0 else 0.0
+                    b.t0 = t0 = now
+                if nbytes:
+                    dram += b.nb * nbytes * (p - old)
+                if d.work_us:
+                    compute += b.nb * d.work_us * (p - old)
+                b.p = p
+                t = b.finish = t0 + b.left / p
+                if segs:
+                    b.segs.append((t0, p))
+            else:
+                t = b.finish
+            if t != b.armed:  # moved, or a sibling split off an armed batch
+                b.armed = t
+                bucket = timers.get(t)
+                if bucket is not None:
+                    bucket.append(b)
+                else:
+                    timers[t] = [b]
+                    if b.callbacks is None:
+                        b.callbacks = [self.on_timer]
+                        heappush(self._queue, (t, NORMAL, next(self._eid), b))
+                    else:
+                        self._at(t, self.on_timer, t)
+        self.dram_used = dram
+        self.compute_used = compute
 
     # -- batch ends ---------------------------------------------------------------------
 
     def _arm(self, b: Batch) -> None:
         """Arm a batch for its end. The first batch of an instant is pushed as SimPy's
-        event itself, unless it was already pushed once (then a plain timer)."""
+        event itself, unless it is in SimPy's queue already (then a plain timer)."""
         t = b.armed = b.finish
         bucket = self.timers.get(t)
         if bucket is not None:
             bucket.append(b)
             return
         self.timers[t] = [b]
-        if b.pushed:
-            self._at(t, self.on_timer, t)
-        else:
-            b.pushed = True
+        if b.callbacks is None:
             b.callbacks = [self.on_timer]
             heappush(self._queue, (t, NORMAL, next(self._eid), b))
+        else:
+            self._at(t, self.on_timer, t)
 
     def _on_timer(self, ev: Batch | simpy.Event) -> None:
         """Batches end: free their blocks, finish their kernels (their streams move on),
@@ -564,7 +579,8 @@ class Device:
         if self.fifo:
             self.dispatch(t)
         self.in_timer = False
-        self._replan(t)
+        if pool.changed or (pool.solo is None and pool.batches):
+            self._replan(t)
         self._account(t)
 
     def _release(self, b: Batch, t: float) -> int:
@@ -636,14 +652,16 @@ class Device:
 
 class _Constants:
     """What the engine derives once from a kernel on a GPU (memoised on the kernel): its
-    block's demand, and the rates of its placements on an idle GPU."""
+    block's demand, the rates of its placements on an idle GPU, and its blocks' shares
+    of an SM beside other kernels' blocks."""
 
-    __slots__ = ("dem", "gpu", "plans")
+    __slots__ = ("dem", "gpu", "plans", "shares")
 
     def __init__(self, k: Kernel, gpu: GPUSpec) -> None:
         self.gpu = gpu
         self.dem = demand_of(k, gpu)
-        self.plans: dict[tuple[int, int], tuple] = {}
+        self.plans: dict[int, tuple] = {}  # by blocks placed on the idle GPU
+        self.shares: dict[tuple, tuple] = {}  # by the group's other residents
 
 
 def _constants(k: Kernel, gpu: GPUSpec) -> _Constants:
@@ -652,19 +670,45 @@ def _constants(k: Kernel, gpu: GPUSpec) -> _Constants:
     return c
 
 
-def _solo_plan(d: Demand, new: list[Batch], gpu: GPUSpec) -> tuple[list[float], float]:
-    """Rates of a placement on an idle GPU (the heavier batch first) and each block's
-    DRAM share. When the lighter batch ends first the heavier one keeps its rate (see
-    :func:`simgpu.sharing.lone_wave_us`), so one plan serves the whole placement."""
+def _solo_plan(d: Demand, new: list[Batch], gpu: GPUSpec) -> tuple:
+    """Rates of a placement on an idle GPU (the heavier batch first), each block's DRAM
+    share, and the DRAM and compute the placement draws. When the lighter batch ends
+    first the heavier one keeps its rate (see :func:`simgpu.sharing.lone_wave_us`), so
+    one plan serves the whole placement."""
     classes = [(len(b.sms), b.k) for b in new]
     blocks = sum(m * k for m, k in classes)
-    return lone_rates(d, classes, gpu), min(d.memory, dram_capacity(gpu) / blocks)
+    rates = lone_rates(d, classes, gpu)
+    dram = sum(b.nb * d.bytes * p for b, p in zip(new, rates, strict=True)) if d.bytes else 0.0
+    work = sum(b.nb * d.work_us * p for b, p in zip(new, rates, strict=True)) if d.work_us else 0.0
+    return rates, min(d.memory, dram_capacity(gpu) / blocks), dram, work
 
 
 def _share(bs: tuple[Batch, ...], port: float) -> None:
     """Several kernels' blocks on one group of SMs: max-min fair shares of the SM's
     compute and of its memory port, by warps, each capped by what a block asks for
-    (:func:`simgpu.sharing.fill_level`; two kernels, the common case, in closed form)."""
+    (:func:`simgpu.sharing.fill_level`; two kernels, the common case, in closed form).
+    The same residents recur on many groups and in every run of a program, so each
+    composition's shares are memoised on the first kernel's constants."""
+    first = bs[0]
+    if len(bs) == 2:
+        second = bs[1]
+        key: tuple = (first.k, second.run.cst, second.k)
+    else:
+        key = (first.k, *[x for b in bs[1:] for x in (b.run.cst, b.k)])
+    memo = first.run.cst.shares
+    got = memo.get(key)
+    if got is None:
+        _fair(bs, port)
+        memo[key] = tuple(x for b in bs for x in (b.pa, b.m))
+        return
+    i = 0
+    for b in bs:
+        b.pa = got[i]
+        b.m = got[i + 1]
+        i += 2
+
+
+def _fair(bs: tuple[Batch, ...], port: float) -> None:
     if len(bs) == 2:
         b1, b2 = bs
         d1 = b1.run.dem

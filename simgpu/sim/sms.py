@@ -49,7 +49,7 @@ class Batch:
 
     __slots__ = (
         "armed",  # the end time it is armed for (-1: none)
-        "callbacks",
+        "callbacks",  # SimPy's, while it is in SimPy's queue as an event itself
         "finish",
         "group",
         "k",
@@ -58,7 +58,6 @@ class Batch:
         "nb",  # blocks: k x its SMs
         "p",
         "pa",  # its compute-bound rate on its SM, blocks/us
-        "pushed",  # has been pushed onto SimPy's queue as an event itself
         "run",
         "segs",  # (time, rate) changes, if the device logs batches
         "sms",  # the SMs it is on: its group's (kept equal when the group splits)
@@ -77,7 +76,7 @@ class Batch:
         self.p = self.pa = self.m = 0.0  # none yet: the device sets them
         self.start = self.t0 = self.finish = 0.0
         self.armed = -1.0
-        self.pushed = False
+        self.callbacks: list | None = None
         self.segs: list[tuple[float, float]] | None = None
 
     def sibling(self, group: Group) -> Batch:
