@@ -568,12 +568,35 @@ class Device:
             if not ended:
                 return
             self.in_timer = True
-            gone = [self._release(b, t) for b in ended]  # every block freed first
-            if not pool.batches:
-                self.demand = self.dram_used = self.compute_used = 0.0
-            for i, b in enumerate(ended):  # then the streams move on
+            live = self.live
+            log = self.batch_log
+            demand = self.demand
+            dram = self.dram_used
+            compute = self.compute_used
+            for b in ended:  # every block freed before any stream moves on
                 run = b.run
-                run.remaining -= gone[i]
+                d = run.dem
+                blocks = b.nb
+                if log is not None:
+                    self._log(b, t)
+                pool.release(b, run.occ, t)
+                run.resident -= blocks
+                if not run.resident:
+                    del live[run]
+                demand -= blocks * d.memory
+                if d.bytes:
+                    dram -= blocks * d.bytes * b.p
+                if d.work_us:
+                    compute -= blocks * d.work_us * b.p
+            if pool.batches:
+                self.demand = demand
+                self.dram_used = dram
+                self.compute_used = compute
+            else:  # idle: the running sums restart clear of rounding
+                self.demand = self.dram_used = self.compute_used = 0.0
+            for b in ended:  # then the streams move on
+                run = b.run
+                run.remaining -= b.nb
                 if not run.remaining:
                     self._end_kernel(run, t)
         if self.fifo:
@@ -582,25 +605,6 @@ class Device:
         if pool.changed or (pool.solo is None and pool.batches):
             self._replan(t)
         self._account(t)
-
-    def _release(self, b: Batch, t: float) -> int:
-        """Free batch ``b``'s blocks and take what it drew off the running sums; returns
-        its blocks."""
-        run = b.run
-        d = run.dem
-        blocks = b.nb
-        if self.batch_log is not None:
-            self._log(b, t)
-        self.pool.release(b, run.occ, t)
-        run.resident -= blocks
-        if not run.resident:
-            del self.live[run]
-        self.demand -= blocks * d.memory
-        if d.bytes:
-            self.dram_used -= blocks * d.bytes * b.p
-        if d.work_us:
-            self.compute_used -= blocks * d.work_us * b.p
-        return blocks
 
     def _log(self, b: Batch, t: float) -> None:
         o = b.run.occ

@@ -80,12 +80,25 @@ class Batch:
         self.segs: list[tuple[float, float]] | None = None
 
     def sibling(self, group: Group) -> Batch:
-        """The same blocks' state on the SMs of ``group``, split off this batch's."""
-        b = Batch(self.run, group, self.k, group.sms)
-        b.left, b.p, b.pa, b.m = self.left, self.p, self.pa, self.m
-        b.start, b.t0, b.finish = self.start, self.t0, self.finish
-        if self.segs is not None:
-            b.segs = list(self.segs)
+        """The same blocks' state on the SMs of ``group``, split off this batch's (not
+        armed yet: its own timer entry comes with the re-plan of ``group``)."""
+        b = _new(Batch)
+        b.run = self.run
+        b.group = group
+        b.k = k = self.k
+        b.sms = sms = group.sms
+        b.nb = k * len(sms)
+        b.left = self.left
+        b.p = self.p
+        b.pa = self.pa
+        b.m = self.m
+        b.start = self.start
+        b.t0 = self.t0
+        b.finish = self.finish
+        b.armed = -1.0
+        b.callbacks = None
+        segs = self.segs
+        b.segs = None if segs is None else list(segs)
         return b
 
     @property
@@ -240,7 +253,7 @@ class SMPool:
         sw, sr, ss = self.solo_need
         fw, fr, fs, fb = self.cap
         groups = []
-        used: set[int] = set()
+        covered = 0
         for b in solo:
             k = b.k
             g = Group(b.sms, (b,), fw - k * sw, fr - k * sr, fs - k * ss, fb - k)
@@ -248,9 +261,10 @@ class SMPool:
             g.mark = self.stamp
             self.changed.append(g)
             groups.append(g)
-            used.update(b.sms)
-        if len(used) < self.n:
-            self.idle = Group([i for i in self.all_sms if i not in used], (), fw, fr, fs, fb)
+            covered += len(b.sms)
+        if covered < self.n:  # one batch left, on the first SMs or on the last ones
+            rest = self._tail(covered) if solo[0].sms[0] == 0 else self._head(self.n - covered)
+            self.idle = Group(rest, (), fw, fr, fs, fb)
             groups.append(self.idle)
         else:
             self.idle = None
@@ -280,13 +294,14 @@ class SMPool:
         get siblings there, at the same progress."""
         head = Group(g.sms[:m], (), g.fw, g.fr, g.fs, g.fb)
         rest = g.sms = g.sms[m:]
-        if g.bs:
-            head.bs = tuple(b.sibling(head) for b in g.bs)
+        bs = g.bs
+        if bs:
+            head.bs = tuple([b.sibling(head) for b in bs])
             nrest = len(rest)
-            for b in g.bs:
+            for b in bs:
                 b.sms = rest
                 b.nb = b.k * nrest
-            self.batches += len(g.bs)
+            self.batches += len(bs)
         return head
 
     def _split(self, g: Group, m: int, at: int) -> Group:
@@ -409,6 +424,9 @@ class SMPool:
         if self.solo is not None:
             return list(self.solo)
         return [b for g in self.groups for b in g.bs]
+
+
+_new = object.__new__
 
 
 def _load_key(g: Group) -> tuple[int, int]:
