@@ -151,7 +151,7 @@ class Device:
         "queues",
         "sim",
         "streams",
-        "timers",
+        "wake_t",
     )
 
     def __init__(self, sim: Simulation, index: int, gpu: GPUSpec, record_batches: bool) -> None:
@@ -163,7 +163,7 @@ class Device:
         self.streams: dict[int, Stream] = {}
         self.pool = SMPool(gpu)
         self.fifo: deque[Entry] = deque()  # LAUNCH entries with blocks to place
-        self.timers: dict[float, list[Batch]] = {}
+        self.wake_t = INF  # the earliest wake-up pending for a batch end
         self._at = sim.env.at
         self._queue = sim.env._queue  # SimPy's event heap: batches are pushed directly
         self._eid = sim.env._eid
@@ -364,22 +364,18 @@ class Device:
                 rates, run.g, dram, compute = plan
                 self.dram_used += dram
                 self.compute_used += compute
-                timers = self.timers
                 for i in range(len(new)):
                     b = new[i]
                     b.start = start
                     b.t0 = t0
                     b.p = p = rates[i]
-                    t = b.finish = b.armed = t0 + 1.0 / p
+                    t = b.finish = t0 + 1.0 / p
                     if self.batch_log is not None:
                         b.segs = [(t0, p)]
-                    bucket = timers.get(t)  # _arm, inline
-                    if bucket is None:
-                        timers[t] = [b]
-                        b.callbacks = [self.on_timer]
-                        heappush(self._queue, (t, NORMAL, next(self._eid), b))
-                    else:
-                        bucket.append(b)
+                    # its rate holds while it is solo: it is its own end's event (if
+                    # company comes, the wake-ups take over and this one goes stale)
+                    b.callbacks = [self.on_timer]
+                    heappush(self._queue, (t, NORMAL, next(self._eid), b))
             else:
                 for b in new:
                     b.start = start
@@ -395,8 +391,9 @@ class Device:
                 break
             fifo.popleft()
         if placed and not self.in_timer:
-            if pool.changed or pool.solo is None:
+            if pool.solo is None:
                 self._replan(now)
+                self._wake_for_next()
             self._account(now)
 
     # -- rates --------------------------------------------------------------------------
@@ -460,8 +457,7 @@ class Device:
         if not todo:
             return
         # every rate from its shares; a batch whose rate moved banks its progress so far
-        # and is re-armed for its new end (_arm, inline: the hot path)
-        timers = self.timers
+        # and gets its new end
         segs = self.batch_log is not None
         dram = self.dram_used
         compute = self.compute_used
@@ -490,120 +486,94 @@ class Device:
                 if d.work_us:
                     compute += b.nb * d.work_us * (p - old)
                 b.p = p
-                t = b.finish = t0 + b.left / p
+                b.finish = t0 + b.left / p
                 if segs:
                     b.segs.append((t0, p))
-            else:
-                t = b.finish
-            if t != b.armed:  # moved, or a sibling split off an armed batch
-                b.armed = t
-                bucket = timers.get(t)
-                if bucket is not None:
-                    bucket.append(b)
-                else:
-                    timers[t] = [b]
-                    if b.callbacks is None:
-                        b.callbacks = [self.on_timer]
-                        heappush(self._queue, (t, NORMAL, next(self._eid), b))
-                    else:
-                        self._at(t, self.on_timer, t)
         self.dram_used = dram
         self.compute_used = compute
 
     # -- batch ends ---------------------------------------------------------------------
 
-    def _arm(self, b: Batch) -> None:
-        """Arm a batch for its end. The first batch of an instant is pushed as SimPy's
-        event itself, unless it is in SimPy's queue already (then a plain timer)."""
-        t = b.armed = b.finish
-        bucket = self.timers.get(t)
-        if bucket is not None:
-            bucket.append(b)
-            return
-        self.timers[t] = [b]
-        if b.callbacks is None:
-            b.callbacks = [self.on_timer]
-            heappush(self._queue, (t, NORMAL, next(self._eid), b))
+    def _wake_for_next(self) -> None:
+        """Make sure a wake-up is pending for the earliest batch end. One per device,
+        not one per batch: rates move at every residency change, and re-arming each
+        batch would leave SimPy's queue full of stale entries. A wake-up that finds
+        nothing due (its batch was slowed since) just asks for the next one."""
+        m = INF
+        pool = self.pool
+        solo = pool.solo
+        if solo is not None:
+            for b in solo:
+                if b.finish < m:
+                    m = b.finish
         else:
-            self._at(t, self.on_timer, t)
+            for g in pool.groups:
+                for b in g.bs:
+                    if b.finish < m:
+                        m = b.finish
+        if m < self.wake_t:
+            self.wake_t = m
+            self._at(m, self.on_timer, m)
 
     def _on_timer(self, ev: Batch | simpy.Event) -> None:
         """Batches end: free their blocks, finish their kernels (their streams move on),
         hand the freed SMs to the FIFO, re-plan the rates, and log the counters once."""
         t = self.env._now
-        due = self.timers.pop(t)
+        if t == self.wake_t:
+            self.wake_t = INF
         pool = self.pool
-        if len(due) == 1:  # the common case: one batch, armed once (_release, inline)
-            b = due[0]
-            if b.armed != t:
-                return
-            b.armed = -1.0
-            self.in_timer = True
+        # the batches that end now, in the pool's order (solo, or group by group)
+        solo = pool.solo
+        if solo is not None:
+            ended = [b for b in solo if b.finish <= t]
+        else:
+            ended = [b for g in pool.groups for b in g.bs if b.finish <= t]
+        if not ended:  # a stale wake-up: the batch it was for was slowed since
+            if self.wake_t == INF and solo is None and pool.batches:
+                self._wake_for_next()
+            return
+        self.in_timer = True
+        live = self.live
+        log = self.batch_log
+        demand = self.demand
+        dram = self.dram_used
+        compute = self.compute_used
+        for b in ended:  # every block freed before any stream moves on
             run = b.run
+            d = run.dem
             blocks = b.nb
-            if self.batch_log is not None:
+            if not blocks:  # merged into its twin's batch as another batch ended
+                continue
+            if log is not None:
                 self._log(b, t)
             pool.release(b, run.occ, t)
             run.resident -= blocks
             if not run.resident:
-                del self.live[run]
-            if pool.batches:
-                d = run.dem
-                self.demand -= blocks * d.memory
-                if d.bytes:
-                    self.dram_used -= blocks * d.bytes * b.p
-                if d.work_us:
-                    self.compute_used -= blocks * d.work_us * b.p
-            else:  # idle: the running sums restart clear of rounding
-                self.demand = self.dram_used = self.compute_used = 0.0
-            run.remaining -= blocks
+                del live[run]
+            demand -= blocks * d.memory
+            if d.bytes:
+                dram -= blocks * d.bytes * b.p
+            if d.work_us:
+                compute -= blocks * d.work_us * b.p
+        if pool.batches:
+            self.demand = demand
+            self.dram_used = dram
+            self.compute_used = compute
+        else:  # idle: the running sums restart clear of rounding
+            self.demand = self.dram_used = self.compute_used = 0.0
+        for b in ended:  # then the streams move on
+            if not b.nb:
+                continue
+            run = b.run
+            run.remaining -= b.nb
             if not run.remaining:
                 self._end_kernel(run, t)
-        else:  # a re-armed batch may be stale here, or here twice
-            ended = []
-            for b in due:
-                if b.armed == t:
-                    b.armed = -1.0
-                    ended.append(b)
-            if not ended:
-                return
-            self.in_timer = True
-            live = self.live
-            log = self.batch_log
-            demand = self.demand
-            dram = self.dram_used
-            compute = self.compute_used
-            for b in ended:  # every block freed before any stream moves on
-                run = b.run
-                d = run.dem
-                blocks = b.nb
-                if log is not None:
-                    self._log(b, t)
-                pool.release(b, run.occ, t)
-                run.resident -= blocks
-                if not run.resident:
-                    del live[run]
-                demand -= blocks * d.memory
-                if d.bytes:
-                    dram -= blocks * d.bytes * b.p
-                if d.work_us:
-                    compute -= blocks * d.work_us * b.p
-            if pool.batches:
-                self.demand = demand
-                self.dram_used = dram
-                self.compute_used = compute
-            else:  # idle: the running sums restart clear of rounding
-                self.demand = self.dram_used = self.compute_used = 0.0
-            for b in ended:  # then the streams move on
-                run = b.run
-                run.remaining -= b.nb
-                if not run.remaining:
-                    self._end_kernel(run, t)
         if self.fifo:
             self.dispatch(t)
         self.in_timer = False
-        if pool.changed or (pool.solo is None and pool.batches):
+        if pool.solo is None and pool.batches:
             self._replan(t)
+            self._wake_for_next()
         self._account(t)
 
     def _log(self, b: Batch, t: float) -> None:

@@ -43,13 +43,13 @@ class Batch:
 
     ``left`` is the fraction of a block's work still to do at time ``t0`` and ``p`` the
     rate (blocks per microsecond) since; ``finish`` follows. The engine sets them; the
-    pool only copies them when it splits a batch. The first batch to end at an instant
-    is itself the SimPy event of that instant (``callbacks`` and ``_ok`` are all SimPy's
-    loop reads), so arming a batch costs one heap push and no extra object."""
+    pool only copies them when it splits a batch. A solo batch is its own end's SimPy
+    event (``callbacks`` and ``_ok`` are all SimPy's loop reads)."""
+
+    _ok = True
 
     __slots__ = (
-        "armed",  # the end time it is armed for (-1: none)
-        "callbacks",  # SimPy's, while it is in SimPy's queue as an event itself
+        "callbacks",  # SimPy's, when the device pushes it as its own end's event
         "finish",
         "group",
         "k",
@@ -64,7 +64,6 @@ class Batch:
         "start",
         "t0",
     )
-    _ok = True
 
     def __init__(self, run: Any, group: Group | None, k: int, sms: list[int]) -> None:
         self.run = run  # the kernel's queue entry (its dispatch state)
@@ -75,13 +74,10 @@ class Batch:
         self.left = 1.0
         self.p = self.pa = self.m = 0.0  # none yet: the device sets them
         self.start = self.t0 = self.finish = 0.0
-        self.armed = -1.0
-        self.callbacks: list | None = None
         self.segs: list[tuple[float, float]] | None = None
 
     def sibling(self, group: Group) -> Batch:
-        """The same blocks' state on the SMs of ``group``, split off this batch's (not
-        armed yet: its own timer entry comes with the re-plan of ``group``)."""
+        """The same blocks' state on the SMs of ``group``, split off this batch's."""
         b = _new(Batch)
         b.run = self.run
         b.group = group
@@ -95,8 +91,6 @@ class Batch:
         b.start = self.start
         b.t0 = self.t0
         b.finish = self.finish
-        b.armed = -1.0
-        b.callbacks = None
         segs = self.segs
         b.segs = None if segs is None else list(segs)
         return b
@@ -402,7 +396,10 @@ class SMPool:
         g.fs += k * need.smem_alloc
         g.fb += k
         if g.bs:
-            if g.mark != self.stamp:
+            twin = self._twin(g)
+            if twin is not None:  # g is now another group's twin: one group again
+                self._absorb(twin, g)
+            elif g.mark != self.stamp:
                 g.mark = self.stamp
                 self.changed.append(g)
             return
@@ -418,6 +415,43 @@ class SMPool:
         else:
             idle.sms = idle.sms + g.sms
             self.groups.remove(g)
+
+    def _twin(self, g: Group) -> Group | None:
+        """Another group whose SMs are now in exactly g's state: the same kernels' blocks,
+        as many of each, placed at the same instant and as far along. (Groups part when
+        a placement takes some of their SMs; once the neighbour that set them apart is
+        gone, halves that kept pace are one group again, so a wave stays one event.)"""
+        bs = g.bs
+        n = len(bs)
+        for h in self.groups:
+            if h is g or len(h.bs) != n or h.fw != g.fw:
+                continue
+            for x, y in zip(bs, h.bs, strict=True):
+                if (
+                    x.run is not y.run
+                    or x.k != y.k
+                    or x.left != y.left
+                    or x.t0 != y.t0
+                    or x.p != y.p
+                    or x.start != y.start
+                ):
+                    break
+            else:
+                return h
+        return None
+
+    def _absorb(self, h: Group, g: Group) -> None:
+        """Group ``h`` takes the SMs of its twin ``g``, whose batches it already mirrors:
+        h's batches now hold g's blocks too, and g's batches are gone."""
+        h.sms = sms = h.sms + g.sms
+        for b in h.bs:
+            b.sms = sms
+            b.nb = b.k * len(sms)
+        for b in g.bs:
+            b.nb = 0  # gone: its blocks are h's now (a timer that ends it skips it)
+        self.batches -= len(g.bs)
+        g.bs = ()
+        self.groups.remove(g)
 
     def resident(self) -> list[Batch]:
         """Every resident batch (the solo ones, or group by group in the groups' order)."""
