@@ -364,6 +364,7 @@ class Device:
                 rates, run.g, dram, compute = plan
                 self.dram_used += dram
                 self.compute_used += compute
+                last = -1.0
                 for i in range(len(new)):
                     b = new[i]
                     b.start = start
@@ -373,9 +374,12 @@ class Device:
                     if self.batch_log is not None:
                         b.segs = [(t0, p)]
                     # its rate holds while it is solo: it is its own end's event (if
-                    # company comes, the wake-ups take over and this one goes stale)
-                    b.callbacks = [self.on_timer]
-                    heappush(self._queue, (t, NORMAL, next(self._eid), b))
+                    # company comes, the wake-ups take over and this one goes stale);
+                    # both batches ending at one instant make one event
+                    if t != last:
+                        b.callbacks = [self.on_timer]
+                        heappush(self._queue, (t, NORMAL, next(self._eid), b))
+                        last = t
             else:
                 for b in new:
                     b.start = start
@@ -519,11 +523,35 @@ class Device:
         """Batches end: free their blocks, finish their kernels (their streams move on),
         hand the freed SMs to the FIFO, re-plan the rates, and log the counters once."""
         t = self.env._now
+        pool = self.pool
+        solo = pool.solo
+        if solo is not None and len(solo) == 1:  # a lone batch: the sequential case
+            b = solo[0]
+            if b.finish > t:  # stale: the batch it was for went another way
+                return
+            self.in_timer = True
+            run = b.run
+            blocks = b.nb
+            if self.batch_log is not None:
+                self._log(b, t)
+            pool.release(b, run.occ, t)
+            run.resident = 0
+            del self.live[run]
+            self.demand = self.dram_used = self.compute_used = 0.0  # idle: no rounding
+            run.remaining -= blocks
+            if not run.remaining:
+                self._end_kernel(run, t)
+            if self.fifo:
+                self.dispatch(t)
+            self.in_timer = False
+            if pool.solo is None and pool.batches:  # the FIFO placed two kernels or more
+                self._replan(t)
+                self._wake_for_next()
+            self._account(t)
+            return
         if t == self.wake_t:
             self.wake_t = INF
-        pool = self.pool
         # the batches that end now, in the pool's order (solo, or group by group)
-        solo = pool.solo
         if solo is not None:
             ended = [b for b in solo if b.finish <= t]
         else:
