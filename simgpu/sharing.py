@@ -31,16 +31,16 @@ rates whenever residency changes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from simgpu.hardware import GPUSpec
 
 INF = math.inf
 
 
-@dataclass(frozen=True, slots=True)
-class Demand:
-    """What one block of a kernel holds and asks for; the engine's per-kernel constants."""
+class Demand(NamedTuple):
+    """What one block of a kernel holds and asks for; the engine's per-kernel constants
+    (a NamedTuple: made once per kernel and GPU, read on every re-plan)."""
 
     warps: int
     work_us: float  # SM-microseconds of compute
@@ -118,13 +118,25 @@ def block_rate(d: Demand, compute: float, memory: float) -> float:
 def lone_rates(d: Demand, classes: list[tuple[int, int]], gpu: GPUSpec) -> list[float]:
     """Rates of one kernel's blocks alone on the GPU, placed as ``classes`` of (SMs,
     blocks per SM): the engine's rule with a single kernel resident."""
-    port = sm_port(gpu)
-    blocks = sum(m * k for m, k in classes)
-    g = min(d.memory, dram_capacity(gpu) / blocks) if blocks else d.memory
+    return class_rates(d, classes, sm_port(gpu), dram_capacity(gpu))
+
+
+def class_rates(d: Demand, classes: list[tuple[int, int]], port: float, dram: float) -> list[float]:
+    """:func:`lone_rates` given the SM port and DRAM capacity (the engine's hot path)."""
+    blocks = 0
+    for m, k in classes:
+        blocks += m * k
+    g = d.memory
+    if blocks and dram / blocks < g:
+        g = dram / blocks
     out = []
     for _, k in classes:
-        a = min(d.compute, 1.0 / k)
-        m = min(d.memory, port / k, g)
+        a = d.compute
+        if a * k > 1.0:
+            a = 1.0 / k
+        m = g
+        if port / k < m:
+            m = port / k
         out.append(block_rate(d, a, m))
     return out
 

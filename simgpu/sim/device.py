@@ -23,7 +23,7 @@ from simpy.core import NORMAL
 
 from simgpu.hardware import GPUSpec
 from simgpu.kernels import Kernel, demand_of
-from simgpu.sharing import INF, Demand, dram_capacity, fill_level, lone_rates, sm_port
+from simgpu.sharing import INF, Demand, class_rates, dram_capacity, fill_level, sm_port
 from simgpu.sim.sms import Batch, Need, SMPool
 from simgpu.timeline import KernelRecord
 
@@ -360,7 +360,7 @@ class Device:
             if pool.solo is not None:  # on an idle GPU: rates from the kernel's plan
                 plan = run.plans.get(blocks)
                 if plan is None:
-                    plan = run.plans[blocks] = _solo_plan(d, new, self.gpu)
+                    plan = run.plans[blocks] = _solo_plan(d, new, self.port, self.dram_capacity)
                 rates, run.g, dram, compute = plan
                 self.dram_used += dram
                 self.compute_used += compute
@@ -672,17 +672,22 @@ def _constants(k: Kernel, gpu: GPUSpec) -> _Constants:
     return c
 
 
-def _solo_plan(d: Demand, new: list[Batch], gpu: GPUSpec) -> tuple:
+def _solo_plan(d: Demand, new: list[Batch], port: float, cap: float) -> tuple:
     """Rates of a placement on an idle GPU (the heavier batch first), each block's DRAM
     share, and the DRAM and compute the placement draws. When the lighter batch ends
     first the heavier one keeps its rate (see :func:`simgpu.sharing.lone_wave_us`), so
     one plan serves the whole placement."""
     classes = [(len(b.sms), b.k) for b in new]
-    blocks = sum(m * k for m, k in classes)
-    rates = lone_rates(d, classes, gpu)
-    dram = sum(b.nb * d.bytes * p for b, p in zip(new, rates, strict=True)) if d.bytes else 0.0
-    work = sum(b.nb * d.work_us * p for b, p in zip(new, rates, strict=True)) if d.work_us else 0.0
-    return rates, min(d.memory, dram_capacity(gpu) / blocks), dram, work
+    rates = class_rates(d, classes, port, cap)
+    blocks = dram = work = 0.0
+    for b, p in zip(new, rates, strict=True):
+        blocks += b.nb
+        if d.bytes:
+            dram += b.nb * d.bytes * p
+        if d.work_us:
+            work += b.nb * d.work_us * p
+    g = cap / blocks
+    return rates, g if g < d.memory else d.memory, dram, work
 
 
 def _share(bs: tuple[Batch, ...], port: float) -> None:
