@@ -60,6 +60,12 @@ class Kernel:
     # part of the kernel's value, not copied by ``dataclasses.replace``)
     sim: Any = field(default=None, init=False, repr=False, compare=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the simulator's memo (it belongs to this process's run)."""
+        state = dict(self.__dict__)
+        state.pop("sim", None)
+        return state
+
 
 def occupancy(threads: int, regs: int, smem: int, gpu: GPUSpec, what: str = "kernel") -> Occupancy:
     """Blocks of one kernel an SM can hold, by the CUDA occupancy calculator's rules."""

@@ -7,6 +7,7 @@ op kind must lower to sane kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -450,3 +451,25 @@ def test_signature_ignores_replaces_attr_and_depends_on_shapes() -> None:
     assert signature(g1, "c") == signature(g2, "c")
     assert signature(g1, "c") != signature(g3, "c")
     assert signature(g1, "c") != signature(g4, "c")
+
+
+def test_the_simulator_memo_is_per_gpu_and_not_pickled() -> None:
+    """The engine memoises a kernel's constants on it; they follow the GPU it runs on,
+    never change its value, and stay behind when the kernel is pickled (a sweep)."""
+    import pickle
+
+    from simgpu.program import Launch, StreamProgram
+    from simgpu.sim.engine import simulate
+
+    g, name = _conv((1, 64, 28, 28), 64, {"kernel": 3, "padding": 1})
+    (k,) = lower_op(g, name, V100)
+    fresh = dataclasses.replace(k)
+    prog = StreamProgram([Launch(name, k, 0)])
+    on_v100 = simulate(prog, V100).makespan_us
+    slow = V100.replace(warps_to_saturate=64)  # its blocks use less of an SM
+    on_slow = simulate(prog, slow).makespan_us
+    assert on_slow > on_v100
+    assert simulate(prog, V100).makespan_us == on_v100  # the memo follows the GPU
+    assert k.sim is not None and k == fresh and fresh.sim is None
+    back = pickle.loads(pickle.dumps(k))
+    assert back == k and back.sim is None

@@ -1,14 +1,17 @@
-"""One GPU: hardware queues, streams, the block dispatcher and DRAM sharing.
+"""One GPU: hardware queues, streams, the block dispatcher, and SMs and DRAM shared by
+the resident blocks (the rule is :mod:`simgpu.sharing`).
 
 The device reacts to three things: a command becoming visible at the head of a hardware
 queue, a batch of blocks finishing, and an event being recorded. It schedules SimPy
 timeouts only when time must pass (a batch's end, a command not yet visible), so a
-kernel costs about one event per wave, not one per block.
+kernel costs about one event per wave, not one per block. Whenever residency changes
+(a placement, an end) it re-plans the rates of the batches that change touched, banks
+their progress so far and moves their ends.
 
 Simultaneous-event rule: SimPy runs events of equal time in the order they were
-scheduled; batches that end at the same instant share one timeout and are released
-together, in placement order, before the dispatcher runs once. Same inputs, same
-timeline, bit for bit.
+scheduled; batches that end at the same instant are released together, in the pool's
+order (solo, or group by group), before the dispatcher runs once, and the rates are
+re-planned once after it. Same inputs, same timeline, bit for bit.
 """
 
 from __future__ import annotations
