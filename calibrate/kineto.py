@@ -42,7 +42,7 @@ from typing import Any
 from calibrate.errors import TraceError
 from simgpu.errors import LoweringError, SimGPUError
 from simgpu.hardware import GPUSpec, Machine, gpu_from_json
-from simgpu.kernels import Kernel, Occupancy, occupancy, waves
+from simgpu.kernels import Kernel, Occupancy, occupancy, timed_kernel, waves
 from simgpu.program import Command, Launch, Record, StreamProgram, Synchronize, Wait
 from simgpu.timeline import Timeline
 
@@ -522,9 +522,8 @@ def activity_kernel(a: GpuActivity, gpu: GPUSpec, op: str) -> Kernel:
         occ = occupancy(1, 1, 0, gpu)
         grid, threads, regs, smem = 1, 1, 1, 0
     rounds = waves(grid, occ, gpu)
-    # all setup, no work: a replayed kernel keeps its recorded time beside anything
-    return Kernel(a.name[:120], op, grid, threads, regs, smem, 0.0, 0.0, 0.0, a.dur / rounds, occ,
-                  True)  # fmt: skip
+    return timed_kernel(gpu, a.name[:120], op, grid, threads, regs, smem, a.dur / rounds,
+                        fixed=True, measured=True)  # fmt: skip
 
 
 def _zero_host(gpu: GPUSpec) -> GPUSpec:

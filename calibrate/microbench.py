@@ -32,7 +32,7 @@ from typing import Any
 from calibrate.errors import CalibrationError, require_cuda
 from calibrate.fit import fit_line
 from simgpu.hardware import GPUSpec
-from simgpu.kernels import Kernel, occupancy
+from simgpu.kernels import Kernel, timed_kernel
 from simgpu.timeline import Timeline
 
 BENCHES = ("launch", "events", "waves", "overlap", "bandwidth", "connections")
@@ -110,8 +110,8 @@ def analyse_waves(
 def spin_kernel(gpu: GPUSpec, grid: int, block_us: float, name: str = "spin") -> Kernel:
     """The simulator's view of the benchmark's spin kernel: a fixed time per block (it
     spins on the clock, so what shares its SM does not stretch it)."""
-    occ = occupancy(SPIN_THREADS, 32, 0, gpu)
-    return Kernel(name, name, grid, SPIN_THREADS, 32, 0, 0.0, 0.0, 0.0, block_us, occ, True)
+    return timed_kernel(gpu, name, name, grid, SPIN_THREADS, 32, 0, block_us, fixed=True,
+                        measured=True)  # fmt: skip
 
 
 def _kernel_span_us(tl: Timeline) -> float:

@@ -167,7 +167,6 @@ def timed_kernel(
     block_bytes: float = 0.0,
     fixed: bool = False,
     measured: bool = False,
-    block_flops: float = 0.0,
 ) -> Kernel:
     """A kernel given by the time of one block, not by its work.
 
@@ -178,10 +177,10 @@ def timed_kernel(
     """
     occ = occupancy(threads, regs, smem, gpu, what=f"op '{op}'")
     if fixed:
-        return Kernel(name, op, grid, threads, regs, smem, block_flops, 0.0, 0.0, block_us, occ,
+        return Kernel(name, op, grid, threads, regs, smem, 0.0, 0.0, 0.0, block_us, occ,
                       measured)  # fmt: skip
     share = min(warp_cap(occ.warps, gpu), 1.0 / first_wave_load(grid, occ, gpu))
-    return Kernel(name, op, grid, threads, regs, smem, block_flops, block_bytes,
+    return Kernel(name, op, grid, threads, regs, smem, 0.0, block_bytes,
                   block_us * share, 0.0, occ, measured)  # fmt: skip
 
 
@@ -193,18 +192,21 @@ def _fit_duration(k: Kernel, duration_us: float, gpu: GPUSpec) -> Kernel:
         d = demand(k.occupancy.warps, work, nbytes, k.setup_us, gpu)
         return lone_kernel_us(d, k.grid, k.occupancy.blocks, gpu)
 
-    nbytes = k.block_bytes
-    if alone(0.0, nbytes) > duration_us:  # traffic alone is too slow: scale it down
-        lo, hi = 0.0, nbytes
+    def largest(fits: Any, hi: float) -> float:
+        """The largest x in [0, hi] with ``fits(x)`` (monotone), by bisection."""
+        lo = 0.0
         for _ in range(100):
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if alone(0.0, mid) <= duration_us else (lo, mid)
-        return dataclasses.replace(k, work_us=0.0, block_bytes=lo)
-    lo, hi = 0.0, duration_us  # a block with this much work takes at least this long
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if alone(mid, nbytes) <= duration_us else (lo, mid)
-    return dataclasses.replace(k, work_us=lo)
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
+
+    nbytes = k.block_bytes
+    if alone(0.0, nbytes) > duration_us:  # traffic alone is too slow: scale it down
+        fit = largest(lambda b: alone(0.0, b) <= duration_us, nbytes)
+        return dataclasses.replace(k, work_us=0.0, block_bytes=fit)
+    # a block with this much work takes at least this long
+    fit = largest(lambda w: alone(w, nbytes) <= duration_us, duration_us)
+    return dataclasses.replace(k, work_us=fit)
 
 
 # --- lowering -------------------------------------------------------------------------

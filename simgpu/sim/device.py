@@ -83,7 +83,6 @@ class Entry:
         "not_before",  # earliest block start (the kernel gap after its release)
         "occ",  # the kernel's Occupancy: what one block holds on its SM
         "op",
-        "plans",  # the kernel's solo plans (memo), by blocks placed
         "remaining",  # blocks not yet finished
         "resident",  # blocks placed and not yet finished
         "stream",
@@ -276,7 +275,6 @@ class Device:
                     c = _constants(k, self.gpu)
                 e.cst = c
                 e.dem = c.dem
-                e.plans = c.plans
                 e.g = c.dem.memory
                 e.resident = 0
                 e.unplaced = e.remaining = k.grid
@@ -361,9 +359,10 @@ class Device:
             run.resident += blocks
             self.demand += blocks * d.memory
             if pool.solo is not None:  # on an idle GPU: rates from the kernel's plan
-                plan = run.plans.get(blocks)
+                plans = run.cst.plans
+                plan = plans.get(blocks)
                 if plan is None:
-                    plan = run.plans[blocks] = _solo_plan(d, new, self.port, self.dram_capacity)
+                    plan = plans[blocks] = _solo_plan(d, new, self.port, self.dram_capacity)
                 rates, run.g, dram, compute = plan
                 self.dram_used += dram
                 self.compute_used += compute
@@ -460,7 +459,7 @@ class Device:
                     r.g = g
                     moved = True
             if moved:
-                todo = [b for g in pool.groups for b in g.bs]
+                todo = pool.resident()
         if not todo:
             return
         # every rate from its shares; a batch whose rate moved banks its progress so far
@@ -696,8 +695,7 @@ def _solo_plan(d: Demand, new: list[Batch], port: float, cap: float) -> tuple:
 def _share(bs: tuple[Batch, ...], port: float) -> None:
     """Several kernels' blocks on one group of SMs: max-min fair shares of the SM's
     compute and of its memory port, by warps, each capped by what a block asks for
-    (:func:`simgpu.sharing.fill_level`; two kernels, the common case, in closed form).
-    The same residents recur on many groups and in every run of a program, so each
+    (:func:`simgpu.sharing.fill_level`). The same residents recur on many groups and in every run of a program, so each
     composition's shares are memoised on the first kernel's constants."""
     first = bs[0]
     if len(bs) == 2:
@@ -719,21 +717,6 @@ def _share(bs: tuple[Batch, ...], port: float) -> None:
 
 
 def _fair(bs: tuple[Batch, ...], port: float) -> None:
-    if len(bs) == 2:
-        b1, b2 = bs
-        d1 = b1.run.dem
-        d2 = b2.run.dem
-        k1 = b1.k
-        k2 = b2.k
-        w1 = d1.warps
-        w2 = d2.warps
-        a1, a2 = _fill2(d1.compute, d2.compute, w1, w2, k1, k2, 1.0)
-        m1, m2 = _fill2(d1.memory, d2.memory, w1, w2, k1, k2, port)
-        b1.pa = a1 / d1.work_us if d1.work_us else INF
-        b1.m = m1
-        b2.pa = a2 / d2.work_us if d2.work_us else INF
-        b2.m = m2
-        return
     lc = fill_level([(b.run.dem.compute, b.run.dem.warps, b.k) for b in bs], 1.0)
     lm = fill_level([(b.run.dem.memory, b.run.dem.warps, b.k) for b in bs], port)
     for b in bs:
@@ -746,18 +729,3 @@ def _fair(bs: tuple[Batch, ...], port: float) -> None:
             m = d.memory
         b.pa = a / d.work_us if d.work_us else INF
         b.m = m
-
-
-def _fill2(
-    c1: float, c2: float, w1: int, w2: int, k1: int, k2: int, cap: float
-) -> tuple[float, float]:
-    """:func:`~simgpu.sharing.fill_level` for two items, returning each one's share."""
-    if c1 * k1 + c2 * k2 <= cap:
-        return c1, c2
-    level = cap / (w1 * k1 + w2 * k2)
-    if c1 * w2 <= c2 * w1:  # the first asks less per warp: it is served first
-        if c1 <= level * w1:
-            return c1, (cap - c1 * k1) / k2
-    elif c2 <= level * w2:
-        return (cap - c2 * k2) / k1, c2
-    return level * w1, level * w2

@@ -95,10 +95,6 @@ class Batch:
         b.segs = None if segs is None else list(segs)
         return b
 
-    @property
-    def blocks(self) -> int:
-        return self.k * len(self.sms)
-
 
 class Group:
     __slots__ = ("bs", "fb", "fr", "fs", "fw", "mark", "sms")
