@@ -126,8 +126,11 @@ def read_deepbench(path: Path, dtype: str, what: str) -> list[Measurement]:
                      "stride": (sh, sw), "pad": (ph, pw), "dilation": (1, 1), "groups": 1}  # fmt: skip
             ms = _num(row["fwd_ms"], "fwd_ms", where, integer=False)
             kind = "conv"
-        if ms <= 0 or min(v for v in shape.values() if isinstance(v, int)) < 1 and kind == "gemm":
-            raise CalibrationError(f"{where}: sizes and the time must be positive")
+        sizes = [v for key, v in shape.items() if isinstance(v, int) and key != "groups"]
+        if kind == "conv":
+            sizes += [*shape["stride"]]
+        if ms <= 0 or min(sizes) < 1:
+            raise CalibrationError(f"{where}: sizes, strides and the time must be positive")
         out.append(Measurement(kind, dtype, tuple(sorted(shape.items())), ms * 1e3, group, where))
     return out
 
@@ -231,7 +234,7 @@ def measurement_graph(m: Measurement) -> OpGraph:
                 (s["M"], s["N"]),
                 m.dtype,
                 {"transpose_a": s["a_t"] == "T", "transpose_b": s["b_t"] == "T"},
-            ),  # fmt: skip
+            ),
         ]
         return OpGraph(ops, name="gemm")
     x = (s["N"], s["C"], s["H"], s["W"])
