@@ -61,6 +61,27 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- fidelity -------------------------------------------------------------------------
+
+FIDELITY_DEFAULT_DIRS = ("../shared/data", "traces")
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from calibrate.fidelity import build_report, format_report
+
+    dirs = args.data
+    if not dirs:
+        dirs = [d for d in FIDELITY_DEFAULT_DIRS if Path(d).is_dir()]
+        if not dirs:
+            raise CalibrationError(
+                f"no datasets found: none of {', '.join(FIDELITY_DEFAULT_DIRS)} exists "
+                f"here ({Path.cwd()}); give --data DIR"
+            )
+    report = build_report(dirs, gpu=_gpu(args.gpu))
+    _emit(args, report.to_json(), format_report(report))
+    return 0
+
+
 # --- calibrate ------------------------------------------------------------------------
 
 
@@ -259,7 +280,7 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``replay`` and ``calibrate`` to the ``simgpu`` subcommand parser."""
+    """Add ``replay``, ``fidelity`` and ``calibrate`` to the ``simgpu`` subcommand parser."""
     r = sub.add_parser("replay", help="replay a PyTorch profiler (Kineto) trace on the simulator")
     r.add_argument("trace", help="Chrome trace JSON from torch.profiler (plain or .gz)")
     r.add_argument("--gpu", help="GPU preset or JSON file (default: the trace's deviceProperties)")
@@ -280,6 +301,34 @@ def add_commands(sub: Any) -> None:
     )
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_replay)
+
+    fd = sub.add_parser(
+        "fidelity",
+        help="report card: the simulator against public and recorded GPU measurements",
+        description=(
+            "Score the simulator against every dataset found under the --data folders "
+            "(recursively): DeepBench CSVs (<gpu>_<dtype>_{gemm,conv_fwd}.csv) and AutoTVM "
+            "logs (<net>_<gpu>_bs<N>.log), one priced library call per row; Kineto traces "
+            "(*.json, *.json.gz with traceEvents), replayed as `simgpu replay` does; "
+            "recorded validation files (simgpu calibrate validate), re-simulated per "
+            "schedule. Without --data: ../shared/data and traces/ (relative to the current "
+            "folder), those of them that exist. Ratios are simulated / measured."
+        ),
+    )
+    fd.add_argument(
+        "--data",
+        action="append",
+        metavar="DIR",
+        help="folder to search, repeatable (default: ../shared/data and traces/ where present)",
+    )
+    fd.add_argument(
+        "--gpu",
+        metavar="NAME|FILE",
+        help="simulate every dataset on this preset or GPU JSON (e.g. a calibration) "
+        "instead of the GPU each was measured on",
+    )
+    fd.add_argument("--json", action="store_true", help="print one JSON object")
+    fd.set_defaults(func=cmd_fidelity)
 
     c = sub.add_parser("calibrate", help="measure a real GPU and fit the simulator to it")
     cs = c.add_subparsers(dest="step", required=True, metavar="STEP")
