@@ -77,7 +77,9 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
                 f"no datasets found: none of {', '.join(FIDELITY_DEFAULT_DIRS)} exists "
                 f"here ({Path.cwd()}); give --data DIR"
             )
-    report = build_report(dirs, gpu=_gpu(args.gpu))
+    report = build_report(dirs, gpu=_gpu(args.gpu), logo=(lambda ds: {}) if args.no_logo else None)
+    if args.no_logo:
+        report.notes.append("LOGO MAPE not computed (--no-logo)")
     _emit(args, report.to_json(), format_report(report))
     return 0
 
@@ -326,6 +328,11 @@ def add_commands(sub: Any) -> None:
         metavar="NAME|FILE",
         help="simulate every dataset on this preset or GPU JSON (e.g. a calibration) "
         "instead of the GPU each was measured on",
+    )
+    fd.add_argument(
+        "--no-logo",
+        action="store_true",
+        help="skip the leave-one-group-out fit behind the LOGO MAPE column (its slow part)",
     )
     fd.add_argument("--json", action="store_true", help="print one JSON object")
     fd.set_defaults(func=cmd_fidelity)
