@@ -22,7 +22,8 @@ from typing import Any
 from calibrate.errors import CalibrationError
 from simgpu.graph import Op, OpGraph
 from simgpu.hardware import GPUSpec
-from simgpu.kernels import lower_op, standalone_time_us
+from simgpu.kernels import cheapest, library_candidates, plan_time_us
+from simgpu.libraries import LIBRARIES
 from simgpu.ops import kind_of
 
 # GPU names as they appear in public file names -> simgpu presets. A name missing here
@@ -54,7 +55,13 @@ class Measurement:
     shape: tuple[tuple[str, Any], ...]  # sorted (key, value) pairs, see measurement_graph
     measured_us: float
     group: str  # DeepBench app or network: the unit held out in leave-one-group-out
+    library: str = "cudnn"  # whose kernels were timed (simgpu.libraries.LIBRARIES)
     source: str = field(default="", compare=False)  # file:line
+
+    @property
+    def op(self) -> str:
+        """The name of the measured op in :func:`measurement_graph`."""
+        return "gemm" if self.kind == "gemm" else "conv"
 
     def get(self, key: str) -> Any:
         return dict(self.shape)[key]
@@ -131,7 +138,8 @@ def read_deepbench(path: Path, dtype: str, what: str) -> list[Measurement]:
             sizes += [*shape["stride"]]
         if ms <= 0 or min(sizes) < 1:
             raise CalibrationError(f"{where}: sizes, strides and the time must be positive")
-        out.append(Measurement(kind, dtype, tuple(sorted(shape.items())), ms * 1e3, group, where))
+        out.append(Measurement(kind, dtype, tuple(sorted(shape.items())), ms * 1e3, group,
+                               "cudnn", where))  # fmt: skip
     return out
 
 
@@ -174,7 +182,8 @@ def read_autotvm(path: Path, network: str) -> list[Measurement]:
                  "stride": tuple(stride), "pad": tuple(pad), "dilation": tuple(dil),
                  "groups": c // cg}  # fmt: skip
         us = sum(times) / len(times) * 1e6
-        out.append(Measurement("conv", dt, tuple(sorted(shape.items())), us, network, where))
+        out.append(Measurement("conv", dt, tuple(sorted(shape.items())), us, network,
+                               "tvm-direct", where))  # fmt: skip
     return out
 
 
@@ -260,5 +269,5 @@ def predict_us(m: Measurement, gpu: GPUSpec) -> float:
     alone on the idle GPU plus the device's per-kernel start-up (as a benchmark loop
     runs them; the host's launch costs hide behind the GPU)."""
     g = measurement_graph(m)
-    op = "gemm" if m.kind == "gemm" else "conv"
-    return math.fsum(standalone_time_us(k, gpu) + gpu.kernel_gap_us for k in lower_op(g, op, gpu))
+    cands = library_candidates(g, m.op, gpu, LIBRARIES[m.library]) or []
+    return plan_time_us(cheapest(m.op, cands, gpu), gpu)

@@ -73,6 +73,9 @@ class GPUSpec:
     # measured kernels by op signature (simgpu.kernels.signature) -> list of
     # {"name", "grid", "threads", "regs", "smem", "duration_us"}; filled by calibration
     kernel_table: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # fitted costs of library kernels ({"units": {...}}, see simgpu.costs); empty: the
+    # committed fit of this GPU's architecture
+    library_costs: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.peak_tflops, Mapping):
@@ -81,9 +84,13 @@ class GPUSpec:
         if not isinstance(self.kernel_table, Mapping):
             raise SpecError(f"GPU '{self.name}': kernel_table must be an object")
         object.__setattr__(self, "kernel_table", dict(self.kernel_table))
+        if not isinstance(self.library_costs, Mapping):
+            raise SpecError(f"GPU '{self.name}': library_costs must be an object")
+        object.__setattr__(self, "library_costs", dict(self.library_costs))
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("name", "compute_capability", "peak_tflops", "kernel_table"):
+            if f.name in ("name", "compute_capability", "peak_tflops", "kernel_table",
+                          "library_costs"):  # fmt: skip
                 continue
             if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
                 raise SpecError(f"GPU '{self.name}': field {f.name} must be a number, got {v!r}")
@@ -136,6 +143,7 @@ class GPUSpec:
         d = dataclasses.asdict(self)
         d["peak_tflops"] = dict(self.peak_tflops)
         d["kernel_table"] = dict(self.kernel_table)
+        d["library_costs"] = dict(self.library_costs)
         return d
 
 

@@ -17,9 +17,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from simgpu.costs import LibraryCosts, library_costs
 from simgpu.errors import LoweringError
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec
+from simgpu.libraries import (
+    CUDNN,
+    STREAM,
+    Candidate,
+    KernelSpec,
+    Library,
+    block_costs,
+    block_limit,
+    conv_candidates,
+    gemm_candidates,
+    stream_spec,
+    tensor_unit,
+)
 from simgpu.ops import kind_of, numel
 from simgpu.sharing import INF, Demand, demand, dram_capacity, lone_kernel_us, warp_cap
 
@@ -211,98 +225,42 @@ def _fit_duration(k: Kernel, duration_us: float, gpu: GPUSpec) -> Kernel:
 
 # --- lowering -------------------------------------------------------------------------
 
-TENSOR_DTYPES = ("fp16", "bf16", "int8")
+
+def price(spec: KernelSpec, op: str, gpu: GPUSpec, costs: LibraryCosts) -> Kernel:
+    """The kernel of ``spec`` with the work and latencies ``costs`` give its unit (or,
+    for a streaming kernel, the GPU's own efficiency and block setup)."""
+    occ = occupancy(spec.threads, spec.regs, spec.smem, gpu, what=f"op '{op}'")
+    if spec.unit == STREAM:
+        work, setup = work_us(spec.block_flops, spec.peak, gpu), gpu.block_setup_us
+    else:
+        work, setup = block_costs(spec, costs, gpu)
+    return Kernel(spec.name, op, spec.grid, spec.threads, spec.regs, spec.smem,
+                  spec.block_flops, spec.block_bytes, work, setup, occ)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class _Tile:
-    name: str
-    m: int
-    n: int
-    threads: int
-    regs: int
+def plan_time_us(kernels: list[Kernel], gpu: GPUSpec) -> float:
+    """A library call's kernels back to back on an idle GPU, each paying the device's
+    per-kernel start-up: what a benchmark loop measures per call."""
+    return math.fsum(standalone_time_us(k, gpu) + gpu.kernel_gap_us for k in kernels)
 
 
-GEMM_TILES = (
-    _Tile("128x128", 128, 128, 256, 128),
-    _Tile("128x64", 128, 64, 128, 122),
-    _Tile("64x64", 64, 64, 128, 80),
-    _Tile("64x32", 64, 32, 128, 64),
-    _Tile("32x32", 32, 32, 128, 48),
-)
-
-
-def _gemm(
-    op_name: str,
-    kind: str,
-    batch: int,
-    m: int,
-    n: int,
-    k: int,
-    dtype: str,
-    nbytes: float,
-    extra_flops: float,
-    gpu: GPUSpec,
-) -> Kernel:
-    """An implicit-GEMM kernel: the largest tile that still fills one wave of SMs."""
-    # PyTorch lets cuDNN convolutions use TF32 by default (torch.backends.cudnn.allow_tf32);
-    # fp32 matmuls stay on CUDA cores (torch.backends.cuda.matmul.allow_tf32 is False)
-    tf32 = dtype == "fp32" and kind in ("conv", "deconv") and "tf32_tensor" in gpu.peak_tflops
-    tensor = tf32 or (
-        dtype in TENSOR_DTYPES and any(key.endswith("_tensor") for key in gpu.peak_tflops)
-    )
-    size = 1 if dtype == "int8" else 2 if dtype in ("fp16", "bf16") else 4
-    tk, stages = (32 // size * 2, 3) if tensor else (8, 2)
-    what = f"op '{op_name}'"
-
-    def fit(tile: _Tile) -> tuple[int, Occupancy] | None:
-        """Its shared memory and occupancy, or None if a block does not fit on an SM (a
-        library only launches tiles the device can run)."""
-        smem = min((tile.m + tile.n) * tk * size * stages, gpu.max_smem_per_block)
+def cheapest(op: str, candidates: list[Candidate], gpu: GPUSpec) -> list[Kernel]:
+    """The kernels of the fastest candidate, as the library's algorithm search picks;
+    candidates whose blocks do not fit on an SM are not launchable and are skipped."""
+    costs = library_costs(gpu)
+    best: list[Kernel] | None = None
+    best_t = math.inf
+    for cand in candidates:
         try:
-            return smem, occupancy(tile.threads, tile.regs, smem, gpu, what=what)
+            ks = [price(s, op, gpu, costs) for s in cand.kernels]
         except LoweringError:
-            return None
-
-    chosen = fitted = None
-    for tile in GEMM_TILES:  # largest first; the last that fits if none fills a wave
-        f = fit(tile)
-        if f is not None:
-            chosen, fitted = tile, f
-            if batch * -(-m // tile.m) * -(-n // tile.n) >= gpu.sm_count:
-                break
-    if chosen is None or fitted is None:
-        t = GEMM_TILES[-1]
-        raise LoweringError(
-            f"{what}: no GEMM tile fits on an SM of {gpu.name} (the smallest needs "
-            f"{t.threads} threads of {t.regs} registers)"
-        )
-    smem, occ = fitted
-    grid = batch * -(-m // chosen.m) * -(-n // chosen.n)
-    block_flops = 2.0 * chosen.m * chosen.n * k + extra_flops / grid
-    block_bytes = nbytes / grid
-    peak = gpu.peak_flops(dtype, tensor)
-    name = f"{'tensorop' if tensor else 'simt'}_{kind}_{chosen.name}"
-    return Kernel(
-        name,
-        op_name,
-        grid,
-        chosen.threads,
-        chosen.regs,
-        smem,
-        block_flops,
-        block_bytes,
-        work_us(block_flops, peak, gpu),
-        gpu.block_setup_us,
-        occ,
-    )
-
-
-def _block_limit(threads: int, gpu: GPUSpec) -> int:
-    """Threads per block, capped at what one block may have and one SM can hold (in
-    whole warps): a kernel is launched with a configuration the device can run."""
-    cap = min(gpu.max_threads_per_block, gpu.max_warps_per_sm * gpu.warp_size)
-    return threads if threads <= cap else max(gpu.warp_size, cap // gpu.warp_size * gpu.warp_size)
+            continue
+        t = plan_time_us(ks, gpu)
+        if t < best_t:
+            best, best_t = ks, t
+    if best is None:
+        raise LoweringError(f"op '{op}': no library kernel fits on an SM of {gpu.name}")
+    return best
 
 
 def _streaming(
@@ -318,24 +276,8 @@ def _streaming(
     regs: int = 32,
 ) -> Kernel:
     """An elementwise-style kernel: each thread handles a few elements, no shared memory."""
-    threads = _block_limit(threads, gpu)
-    grid = max(1, -(-elements // (threads * per_thread)))
-    occ = occupancy(threads, regs, 0, gpu, what=f"op '{op_name}'")
-    bf, bb = flops / grid, nbytes / grid
-    peak = gpu.peak_flops(dtype, False)
-    return Kernel(
-        name,
-        op_name,
-        grid,
-        threads,
-        regs,
-        0,
-        bf,
-        bb,
-        work_us(bf, peak, gpu),
-        gpu.block_setup_us,
-        occ,
-    )
+    spec = stream_spec(name, elements, flops, nbytes, dtype, gpu, threads, per_thread, regs)
+    return price(spec, op_name, gpu, library_costs(gpu))
 
 
 def _rowwise(
@@ -349,7 +291,7 @@ def _rowwise(
     gpu: GPUSpec,
 ) -> Kernel:
     """A reduction over rows (softmax, norms, global pooling): one block per row."""
-    threads = _block_limit(min(1024, max(32, 1 << max(0, (row_len // 4 - 1).bit_length()))), gpu)
+    threads = block_limit(min(1024, max(32, 1 << max(0, (row_len // 4 - 1).bit_length()))), gpu)
     occ = occupancy(threads, 32, threads * 4 // 32 * 4, gpu, what=f"op '{op_name}'")
     bf, bb = flops / rows, nbytes / rows
     peak = gpu.peak_flops(dtype, False)
@@ -367,6 +309,10 @@ def _rowwise(
         gpu.block_setup_us,
         occ,
     )
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def signature(graph: OpGraph, name: str) -> str:
@@ -422,6 +368,46 @@ def _measured(graph: OpGraph, name: str, entries: Any, gpu: GPUSpec) -> list[Ker
     return out
 
 
+def library_candidates(
+    graph: OpGraph, name: str, gpu: GPUSpec, library: Library = CUDNN
+) -> list[Candidate] | None:
+    """The algorithms cuDNN/cuBLAS could run for a conv, transposed conv, linear or matmul
+    op (:mod:`simgpu.libraries`); None for every other kind of op."""
+    op = graph[name]
+    st = graph.stats(name)
+    ins = graph.input_shapes(name)
+    nbytes = float(st.bytes_read + st.bytes_written)
+    dt = op.dtype
+    epilogue = st.flops - 2 * st.macs
+    a = op.attrs
+    if op.kind == "conv":
+        n, c, h, w = ins[0]
+        _, cout, ho, wo = op.output_shape
+        return conv_candidates(n, c, h, w, cout, _pair(a["kernel"]), _pair(a.get("stride", 1)),
+                               _pair(a.get("dilation", 1)), int(a.get("groups", 1)), (ho, wo), dt,
+                               nbytes, epilogue, st.flops, gpu, library)  # fmt: skip
+    if op.kind == "conv_transpose":
+        # cuDNN's dgrad as a GEMM: input pixels x (Cout/g * kh * kw) x Cin/g
+        n, c, h, w = ins[0]
+        kh, kw = _pair(a["kernel"])
+        groups = int(a.get("groups", 1))
+        cout_g = op.output_shape[1] // groups
+        return gemm_candidates("deconv", groups, n * h * w, cout_g * kh * kw, c // groups, dt,
+                               nbytes, epilogue, gpu, tensor_unit(dt, gpu, conv=True),
+                               library)  # fmt: skip
+    if op.kind == "linear":
+        x = ins[0]
+        return gemm_candidates("gemm", 1, numel(x[:-1]), op.output_shape[-1], x[-1], dt, nbytes,
+                               epilogue, gpu, tensor_unit(dt, gpu, conv=False),
+                               library)  # fmt: skip
+    if op.kind == "matmul":
+        x, _ = ins
+        out = op.output_shape
+        return gemm_candidates("bmm", numel(out[:-2]), out[-2], out[-1], x[-1], dt, nbytes, 0.0,
+                               gpu, tensor_unit(dt, gpu, conv=False), library)  # fmt: skip
+    return None
+
+
 def lower_op(graph: OpGraph, name: str, gpu: GPUSpec) -> list[Kernel]:
     """The kernels an op launches on ``gpu``; an empty list for views (no device work)."""
     op = graph[name]
@@ -438,88 +424,9 @@ def lower_op(graph: OpGraph, name: str, gpu: GPUSpec) -> list[Kernel]:
     out_n = numel(op.output_shape)
     nbytes = float(st.bytes_read + st.bytes_written)
     dt = op.dtype
-    if op.kind == "conv":
-        n, c, _, _ = ins[0]
-        _, cout, ho, wo = op.output_shape
-        kh, kw = (
-            (op.attrs["kernel"],) * 2 if isinstance(op.attrs["kernel"], int) else op.attrs["kernel"]
-        )
-        groups = int(op.attrs.get("groups", 1))
-        cin_g = c // groups
-        epilogue = st.flops - 2 * st.macs
-        if groups > 1 and cin_g <= 4:  # depthwise-like: a direct, memory-bound kernel
-            return [
-                _streaming(
-                    name,
-                    "direct_conv_depthwise",
-                    out_n,
-                    st.flops,
-                    nbytes,
-                    dt,
-                    gpu,
-                    threads=256,
-                    per_thread=1,
-                    regs=40,
-                )
-            ]
-        return [
-            _gemm(
-                name,
-                "conv",
-                groups,
-                n * ho * wo,
-                cout // groups,
-                cin_g * kh * kw,
-                dt,
-                nbytes,
-                epilogue,
-                gpu,
-            )
-        ]
-    if op.kind == "conv_transpose":
-        # cuDNN's dgrad as a GEMM (input pixels x (Cout/g * kh * kw) x Cin/g) + col2im
-        n, c, h, w = ins[0]
-        kh, kw = (
-            (op.attrs["kernel"],) * 2 if isinstance(op.attrs["kernel"], int) else op.attrs["kernel"]
-        )
-        groups = int(op.attrs.get("groups", 1))
-        cout_g = op.output_shape[1] // groups
-        extra = st.flops - 2 * st.macs
-        return [
-            _gemm(
-                name,
-                "deconv",
-                groups,
-                n * h * w,
-                cout_g * kh * kw,
-                c // groups,
-                dt,
-                nbytes,
-                extra,
-                gpu,
-            )
-        ]
-    if op.kind == "linear":
-        x = ins[0]
-        rows = numel(x[:-1])
-        return [
-            _gemm(
-                name,
-                "gemm",
-                1,
-                rows,
-                op.output_shape[-1],
-                x[-1],
-                dt,
-                nbytes,
-                st.flops - 2 * st.macs,
-                gpu,
-            )
-        ]
-    if op.kind == "matmul":
-        a, _ = ins
-        out = op.output_shape
-        return [_gemm(name, "bmm", numel(out[:-2]), out[-2], out[-1], a[-1], dt, nbytes, 0, gpu)]
+    cands = library_candidates(graph, name, gpu)
+    if cands is not None:
+        return cheapest(name, cands, gpu)
     if op.kind == "embedding":
         # a gather: read each (int64) index and its table row, write the row; the rest of
         # the table is never touched, so the op's parameter bytes are not traffic here
