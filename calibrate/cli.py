@@ -167,6 +167,37 @@ def _base_of(spec: str | None, traces: list) -> Any:
     return name
 
 
+def cmd_fit_public(args: argparse.Namespace) -> int:
+    from calibrate.costfit import fit_public
+
+    dirs = [Path(d) for d in (args.data or ["../shared/data"])]
+    for d in dirs:
+        if not d.is_dir():
+            raise CalibrationError(f"{d}: no such folder")
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        raise CalibrationError("fit-public needs scipy: pip install 'simgpu[fit]'") from None
+    doc = fit_public(dirs, logo=not args.no_logo)
+    out = Path(args.out)
+    try:
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+    except OSError as e:
+        raise CalibrationError(f"{out}: cannot write ({e.strerror})") from None
+    lines = []
+    for arch, entry in doc["archs"].items():
+        lines.append(f"{arch} (fitted on {entry['fitted_on']}, {entry['rows']} rows):")
+        for u, c in entry["units"].items():
+            lines.append(f"  {u:16s} efficiency {c['efficiency']:.3f}  iteration "
+                         f"{c['iter_cycles']:.0f} cycles  block {c['block_cycles']:.0f} cycles")  # fmt: skip
+        for d in entry["datasets"]:
+            logo = "-" if d["logo_mape"] is None else f"{d['logo_mape']:.1f}%"
+            lines.append(f"  {d['name']:34s} fit {d['fit_mape']:5.1f}%  leave-one-group-out {logo}")
+    lines.append(f"-> {out}")
+    _emit(args, doc, "\n".join(lines))
+    return 0
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from calibrate.fit import calibration, fit_device_latencies, fit_host_costs, write_json
     from calibrate.kineto import load_trace
@@ -375,6 +406,21 @@ def add_commands(sub: Any) -> None:
     f.add_argument("-o", "--out", required=True)
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fit)
+
+    fp = cs.add_parser(
+        "fit-public",
+        help="fit the library kernels' costs to public measurements -> library_costs.json",
+        description="Fit the per-unit efficiency, main-loop latency and block latency of "
+        "library kernels (simgpu.costs) by least squares to DeepBench CSVs and AutoTVM logs. "
+        "The project's own file is simgpu/data/library_costs.json.",
+    )
+    fp.add_argument("--data", action="append", metavar="DIR",
+                    help="folder searched for datasets, repeatable (default ../shared/data)")  # fmt: skip
+    fp.add_argument("-o", "--out", required=True, help="library costs JSON to write")
+    fp.add_argument("--no-logo", action="store_true",
+                    help="skip the leave-one-group-out refits (about 50 s)")  # fmt: skip
+    fp.add_argument("--json", action="store_true", help="print the written document")
+    fp.set_defaults(func=cmd_fit_public)
 
     v = cs.add_parser("validate", help="schedules on the GPU vs simulated, or re-simulate a file")
     v.add_argument("model", nargs="?", help="built-in model to run on the GPU")

@@ -139,16 +139,14 @@ def _units_vector(units: list[str], costs: LibraryCosts) -> np.ndarray:
     return np.asarray(x)
 
 
-# starting points besides the committed fit: Nelder-Mead finds local minima, so the fit
-# keeps the best of a few (a latency-bound, a throughput-bound and a middle guess)
+# starting points: Nelder-Mead finds local minima, so the fit keeps the best of a few (a
+# throughput-bound, a middle and a latency-bound guess). Fixed, so that the fit is a
+# function of the data alone (never of the file it replaces)
 STARTS = (UnitCosts(0.9, 5.0, 500.0), UnitCosts(0.6, 50.0, 2000.0), UnitCosts(0.4, 200.0, 5000.0))
 
 
-def _starts(units: list[str], gpu: GPUSpec) -> list[np.ndarray]:
-    out = [_units_vector(units, library_costs(gpu))]
-    for start in STARTS:
-        out.append(_units_vector(units, LibraryCosts("", {u: start for u in units})))
-    return out
+def _starts(units: list[str]) -> list[np.ndarray]:
+    return [_units_vector(units, LibraryCosts("", {u: s for u in units})) for s in STARTS]
 
 
 def _unpack(x: np.ndarray, units: list[str]) -> dict[str, UnitCosts]:
@@ -272,7 +270,7 @@ def fit(datasets: Sequence[Dataset], keep: Any = None) -> list[Fit]:
         for group in _components(everything):
             rows = _rows(gpu, [weighted[r] for r in group])
             f = _objective(rows)
-            x = min((_minimise(rows, x0) for x0 in _starts(rows.units, gpu)), key=f)
+            x = min((_minimise(rows, x0) for x0 in _starts(rows.units)), key=f)
             units.update(_unpack(x, rows.units))
             total += _objective(rows)(x)
         fits.append(Fit(arch_of(gpu), name, units, int(everything.ok.sum()), total))
