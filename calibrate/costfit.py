@@ -181,6 +181,8 @@ def _objective(rows: _Rows) -> Any:
     def f(x: np.ndarray) -> float:
         if np.any(x[0::3] > 0.0):  # efficiency above the datasheet peak
             return 1e9 + float(np.sum(np.maximum(x[0::3], 0.0)))
+        if np.any(np.abs(x) > 16.0):  # beyond 1e7 cycles or 1e-7 of peak: not a GPU
+            return 1e9 + float(np.sum(np.abs(x)))
         p = predict(rows, _unpack(x, rows.units))[rows.ok]
         e = np.log(p / rows.measured[rows.ok])
         return float(np.sum(rows.weight[rows.ok] * e * e))

@@ -139,7 +139,7 @@ def read_deepbench(path: Path, dtype: str, what: str) -> list[Measurement]:
         if ms <= 0 or min(sizes) < 1:
             raise CalibrationError(f"{where}: sizes, strides and the time must be positive")
         out.append(Measurement(kind, dtype, tuple(sorted(shape.items())), ms * 1e3, group,
-                               "cudnn", where))  # fmt: skip
+                               "cublas" if kind == "gemm" else "cudnn", where))  # fmt: skip
     return out
 
 

@@ -22,6 +22,7 @@ from simgpu.errors import LoweringError
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec
 from simgpu.libraries import (
+    CUBLAS,
     CUDNN,
     STREAM,
     Candidate,
@@ -229,12 +230,14 @@ def _fit_duration(k: Kernel, duration_us: float, gpu: GPUSpec) -> Kernel:
 def price(spec: KernelSpec, op: str, gpu: GPUSpec, costs: LibraryCosts) -> Kernel:
     """The kernel of ``spec`` with the work and latencies ``costs`` give its unit (or,
     for a streaming kernel, the GPU's own efficiency and block setup)."""
-    occ = occupancy(spec.threads, spec.regs, spec.smem, gpu, what=f"op '{op}'")
+    # a library built for this device stages less of a tile where shared memory is short
+    smem = min(spec.smem, gpu.max_smem_per_block)
+    occ = occupancy(spec.threads, spec.regs, smem, gpu, what=f"op '{op}'")
     if spec.unit == STREAM:
         work, setup = work_us(spec.block_flops, spec.peak, gpu), gpu.block_setup_us
     else:
         work, setup = block_costs(spec, costs, gpu)
-    return Kernel(spec.name, op, spec.grid, spec.threads, spec.regs, spec.smem,
+    return Kernel(spec.name, op, spec.grid, spec.threads, spec.regs, smem,
                   spec.block_flops, spec.block_bytes, work, setup, occ)  # fmt: skip
 
 
@@ -259,7 +262,7 @@ def cheapest(op: str, candidates: list[Candidate], gpu: GPUSpec) -> list[Kernel]
         if t < best_t:
             best, best_t = ks, t
     if best is None:
-        raise LoweringError(f"op '{op}': no library kernel fits on an SM of {gpu.name}")
+        raise LoweringError(f"op '{op}': no library kernel (GEMM tile) fits on an SM of {gpu.name}")
     return best
 
 
@@ -369,10 +372,11 @@ def _measured(graph: OpGraph, name: str, entries: Any, gpu: GPUSpec) -> list[Ker
 
 
 def library_candidates(
-    graph: OpGraph, name: str, gpu: GPUSpec, library: Library = CUDNN
+    graph: OpGraph, name: str, gpu: GPUSpec, library: Library | None = None
 ) -> list[Candidate] | None:
-    """The algorithms cuDNN/cuBLAS could run for a conv, transposed conv, linear or matmul
-    op (:mod:`simgpu.libraries`); None for every other kind of op."""
+    """The algorithms a library could run for a conv, transposed conv, linear or matmul
+    op (:mod:`simgpu.libraries`); None for every other kind of op. By default convs run
+    on cuDNN and GEMMs on cuBLAS, as PyTorch does."""
     op = graph[name]
     st = graph.stats(name)
     ins = graph.input_shapes(name)
@@ -380,13 +384,17 @@ def library_candidates(
     dt = op.dtype
     epilogue = st.flops - 2 * st.macs
     a = op.attrs
+    conv_lib = library or CUDNN
+    library = library or CUBLAS
     if op.kind == "conv":
+        library = conv_lib
         n, c, h, w = ins[0]
         _, cout, ho, wo = op.output_shape
         return conv_candidates(n, c, h, w, cout, _pair(a["kernel"]), _pair(a.get("stride", 1)),
                                _pair(a.get("dilation", 1)), int(a.get("groups", 1)), (ho, wo), dt,
                                nbytes, epilogue, st.flops, gpu, library)  # fmt: skip
     if op.kind == "conv_transpose":
+        library = conv_lib
         # cuDNN's dgrad as a GEMM: input pixels x (Cout/g * kh * kw) x Cin/g
         n, c, h, w = ins[0]
         kh, kw = _pair(a["kernel"])

@@ -90,11 +90,14 @@ class Library:
 # cuBLAS and cuDNN (what PyTorch runs); TVM's ``direct`` conv2d template, whose tuned
 # kernels the IOS authors measured: tiles chosen per shape, no cross-block reduction, no
 # Winograd, CUDA cores only, and its own fitted main-loop costs
-CUDNN = Library("cudnn", split_k=True, winograd=True, tensor_cores=True, unit_prefix="",
+CUBLAS = Library("cublas", split_k=True, winograd=False, tensor_cores=True, unit_prefix="",
+                 simt_tiles=SIMT_TILES)  # fmt: skip
+# cuDNN 7's forward implicit-GEMM kernels do not split K (its split-K kernels are wgrad's)
+CUDNN = Library("cudnn", split_k=False, winograd=True, tensor_cores=True, unit_prefix="",
                 simt_tiles=SIMT_TILES)  # fmt: skip
 TVM_DIRECT = Library("tvm-direct", split_k=False, winograd=False, tensor_cores=False,
                      unit_prefix="tvm.", simt_tiles=TVM_TILES, simt_k_step=32)  # fmt: skip
-LIBRARIES = {lib.name: lib for lib in (CUDNN, TVM_DIRECT)}
+LIBRARIES = {lib.name: lib for lib in (CUBLAS, CUDNN, TVM_DIRECT)}
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,9 @@ def _tiny(kind: str) -> tuple[OpGraph, str]:
     return OpGraph(ops, name=f"tiny-{kind}"), name
 
 
+LIBRARY_KINDS = {"conv", "conv_transpose", "linear", "matmul"}
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("gpu", ["v100", "a100", "k80", "t4"])
 def test_every_kind_lowers(kind: str, gpu: str) -> None:
@@ -196,7 +199,9 @@ def test_every_kind_lowers(kind: str, gpu: str) -> None:
         assert k.grid >= 1
         assert 1 <= k.threads <= spec.max_threads_per_block
         assert k.work_us >= 0 and math.isfinite(k.work_us)
-        assert k.setup_us == spec.block_setup_us
+        # library kernels pay their fitted main-loop latencies, the rest the GPU's setup
+        assert k.setup_us == spec.block_setup_us or kind in LIBRARY_KINDS
+        assert k.setup_us >= 0
         assert k.block_flops >= 0 and k.block_bytes >= 0
         assert k.occupancy.blocks >= 1
         assert waves(k.grid, k.occupancy, spec) >= 1
@@ -226,7 +231,7 @@ def test_every_kind_lowers_to_what_a_small_sm_can_run(kind: str) -> None:
 def test_no_gemm_tile_fits_is_a_clear_error() -> None:
     tiny = SMALL_SM.replace(regs_per_sm=4096)
     g, name = _tiny("conv")
-    with pytest.raises(LoweringError, match="no GEMM tile fits on an SM"):
+    with pytest.raises(LoweringError, match="no library kernel .GEMM tile. fits on an SM"):
         lower_op(g, name, tiny)
 
 
@@ -278,13 +283,24 @@ def _conv(
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_conv_kernels_cover_the_op_work(shape, cout, attrs, dtype) -> None:
     g, name = _conv(shape, cout, attrs, dtype)
+    st = g.stats(name)
     for gpu in (V100, A100, preset("k80")):
         ks = lower_op(g, name, gpu)
         total = sum(k.block_flops * k.grid for k in ks)
-        assert total >= g.stats(name).flops * (1 - 1e-9), gpu.name
+        if not any(k.name.startswith("winograd") for k in ks):
+            # tiles pad the work, never drop any (Winograd does fewer multiplications)
+            assert total >= st.flops * (1 - 1e-9), gpu.name
         moved = sum(k.block_bytes * k.grid for k in ks)
-        st = g.stats(name)
-        assert moved == pytest.approx(st.bytes_read + st.bytes_written)
+        # every byte is moved at least once; split-K and transforms move more
+        assert moved >= (st.bytes_read + st.bytes_written) * (1 - 1e-9)
+
+
+def test_a_wide_3x3_conv_runs_as_winograd_and_a_small_grid_splits_k() -> None:
+    g, name = _conv((8, 256, 28, 28), 256, {"kernel": 3, "padding": 1})
+    assert [k.name.split("_")[0] for k in lower_op(g, name, V100)][0] == "winograd4x4"
+    g, name = _conv((1, 2048, 8, 8), 192, {"kernel": 1})
+    ks = lower_op(g, name, V100)
+    assert "splitk" in ks[0].name and ks[-1].name == "splitk_reduce"
 
 
 @pytest.mark.parametrize("kind", ["linear", "matmul"])
@@ -314,14 +330,14 @@ def test_fp16_conv_on_v100_is_faster_than_fp32() -> None:
     fp16, _ = _conv((8, 256, 28, 28), 256, attrs, "fp16")
     k32 = lower_op(fp32, name, V100)
     k16 = lower_op(fp16, name, V100)
-    assert all(k.name.startswith("tensorop") for k in k16)
-    assert all(k.name.startswith("simt") for k in k32)
+    assert any(k.name.startswith("tensor") for k in k16)
+    assert not any(k.name.startswith("tensor") for k in k32)
     assert _time(fp16) < _time(fp32)
 
 
 def test_no_tensor_cores_on_k80() -> None:
     g, name = _conv((8, 256, 28, 28), 256, {"kernel": 3, "padding": 1}, "fp16")
-    assert all(k.name.startswith("simt") for k in lower_op(g, name, preset("k80")))
+    assert not any(k.name.startswith("tensor") for k in lower_op(g, name, preset("k80")))
 
 
 def test_faster_gpu_is_faster_on_a_big_conv() -> None:
@@ -401,7 +417,7 @@ def test_measured_table_for_other_signature_is_ignored() -> None:
     g, name = _conv((1, 64, 28, 28), 64, {"kernel": 3, "padding": 1})
     entry = {"grid": 4, "threads": 128, "duration_us": 1.0}
     gpu = V100.replace(kernel_table={"something else": [entry]})
-    assert [k.measured for k in lower_op(g, name, gpu)] == [False]
+    assert not any(k.measured for k in lower_op(g, name, gpu))
 
 
 @pytest.mark.parametrize(
@@ -461,7 +477,7 @@ def test_the_simulator_memo_is_per_gpu_and_not_pickled() -> None:
     from simgpu.program import Launch, StreamProgram
     from simgpu.sim.engine import simulate
 
-    g, name = _conv((1, 64, 28, 28), 64, {"kernel": 3, "padding": 1})
+    g, name = _conv((1, 64, 28, 28), 64, {"kernel": 1})
     (k,) = lower_op(g, name, V100)
     fresh = dataclasses.replace(k)
     prog = StreamProgram([Launch(name, k, 0)])
