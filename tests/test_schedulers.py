@@ -246,9 +246,15 @@ def test_the_compute_floor_binds_many_independent_gemms() -> None:
     """Forty GEMMs that each fill a fraction of the SMs: no schedule finishes before
     their work has passed through every SM at its full rate (the compute floor), far
     above the longest single GEMM."""
-    x = (64, 1024)
+    x = (128, 1024)
     ops = [Op("x", "input", (), x)] + [
-        Op(f"g{i}", "linear", ("x",), (64, 1024), attrs={"in_features": 1024, "out_features": 1024})
+        Op(
+            f"g{i}",
+            "linear",
+            ("x",),
+            (128, 1024),
+            attrs={"in_features": 1024, "out_features": 1024},
+        )
         for i in range(40)
     ]
     g = OpGraph(ops, name="gemms")

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import gpus, kernels
 
+from simgpu.costs import library_costs
 from simgpu.graph import Op, OpGraph
 from simgpu.hardware import load_gpu
 from simgpu.kernels import (
@@ -144,16 +145,20 @@ def _spans(a: str, b: str) -> tuple[float, float]:
 
 
 def test_two_gemms_that_fill_the_gpu_gain_nothing_from_two_streams() -> None:
-    """80 blocks of 128x128 fp32 tiles each: one block per SM saturates it, so two such
-    kernels on two streams share every SM and take as long as back to back (the old
-    rule gave each its own full SM: 934 us against 1,838, 1.49x the fp32 peak)."""
+    """80 blocks of 128x128 fp32 tiles each: one block per SM saturates its compute, so
+    two such kernels on two streams share every SM. The second stream can hide no more
+    than the first's main-loop latency, and together they never pass the fitted
+    sustained rate (the old rule gave each its own full SM: 934 us against 1,838, 1.49x
+    the fp32 peak)."""
     k = KERNELS["gemm_a"]
     assert k.grid == V100.sm_count and k.occupancy.blocks == 2
     one, two = _spans("gemm_a", "gemm_b")
-    assert two == pytest.approx(one, rel=0.02)
+    # the second kernel may start a graph node earlier and hide one block's latency
+    assert (one - k.setup_us - V100.graph_node_us) * (1 - 1e-9) <= two <= one * (1 + 1e-9)
     flops = 2 * 2.0 * 1024 * 1280 * 8192
     tflops = flops / two / 1e6
-    assert tflops <= V100.peak_tflops["fp32"] * V100.compute_efficiency * (1 + 1e-9)
+    eff = library_costs(V100).unit("simt_fp32").efficiency
+    assert tflops <= V100.peak_tflops["fp32"] * eff * (1 + 1e-9)
 
 
 def test_a_gemm_and_a_relu_overlap() -> None:
