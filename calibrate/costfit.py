@@ -106,7 +106,7 @@ def lone_times(
     """:func:`simgpu.sharing.lone_kernel_us` of many kernels at once (numpy)."""
     n_sm = gpu.sm_count
     port, dram = sm_port(gpu), dram_capacity(gpu)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         wc = np.minimum(1.0, warps / gpu.warps_to_saturate)
         rate0 = np.minimum(np.where(work > 0, wc / work, np.inf),
                            np.where(nbytes > 0, port / nbytes, np.inf))  # fmt: skip
