@@ -77,7 +77,10 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
                 f"no datasets found: none of {', '.join(FIDELITY_DEFAULT_DIRS)} exists "
                 f"here ({Path.cwd()}); give --data DIR"
             )
-    report = build_report(dirs, gpu=_gpu(args.gpu), logo=(lambda ds: {}) if args.no_logo else None)
+    from calibrate.costfit import logo_predictions
+
+    logo = (lambda ds: {}) if args.no_logo else logo_predictions if args.refit_logo else None
+    report = build_report(dirs, gpu=_gpu(args.gpu), logo=logo)
     if args.no_logo:
         report.notes.append("LOGO MAPE not computed (--no-logo)")
     _emit(args, report.to_json(), format_report(report))
@@ -363,7 +366,13 @@ def add_commands(sub: Any) -> None:
     fd.add_argument(
         "--no-logo",
         action="store_true",
-        help="skip the leave-one-group-out fit behind the LOGO MAPE column (its slow part)",
+        help="leave the LOGO MAPE column empty (no refit)",
+    )
+    fd.add_argument(
+        "--refit-logo",
+        action="store_true",
+        help="refit leave-one-group-out even where the committed fit recorded it for "
+        "the same files (minutes)",
     )
     fd.add_argument("--json", action="store_true", help="print one JSON object")
     fd.set_defaults(func=cmd_fidelity)

@@ -16,6 +16,7 @@ held out and predicts that group's rows: the error a new workload should expect.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ class _Rows:
     iters: np.ndarray
     stream_work: np.ndarray  # work_us of streaming kernels (fixed)
     ok: np.ndarray  # per row: it has at least one launchable candidate
+    libs: list[str]  # libraries of the rows
+    lib_of_row: np.ndarray  # per row: index into libs
 
 
 def _rows(gpu: GPUSpec, rows: Sequence[tuple[Any, float]]) -> _Rows:
@@ -65,7 +68,12 @@ def _rows(gpu: GPUSpec, rows: Sequence[tuple[Any, float]]) -> _Rows:
         "cand", "unit", "grid", "per_sm", "warps", "flops", "bytes", "peak", "iters", "sw")}  # fmt: skip
     row_of_cand: list[int] = []
     measured, weight, ok = [], [], []
+    libs: list[str] = []
+    lib_of_row: list[int] = []
     for r, (m, w) in enumerate(rows):
+        if m.library not in libs:
+            libs.append(m.library)
+        lib_of_row.append(libs.index(m.library))
         measured.append(m.measured_us)
         weight.append(w)
         g = measurement_graph(m)
@@ -97,11 +105,19 @@ def _rows(gpu: GPUSpec, rows: Sequence[tuple[Any, float]]) -> _Rows:
     return _Rows(gpu, units, np.asarray(measured), np.asarray(weight, dtype=float),
                  np.asarray(row_of_cand, dtype=int), f["cand"].astype(int), f["unit"].astype(int),
                  f["grid"], f["per_sm"], f["warps"], f["flops"], f["bytes"], f["peak"],
-                 f["iters"], f["sw"], np.asarray(ok, dtype=bool))  # fmt: skip
+                 f["iters"], f["sw"], np.asarray(ok, dtype=bool), libs,
+                 np.asarray(lib_of_row, dtype=int))  # fmt: skip
 
 
 def lone_times(
-    gpu: GPUSpec, grid: Any, per_sm: Any, warps: Any, work: Any, nbytes: Any, setup: Any
+    gpu: GPUSpec,
+    grid: Any,
+    per_sm: Any,
+    warps: Any,
+    work: Any,
+    nbytes: Any,
+    setup: Any,
+    latency: Any = 0.0,
 ) -> np.ndarray:
     """:func:`simgpu.sharing.lone_kernel_us` of many kernels at once (numpy)."""
     n_sm = gpu.sm_count
@@ -110,6 +126,10 @@ def lone_times(
         wc = np.minimum(1.0, warps / gpu.warps_to_saturate)
         rate0 = np.minimum(np.where(work > 0, wc / work, np.inf),
                            np.where(nbytes > 0, port / nbytes, np.inf))  # fmt: skip
+        latency = np.asarray(latency, dtype=float)
+        idle = (work <= 0) & (nbytes <= 0)  # nothing to progress: latency is fixed time
+        setup = setup + np.where(idle, latency, 0.0)
+        rate0 = np.minimum(rate0, np.where((latency > 0) & ~idle, 1.0 / latency, np.inf))
         compute = np.where(work > 0, rate0 * work, 0.0)
         memory = np.where(nbytes > 0, rate0 * nbytes, 0.0)
 
@@ -130,35 +150,64 @@ def lone_times(
         return t + np.where(tail > 0, tail_t, 0.0)
 
 
-def _units_vector(units: list[str], costs: LibraryCosts) -> np.ndarray:
-    x = []
-    for u in units:
-        c = costs.unit(u)
-        x += [math.log(c.efficiency), math.log(max(c.iter_cycles, 1e-3)),
-              math.log(max(c.block_cycles, 1e-3))]  # fmt: skip
+def _base(unit: str) -> str:
+    """The hardware unit of a library's unit ("tvm.simt_fp32" -> "simt_fp32")."""
+    return unit.rpartition(".")[2]
+
+
+def _layout(rows: _Rows) -> tuple[list[str], list[str]]:
+    """(units, base units): each unit has its own efficiency; latencies belong to the
+    hardware unit, shared by every library that runs on it (a main loop waits on the same
+    memory pipeline whoever wrote it)."""
+    bases = list(dict.fromkeys(_base(u) for u in rows.units))
+    return rows.units, bases
+
+
+def _vector(rows: _Rows, costs: LibraryCosts) -> np.ndarray:
+    """Parameters in log space: each unit's efficiency, each base unit's two latencies,
+    then each library's call floor."""
+    units, bases = _layout(rows)
+    x = [math.log(costs.unit(u).efficiency) for u in units]
+    for b in bases:
+        c = costs.unit(b)
+        x += [math.log(max(c.iter_cycles, 1e-3)), math.log(max(c.block_cycles, 1e-3))]
+    x += [math.log(max(costs.calls.get(lib, 0.0), 1e-3)) for lib in rows.libs]
     return np.asarray(x)
 
 
 # starting points: Nelder-Mead finds local minima, so the fit keeps the best of a few (a
 # throughput-bound, a middle and a latency-bound guess). Fixed, so that the fit is a
 # function of the data alone (never of the file it replaces)
-STARTS = (UnitCosts(0.9, 5.0, 500.0), UnitCosts(0.6, 50.0, 2000.0), UnitCosts(0.4, 200.0, 5000.0))
+STARTS = (
+    (UnitCosts(0.9, 5.0, 500.0), 2.0),
+    (UnitCosts(0.6, 50.0, 2000.0), 5.0),
+    (UnitCosts(0.4, 200.0, 5000.0), 8.0),
+)
 
 
-def _starts(units: list[str]) -> list[np.ndarray]:
-    return [_units_vector(units, LibraryCosts("", {u: s for u in units})) for s in STARTS]
+def _starts(rows: _Rows) -> list[np.ndarray]:
+    return [_vector(rows, LibraryCosts("", {u: s for u in rows.units},
+                                       {lib: c for lib in rows.libs}))
+            for s, c in STARTS]  # fmt: skip
 
 
-def _unpack(x: np.ndarray, units: list[str]) -> dict[str, UnitCosts]:
+def _unpack(x: np.ndarray, rows: _Rows) -> tuple[dict[str, UnitCosts], dict[str, float]]:
+    units, bases = _layout(rows)
+    lat = {b: np.exp(x[len(units) + 2 * i : len(units) + 2 * i + 2]) for i, b in enumerate(bases)}
     out = {}
     for i, u in enumerate(units):
-        eff, it, blk = np.exp(x[3 * i : 3 * i + 3])
-        out[u] = UnitCosts(float(min(eff, 1.0)), float(it), float(blk))
-    return out
+        it, blk = lat[_base(u)]
+        out[u] = UnitCosts(float(min(np.exp(x[i]), 1.0)), float(it), float(blk))
+    n = len(units) + 2 * len(bases)
+    calls = {lib: float(np.exp(x[n + i])) for i, lib in enumerate(rows.libs)}
+    return out, calls
 
 
-def predict(rows: _Rows, units: Mapping[str, UnitCosts]) -> np.ndarray:
-    """Each row's predicted microseconds: its cheapest candidate under ``units``."""
+def predict(
+    rows: _Rows, units: Mapping[str, UnitCosts], calls: Mapping[str, float] | None = None
+) -> np.ndarray:
+    """Each row's predicted microseconds: its cheapest candidate under ``units``, or the
+    host's cost of one call of its library where that is longer."""
     gpu = rows.gpu
     costs = LibraryCosts("", units)
     per = [costs.unit(u) for u in rows.units]
@@ -168,22 +217,25 @@ def predict(rows: _Rows, units: Mapping[str, UnitCosts]) -> np.ndarray:
     lib = rows.unit >= 0
     idx = np.where(lib, rows.unit, len(rows.units))
     work = np.where(lib, rows.flops / (rows.peak * eff[idx] / gpu.sm_count / 1e6), rows.stream_work)
-    setup = np.where(lib, (blk[idx] + itc[idx] * rows.iters) / gpu.clock_mhz, gpu.block_setup_us)
-    t = lone_times(gpu, rows.grid, rows.per_sm, rows.warps, work, rows.nbytes, setup)
+    setup = np.where(lib, blk[idx] / gpu.clock_mhz, gpu.block_setup_us)
+    latency = np.where(lib, itc[idx] * rows.iters / gpu.clock_mhz, 0.0)
+    t = lone_times(gpu, rows.grid, rows.per_sm, rows.warps, work, rows.nbytes, setup, latency)
     t = t + gpu.kernel_gap_us
     per_cand = np.bincount(rows.cand_of_kernel, weights=t, minlength=len(rows.row_of_cand))
     best = np.full(len(rows.measured), np.inf)
     np.minimum.at(best, rows.row_of_cand, per_cand)
-    return best
+    floor = np.array([(calls or {}).get(lib, 0.0) for lib in rows.libs] + [0.0])
+    return np.maximum(best, floor[rows.lib_of_row] if len(rows.lib_of_row) else 0.0)
 
 
 def _objective(rows: _Rows) -> Any:
     def f(x: np.ndarray) -> float:
-        if np.any(x[0::3] > 0.0):  # efficiency above the datasheet peak
-            return 1e9 + float(np.sum(np.maximum(x[0::3], 0.0)))
+        eff = x[: len(rows.units)]
+        if np.any(eff > 0.0):  # efficiency above the datasheet peak
+            return 1e9 + float(np.sum(np.maximum(eff, 0.0)))
         if np.any(np.abs(x) > 16.0):  # beyond 1e7 cycles or 1e-7 of peak: not a GPU
             return 1e9 + float(np.sum(np.abs(x)))
-        p = predict(rows, _unpack(x, rows.units))[rows.ok]
+        p = predict(rows, *_unpack(x, rows))[rows.ok]
         e = np.log(p / rows.measured[rows.ok])
         return float(np.sum(rows.weight[rows.ok] * e * e))
 
@@ -194,15 +246,12 @@ def _minimise(rows: _Rows, x0: np.ndarray) -> np.ndarray:
     from scipy.optimize import minimize
 
     f = _objective(rows)
-    best = x0
-    for _ in range(3):  # restarts re-open a simplex that collapsed on a kink
-        res = minimize(f, best, method="Nelder-Mead",
-                       options={"maxfev": 4000, "xatol": 1e-4, "fatol": 1e-9})  # fmt: skip
-        if np.allclose(res.x, best, atol=1e-4):
-            best = res.x
-            break
-        best = res.x
-    return best
+    # Powell's line searches cope with the kinks of the cheapest-candidate minimum in a
+    # dozen dimensions, where a Nelder-Mead simplex collapses; a polish by Nelder-Mead
+    res = minimize(f, x0, method="Powell", options={"xtol": 1e-4, "ftol": 1e-9, "maxfev": 20000})
+    res = minimize(f, res.x, method="Nelder-Mead",
+                   options={"maxfev": 4000, "xatol": 1e-4, "fatol": 1e-9})  # fmt: skip
+    return res.x
 
 
 @dataclass(frozen=True)
@@ -212,8 +261,13 @@ class Fit:
     arch: str
     gpu: str
     units: dict[str, UnitCosts]
+    calls: dict[str, float]  # host microseconds of one call, per library
     rows: int
     objective: float
+
+    @property
+    def costs(self) -> LibraryCosts:
+        return LibraryCosts(self.arch, self.units, self.calls)
 
 
 def _weighted(datasets: Sequence[Dataset], keep: Any) -> list[tuple[Any, float]]:
@@ -232,9 +286,11 @@ def _by_gpu(datasets: Sequence[Dataset]) -> dict[str, list[Dataset]]:
 
 
 def _components(rows: _Rows) -> list[list[int]]:
-    """Rows grouped so that no unit is priced in two groups: the objective is a sum over
-    rows, so each group is fitted on its own (a few parameters at a time)."""
-    parent = list(range(len(rows.units)))
+    """Rows grouped so that no parameter (a unit's, or a library's call floor) is priced
+    in two groups: the objective is a sum over rows, so each group is fitted on its own
+    (a few parameters at a time)."""
+    n_units = len(rows.units)
+    parent = list(range(n_units + len(rows.libs)))
 
     def root(u: int) -> int:
         while parent[u] != u:
@@ -242,18 +298,22 @@ def _components(rows: _Rows) -> list[list[int]]:
             u = parent[u]
         return u
 
-    units_of: list[set[int]] = [set() for _ in rows.measured]
+    nodes: list[set[int]] = [{n_units + int(lib)} for lib in rows.lib_of_row]
     lib = rows.unit >= 0
     for cand, u in zip(rows.cand_of_kernel[lib], rows.unit[lib], strict=True):
-        units_of[rows.row_of_cand[cand]].add(int(u))
-    for us in units_of:
-        first = min(us, default=None)
-        for u in us:
-            parent[root(u)] = root(first)  # type: ignore[arg-type]
+        nodes[rows.row_of_cand[cand]].add(int(u))
+    for a, ua in enumerate(rows.units):  # units on one hardware unit share latencies
+        for b, ub in enumerate(rows.units[:a]):
+            if _base(ua) == _base(ub):
+                parent[root(a)] = root(b)
+    for ns in nodes:
+        first = min(ns)
+        for u in ns:
+            parent[root(u)] = root(first)
     groups: dict[int, list[int]] = {}
-    for r, us in enumerate(units_of):
-        if us:
-            groups.setdefault(root(min(us)), []).append(r)
+    for r, ns in enumerate(nodes):
+        if rows.ok[r]:
+            groups.setdefault(root(min(ns)), []).append(r)
     return [groups[k] for k in sorted(groups)]
 
 
@@ -268,27 +328,36 @@ def fit(datasets: Sequence[Dataset], keep: Any = None) -> list[Fit]:
         if not everything.ok.any():
             raise CalibrationError(f"no measurement on {name} has a launchable kernel")
         units: dict[str, UnitCosts] = {}
+        calls: dict[str, float] = {}
         total = 0.0
         for group in _components(everything):
             rows = _rows(gpu, [weighted[r] for r in group])
             f = _objective(rows)
-            x = min((_minimise(rows, x0) for x0 in _starts(rows.units)), key=f)
-            units.update(_unpack(x, rows.units))
-            total += _objective(rows)(x)
-        fits.append(Fit(arch_of(gpu), name, units, int(everything.ok.sum()), total))
+            x = min((_minimise(rows, x0) for x0 in _starts(rows)), key=f)
+            u, c = _unpack(x, rows)
+            units.update(u)
+            calls.update(c)
+            total += f(x)
+        fits.append(Fit(arch_of(gpu), name, units, calls, int(everything.ok.sum()), total))
     return fits
 
 
-def predictions(datasets: Sequence[Dataset], units_by_gpu: Mapping[str, Mapping[str, UnitCosts]]
-                ) -> dict[str, np.ndarray]:  # fmt: skip
-    """Per dataset name, each row's predicted microseconds under the given units."""
+def predictions(
+    datasets: Sequence[Dataset], costs_by_gpu: Mapping[str, LibraryCosts]
+) -> dict[str, np.ndarray]:
+    """Per dataset name, each row's predicted microseconds under the given costs (the
+    committed ones for a GPU not in ``costs_by_gpu``, or for units they lack)."""
     out = {}
     for d in datasets:
         gpu = PRESETS[d.gpu]
         rows = _rows(gpu, [(m, 1.0) for m in d.rows])
-        units = dict(library_costs(gpu).units)
-        units.update(units_by_gpu.get(d.gpu, {}))
-        out[d.name] = np.where(rows.ok, predict(rows, units), np.nan)
+        base = library_costs(gpu)
+        given = costs_by_gpu.get(d.gpu)
+        units, calls = dict(base.units), dict(base.calls)
+        if given is not None:
+            units.update(given.units)
+            calls.update(given.calls)
+        out[d.name] = np.where(rows.ok, predict(rows, units, calls), np.nan)
     return out
 
 
@@ -303,7 +372,7 @@ def logo_predictions(datasets: Sequence[Dataset]) -> dict[str, list[float]]:
         fits = fit(datasets, keep=lambda m, g=g: m.group != g)
         held = [Dataset(d.name, d.path, d.gpu, tuple(m for m in d.rows if m.group == g))
                 for d in datasets]  # fmt: skip
-        pred = predictions([h for h in held if h.rows], {f.gpu: f.units for f in fits})
+        pred = predictions([h for h in held if h.rows], {f.gpu: f.costs for f in fits})
         for d in datasets:
             if d.name not in pred:
                 continue
@@ -336,7 +405,7 @@ def fit_public(dirs: Sequence[Path], logo: bool = True) -> dict[str, Any]:
     if not datasets:
         raise CalibrationError(f"no public datasets under {', '.join(map(str, dirs))}")
     fits = fit(datasets)
-    pred = predictions(datasets, {f.gpu: f.units for f in fits})
+    pred = predictions(datasets, {f.gpu: f.costs for f in fits})
     held = logo_predictions(datasets) if logo else {}
     archs: dict[str, Any] = {}
     for f in fits:
@@ -351,6 +420,7 @@ def fit_public(dirs: Sequence[Path], logo: bool = True) -> dict[str, Any]:
                 }
                 for u, c in sorted(f.units.items())
             },
+            "calls_us": {lib: round(us, 3) for lib, us in sorted(f.calls.items())},
             "rows": f.rows,
             "objective": round(f.objective, 6),
             "datasets": [
@@ -361,6 +431,11 @@ def fit_public(dirs: Sequence[Path], logo: bool = True) -> dict[str, Any]:
                     "rows": len(d.rows),
                     "fit_mape": round(mape(pred[d.name], [m.measured_us for m in d.rows]), 2),
                     "logo_mape": round(mape(held[d.name], [m.measured_us for m in d.rows]), 2)
+                    if d.name in held
+                    else None,
+                    # each row's leave-one-group-out prediction: `simgpu fidelity` shows
+                    # them for these exact files instead of refitting (minutes)
+                    "logo_us": [None if not math.isfinite(v) else round(v, 4) for v in held[d.name]]
                     if d.name in held
                     else None,
                 }
@@ -374,3 +449,27 @@ def fit_public(dirs: Sequence[Path], logo: bool = True) -> dict[str, Any]:
         "time ratios, each dataset weighted equally (calibrate/costfit.py)",
         "archs": archs,
     }
+
+
+def recorded_logo(datasets: Sequence[Dataset]) -> dict[str, list[float]] | None:
+    """The leave-one-group-out predictions the committed fit recorded, if it was made on
+    exactly these files (same names and sha256, every one of them); else None. The LOGO
+    fits of a dataset depend on all the others, so a partial match does not count."""
+    from simgpu.costs import DATA
+
+    try:
+        doc = json.loads(DATA.read_text())
+        entries = {(e["name"], e["sha256"]): e for a in doc["archs"].values()
+                   for e in a.get("datasets", [])}  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if len(entries) != len(datasets):
+        return None
+    out = {}
+    for d in datasets:
+        e = entries.get((d.name, sha256(d.path)))
+        held = e.get("logo_us") if e else None
+        if not isinstance(held, list) or len(held) != len(d.rows):
+            return None
+        out[d.name] = [math.nan if v is None else float(v) for v in held]
+    return out

@@ -351,8 +351,6 @@ def build_report(
             raise CalibrationError(f"{p}: {'not a folder' if p.exists() else 'no such folder'}")
         if p.resolve() not in {q.resolve() for q in paths}:
             paths.append(p)
-    if logo is None:
-        from calibrate.costfit import logo_predictions as logo
     found, skipped_files = find_datasets(paths)
     seen: set[Path] = set()
     datasets = []
@@ -362,6 +360,16 @@ def build_report(
             datasets.append(d)
     skipped = [SkippedDataset(_shown(s.path), s.reason) for s in skipped_files]
     notes: list[str] = []
+    if logo is None:
+        from calibrate.costfit import logo_predictions, recorded_logo
+
+        recorded = recorded_logo(datasets)
+        if recorded is not None:
+            notes.append("LOGO MAPE as `simgpu calibrate fit-public` recorded it for these "
+                         "exact files (sha256); --refit-logo recomputes it")  # fmt: skip
+            logo = lambda _: recorded  # noqa: E731
+        else:
+            logo = logo_predictions
     try:
         logos = dict(logo(datasets)) if datasets else {}
     except SimGPUError as e:

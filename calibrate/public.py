@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from calibrate.errors import CalibrationError
+from simgpu.costs import library_costs
 from simgpu.graph import Op, OpGraph
 from simgpu.hardware import GPUSpec
 from simgpu.kernels import cheapest, library_candidates, plan_time_us
@@ -265,9 +266,11 @@ def measurement_graph(m: Measurement) -> OpGraph:
 
 
 def predict_us(m: Measurement, gpu: GPUSpec) -> float:
-    """What simgpu says the call costs on ``gpu``: the op's kernels back to back, each
-    alone on the idle GPU plus the device's per-kernel start-up (as a benchmark loop
-    runs them; the host's launch costs hide behind the GPU)."""
+    """What simgpu says the call costs on ``gpu`` in a benchmark loop: the op's kernels
+    back to back, each alone on the idle GPU plus the device's per-kernel start-up, or
+    the host's cost of one call of the library where that is longer (a loop of tiny
+    calls is host-bound)."""
     g = measurement_graph(m)
     cands = library_candidates(g, m.op, gpu, LIBRARIES[m.library]) or []
-    return plan_time_us(cheapest(m.op, cands, gpu), gpu)
+    gpu_us = plan_time_us(cheapest(m.op, cands, gpu), gpu)
+    return max(gpu_us, library_costs(gpu).calls.get(m.library, 0.0))

@@ -270,7 +270,8 @@ class Profiler:
 def _kernel_key(k: Kernel) -> tuple:
     """Everything of a kernel the simulator reads: two kernels alike in name and grid
     but not in work (a 1x1 and a 5x5 conv of one op name) must not share a memo entry."""
-    return (k.name, k.grid, k.threads, k.regs, k.smem, k.block_bytes, k.work_us, k.setup_us)
+    return (k.name, k.grid, k.threads, k.regs, k.smem, k.block_bytes, k.work_us, k.setup_us,
+            k.latency_us)  # fmt: skip
 
 
 def _program_key(p: StreamProgram) -> tuple:

@@ -19,7 +19,7 @@ import functools
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ class LibraryCosts:
 
     arch: str
     units: Mapping[str, UnitCosts]
+    # host microseconds of one call of a library (cuDNN's or cuBLAS's own CPU cost, its
+    # launches): a benchmark loop of tiny calls runs at this rate, not the GPU's
+    calls: Mapping[str, float] = field(default_factory=dict)
 
     def unit(self, key: str) -> UnitCosts:
         """The costs of ``key`` (``[library.]unit_dtype``), else of the nearest unit
@@ -100,14 +103,32 @@ def units_from_json(data: Any, where: str) -> dict[str, UnitCosts]:
     return out
 
 
+def calls_from_json(data: Any, where: str) -> dict[str, float]:
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{where}: calls_us must be an object")
+    out = {}
+    for lib, us in data.items():
+        if (
+            not isinstance(us, int | float)
+            or isinstance(us, bool)
+            or not (math.isfinite(us) and us >= 0)
+        ):
+            raise SpecError(f"{where}: calls_us of '{lib}' must be a number >= 0, got {us!r}")
+        out[str(lib)] = float(us)
+    return out
+
+
 @functools.cache
-def _fitted() -> dict[str, dict[str, UnitCosts]]:
-    """The committed fit: architecture -> units."""
+def _fitted() -> dict[str, LibraryCosts]:
+    """The committed fit, by architecture."""
     data = json.loads(DATA.read_text())
     return {
-        arch: units_from_json(entry["units"], f"{DATA.name}: {arch}")
+        arch: LibraryCosts(arch, units_from_json(entry["units"], f"{DATA.name}: {arch}"),
+                           calls_from_json(entry.get("calls_us"), f"{DATA.name}: {arch}"))
         for arch, entry in data["archs"].items()
-    }
+    }  # fmt: skip
 
 
 def arch_of(gpu: GPUSpec) -> str:
@@ -123,10 +144,11 @@ def library_costs(gpu: GPUSpec) -> LibraryCosts:
     the nearest architecture that was measured."""
     arch = arch_of(gpu)
     if gpu.library_costs:
-        return LibraryCosts(arch, units_from_json(gpu.library_costs.get("units"),
-                                                  f"GPU '{gpu.name}': library_costs"))  # fmt: skip
+        where = f"GPU '{gpu.name}': library_costs"
+        return LibraryCosts(arch, units_from_json(gpu.library_costs.get("units"), where),
+                            calls_from_json(gpu.library_costs.get("calls_us"), where))  # fmt: skip
     fitted = _fitted()
     if arch not in fitted:
         i = ARCH_ORDER.index(arch)
         arch = min(fitted, key=lambda a: (abs(ARCH_ORDER.index(a) - i), -ARCH_ORDER.index(a)))
-    return LibraryCosts(arch, fitted[arch])
+    return fitted[arch]

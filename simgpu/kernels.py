@@ -71,6 +71,9 @@ class Kernel:
     setup_us: float  # fixed latency of every block, shared with nobody
     occupancy: Occupancy
     measured: bool = False  # the work comes from a measured duration
+    # the least time a block's progress takes in any company (its main loop's latency
+    # chain): other kernels' warps may use the SM meanwhile (simgpu.sharing.demand)
+    latency_us: float = 0.0
     # the simulator's per-GPU constants of this kernel, made on first use (a memo: not
     # part of the kernel's value, not copied by ``dataclasses.replace``)
     sim: Any = field(default=None, init=False, repr=False, compare=False)
@@ -123,7 +126,7 @@ def work_us(block_flops: float, peak_flops: float, gpu: GPUSpec) -> float:
 
 def demand_of(k: Kernel, gpu: GPUSpec) -> Demand:
     """What one block of ``k`` asks of its SM and of DRAM on ``gpu``."""
-    return demand(k.occupancy.warps, k.work_us, k.block_bytes, k.setup_us, gpu)
+    return demand(k.occupancy.warps, k.work_us, k.block_bytes, k.setup_us, gpu, k.latency_us)
 
 
 def standalone_time_us(k: Kernel, gpu: GPUSpec) -> float:
@@ -204,7 +207,7 @@ def _fit_duration(k: Kernel, duration_us: float, gpu: GPUSpec) -> Kernel:
     that it runs ``duration_us`` alone on an idle GPU: a measured time is the truth."""
 
     def alone(work: float, nbytes: float) -> float:
-        d = demand(k.occupancy.warps, work, nbytes, k.setup_us, gpu)
+        d = demand(k.occupancy.warps, work, nbytes, k.setup_us, gpu, k.latency_us)
         return lone_kernel_us(d, k.grid, k.occupancy.blocks, gpu)
 
     def largest(fits: Any, hi: float) -> float:
@@ -233,12 +236,13 @@ def price(spec: KernelSpec, op: str, gpu: GPUSpec, costs: LibraryCosts) -> Kerne
     # a library built for this device stages less of a tile where shared memory is short
     smem = min(spec.smem, gpu.max_smem_per_block)
     occ = occupancy(spec.threads, spec.regs, smem, gpu, what=f"op '{op}'")
+    latency = 0.0
     if spec.unit == STREAM:
         work, setup = work_us(spec.block_flops, spec.peak, gpu), gpu.block_setup_us
     else:
-        work, setup = block_costs(spec, costs, gpu)
+        work, setup, latency = block_costs(spec, costs, gpu)
     return Kernel(spec.name, op, spec.grid, spec.threads, spec.regs, smem,
-                  spec.block_flops, spec.block_bytes, work, setup, occ)  # fmt: skip
+                  spec.block_flops, spec.block_bytes, work, setup, occ, latency_us=latency)  # fmt: skip
 
 
 def plan_time_us(kernels: list[Kernel], gpu: GPUSpec) -> float:

@@ -92,8 +92,9 @@ class Library:
 # Winograd, CUDA cores only, and its own fitted main-loop costs
 CUBLAS = Library("cublas", split_k=True, winograd=False, tensor_cores=True, unit_prefix="",
                  simt_tiles=SIMT_TILES)  # fmt: skip
-# cuDNN 7's forward implicit-GEMM kernels do not split K (its split-K kernels are wgrad's)
-CUDNN = Library("cudnn", split_k=False, winograd=True, tensor_cores=True, unit_prefix="",
+# cuDNN's implicit-GEMM kernels split K too (scudnn_128x128_stridedB_splitK in the V100
+# trace, grid z = 14)
+CUDNN = Library("cudnn", split_k=True, winograd=True, tensor_cores=True, unit_prefix="",
                 simt_tiles=SIMT_TILES)  # fmt: skip
 TVM_DIRECT = Library("tvm-direct", split_k=False, winograd=False, tensor_cores=False,
                      unit_prefix="tvm.", simt_tiles=TVM_TILES, simt_k_step=32)  # fmt: skip
@@ -276,9 +277,12 @@ def conv_candidates(
     return out
 
 
-def block_costs(spec: KernelSpec, costs: LibraryCosts, gpu: GPUSpec) -> tuple[float, float]:
-    """(work_us of a block, setup_us of a block) of a library kernel under ``costs``."""
+def block_costs(spec: KernelSpec, costs: LibraryCosts, gpu: GPUSpec) -> tuple[float, float, float]:
+    """(work_us, setup_us, latency_us) of one block of a library kernel under ``costs``:
+    its multiply-adds at the unit's sustained rate, its prologue and epilogue, and the
+    latency chain of its main loop (a floor on its progress, see
+    :func:`simgpu.sharing.demand`)."""
     u = costs.unit(spec.unit)
     sm_rate = spec.peak * u.efficiency / gpu.sm_count / 1e6  # flop per us
-    setup = (u.block_cycles + u.iter_cycles * spec.iters) / gpu.clock_mhz
-    return spec.block_flops / sm_rate, setup
+    return (spec.block_flops / sm_rate, u.block_cycles / gpu.clock_mhz,
+            u.iter_cycles * spec.iters / gpu.clock_mhz)  # fmt: skip

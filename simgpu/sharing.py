@@ -2,9 +2,10 @@
 
 A block carries work, not a duration: ``work_us`` of compute (the microseconds it would
 take with its SM's whole sustained rate for its dtype and unit), ``bytes`` of DRAM
-traffic, and a fixed ``setup_us`` (scheduling, prologue) that nothing speeds up or slows
-down. Between setup and end it progresses at a rate ``p`` (blocks per microsecond) set
-by roofline: compute and memory overlap, the slower of the two decides.
+traffic, a fixed ``setup_us`` (scheduling, prologue, epilogue) that nothing speeds up or
+slows down, and a ``latency_us`` floor on its progress (a main loop's dependent chain).
+Between setup and end it progresses at a rate ``p`` (blocks per microsecond) set by
+roofline: compute, memory and latency overlap, the slowest of the three decides.
 
 What a block can use is decided by three max-min fair shares, each weighted by the
 block's warps (a warp scheduler issues per warp; DRAM requests are in flight per warp):
@@ -66,13 +67,31 @@ def warp_cap(warps: int, gpu: GPUSpec) -> float:
     return min(1.0, warps / gpu.warps_to_saturate)
 
 
-def demand(warps: int, work_us: float, nbytes: float, setup_us: float, gpu: GPUSpec) -> Demand:
-    """A block's demand: its rate alone on an idle SM, and what it draws at that rate."""
+def demand(
+    warps: int,
+    work_us: float,
+    nbytes: float,
+    setup_us: float,
+    gpu: GPUSpec,
+    latency_us: float = 0.0,
+) -> Demand:
+    """A block's demand: its rate alone on an idle SM, and what it draws at that rate.
+
+    ``latency_us``: the block's dependent chain (a main loop's per-iteration latency)
+    takes at least this long however much of the SM it gets. It caps the rate, so the
+    block asks for less of its SM and the rest is left to co-runners: latency that one
+    kernel cannot hide, another kernel's warps can use.
+    """
     rate = INF
     if work_us > 0:
         rate = warp_cap(warps, gpu) / work_us
     if nbytes > 0:
         rate = min(rate, sm_port(gpu) / nbytes)
+    if latency_us > 0:
+        if work_us <= 0 and nbytes <= 0:  # nothing else to progress: a fixed latency
+            setup_us += latency_us
+        else:
+            rate = min(rate, 1.0 / latency_us)
     compute = rate * work_us if work_us > 0 else 0.0
     memory = rate * nbytes if nbytes > 0 else 0.0
     return Demand(warps, work_us, nbytes, setup_us, compute, memory, rate)

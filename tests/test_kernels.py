@@ -485,7 +485,7 @@ def test_the_simulator_memo_is_per_gpu_and_not_pickled() -> None:
     from simgpu.sim.engine import simulate
 
     g, name = _conv((1, 64, 28, 28), 64, {"kernel": 1})
-    (k,) = lower_op(g, name, V100)
+    k = lower_op(g, name, V100)[0]
     fresh = dataclasses.replace(k)
     prog = StreamProgram([Launch(name, k, 0)])
     on_v100 = simulate(prog, V100).makespan_us
