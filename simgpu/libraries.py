@@ -92,9 +92,9 @@ class Library:
 # Winograd, CUDA cores only, and its own fitted main-loop costs
 CUBLAS = Library("cublas", split_k=True, winograd=False, tensor_cores=True, unit_prefix="",
                  simt_tiles=SIMT_TILES)  # fmt: skip
-# cuDNN's implicit-GEMM kernels split K too (scudnn_128x128_stridedB_splitK in the V100
-# trace, grid z = 14)
-CUDNN = Library("cudnn", split_k=True, winograd=True, tensor_cores=True, unit_prefix="",
+# cuDNN's forward kernels do not split K: in the V100 training trace every
+# scudnn_*_splitK kernel runs under ConvolutionBackward, none under aten::conv2d
+CUDNN = Library("cudnn", split_k=False, winograd=True, tensor_cores=True, unit_prefix="",
                 simt_tiles=SIMT_TILES)  # fmt: skip
 TVM_DIRECT = Library("tvm-direct", split_k=False, winograd=False, tensor_cores=False,
                      unit_prefix="tvm.", simt_tiles=TVM_TILES, simt_k_step=32)  # fmt: skip
