@@ -271,19 +271,11 @@ def cheapest(op: str, candidates: list[Candidate], gpu: GPUSpec) -> list[Kernel]
 
 
 def _streaming(
-    op_name: str,
-    name: str,
-    elements: int,
-    flops: float,
-    nbytes: float,
-    dtype: str,
-    gpu: GPUSpec,
-    threads: int = 128,
-    per_thread: int = 4,
-    regs: int = 32,
-) -> Kernel:
-    """An elementwise-style kernel: each thread handles a few elements, no shared memory."""
-    spec = stream_spec(name, elements, flops, nbytes, dtype, gpu, threads, per_thread, regs)
+    op_name: str, name: str, elements: int, flops: float, nbytes: float, dtype: str,
+    gpu: GPUSpec, **launch: int,
+) -> Kernel:  # fmt: skip
+    """An op's elementwise-style kernel (:func:`simgpu.libraries.stream_spec`), priced."""
+    spec = stream_spec(name, elements, flops, nbytes, dtype, gpu, **launch)
     return price(spec, op_name, gpu, library_costs(gpu))
 
 
