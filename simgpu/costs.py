@@ -94,6 +94,9 @@ def units_from_json(data: Any, where: str) -> dict[str, UnitCosts]:
     for key, v in data.items():
         if not isinstance(v, Mapping):
             raise SpecError(f"{where}: unit '{key}' must be an object")
+        extra = set(v) - {"efficiency", "iter_cycles", "block_cycles"}
+        if extra:
+            raise SpecError(f"{where}: unit '{key}' has unknown key(s) {', '.join(sorted(extra))}")
         try:
             out[str(key)] = UnitCosts(v["efficiency"], v["iter_cycles"], v["block_cycles"])
         except KeyError as e:

@@ -87,6 +87,15 @@ class GPUSpec:
         if not isinstance(self.library_costs, Mapping):
             raise SpecError(f"GPU '{self.name}': library_costs must be an object")
         object.__setattr__(self, "library_costs", dict(self.library_costs))
+        if self.library_costs:  # checked here, so a bad file fails when it is read
+            from simgpu.costs import calls_from_json, units_from_json
+
+            where = f"GPU '{self.name}': library_costs"
+            unknown = set(self.library_costs) - {"units", "calls_us"}
+            if unknown:
+                raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+            units_from_json(self.library_costs.get("units"), where)
+            calls_from_json(self.library_costs.get("calls_us"), where)
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name in ("name", "compute_capability", "peak_tflops", "kernel_table",

@@ -84,9 +84,16 @@ def test_costs_come_from_the_committed_fit_or_the_gpu() -> None:
     assert library_costs(g).unit("simt_fp32") == UnitCosts(0.5, 10, 100)
     # another dtype or library falls back to the nearest fitted unit
     assert library_costs(g).unit("tvm.simt_fp16") == UnitCosts(0.5, 10, 100)
-    bad = V100.replace(library_costs={"units": {"simt_fp32": {"efficiency": 2}}})
-    with pytest.raises(SpecError):
-        library_costs(bad)
+    for bad in (
+        {"units": {"simt_fp32": {"efficiency": 2}}},  # lacks the latencies
+        {"units": {"simt_fp32": {"efficiency": 2, "iter_cycles": 1, "block_cycles": 1}}},
+        {"units": {"simt_fp32": {**units["simt_fp32"], "eficiency": 0.5}}},  # a typo
+        {"units": units, "calls_us": {"cudnn": -1}},
+        {"units": units, "call_us": {}},  # unknown key
+        {"units": {}},
+    ):
+        with pytest.raises(SpecError):  # when the GPU is made, not when it first runs
+            V100.replace(library_costs=bad)
     with pytest.raises(SpecError, match="efficiency must be in"):
         UnitCosts(1.5, 0, 0)
 
