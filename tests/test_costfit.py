@@ -117,7 +117,6 @@ def test_the_committed_fit_reproduces_its_figures_on_the_shared_data() -> None:
     datasets, _ = find_datasets([SHARED])
     doc = json.loads((Path(__file__).parents[1] / "simgpu/data/library_costs.json").read_text())
     recorded = {d["name"]: d["fit_mape"] for d in doc["archs"]["volta"]["datasets"]}
-    units = library_costs(V100).units
     pred = costfit.predictions(datasets, {"v100-sxm2": library_costs(V100)})
     for d in datasets:
         got = costfit.mape(pred[d.name], [m.measured_us for m in d.rows])
