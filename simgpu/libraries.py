@@ -92,8 +92,11 @@ class Library:
 # Winograd, CUDA cores only, and its own fitted main-loop costs
 CUBLAS = Library("cublas", split_k=True, winograd=False, tensor_cores=True, unit_prefix="",
                  simt_tiles=SIMT_TILES)  # fmt: skip
-# cuDNN's forward kernels do not split K: in the V100 training trace every
-# scudnn_*_splitK kernel runs under ConvolutionBackward, none under aten::conv2d
+# cuDNN's forward convolutions here do not split K. The V100 trace runs its
+# scudnn_*_splitK kernels only under ConvolutionBackward, but at a training batch, so it
+# cannot say what batch 1 does; the public kernel data fit either way, and with split-K
+# the published multi-stream gains on the V100 (IOS, Nimble) turn into losses (README,
+# "Library kernels and their fitted costs")
 CUDNN = Library("cudnn", split_k=False, winograd=True, tensor_cores=True, unit_prefix="",
                 simt_tiles=SIMT_TILES)  # fmt: skip
 TVM_DIRECT = Library("tvm-direct", split_k=False, winograd=False, tensor_cores=False,
