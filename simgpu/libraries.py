@@ -4,15 +4,17 @@ A library call has several *algorithms*, each a short sequence of kernels:
 
 * **tiled GEMM** on CUDA cores (``simt``) or tensor cores, one tile shape per kernel,
   with tile padding where M or N is not a multiple of the tile;
-* **split-K**: when the tiles cannot fill the GPU, K is cut into slices that run as
-  more blocks, and a reduction kernel sums the fp32 partials;
+* **split-K** (cuBLAS GEMMs): when the tiles cannot fill the GPU, K is cut into slices
+  that run as more blocks, and a reduction kernel sums the fp32 partials;
 * **skinny tiles** for GEMV-like shapes (one dimension of a few rows): memory-bound;
 * **implicit-GEMM convolution** (M = N·P·Q, N = K, K = C·R·S per group);
 * **Winograd (non-fused)** for 3x3 and 5x5 stride-1 convolutions: input and filter
   transforms, a batch of alpha² GEMMs with far fewer multiply-adds, an output transform;
 * **direct** kernels for depthwise-like convolutions.
 
-The library runs the fastest (cuDNN's ``Find``, cuBLAS's heuristics), so the lowering
+A :class:`Library` says which of these a library has: cuBLAS, cuDNN (forward), and TVM's
+``direct`` conv template (what the AutoTVM logs timed). The library runs the fastest
+(cuDNN's ``Find``, cuBLAS's heuristics), so the lowering
 prices every candidate with the simulator's own lone-kernel time and keeps the least.
 Kernels are described first without costs (:class:`KernelSpec`) so that the public fit
 (``calibrate/costfit.py``) can price the same candidates under other parameters.
