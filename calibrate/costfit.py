@@ -6,8 +6,9 @@ tiles, main-loop iterations, bytes) does not depend on the parameters, only thei
 does. So the fit prices all candidates of all rows at once in numpy, with the same
 lone-kernel arithmetic as :func:`simgpu.sharing.lone_kernel_us`, takes each row's
 cheapest candidate (the library's own choice) and minimises the squared log error,
-each dataset weighted equally. The search is Nelder-Mead (the cheapest-candidate
-minimum makes the objective piecewise smooth), from the committed parameters.
+each dataset weighted equally. The cheapest-candidate minimum makes the objective
+piecewise smooth, so the search is Powell then Nelder-Mead, from fixed starting points
+(never from the file it replaces).
 
 ``logo_predictions`` refits with each group (a DeepBench application or a network)
 held out and predicts that group's rows: the error a new workload should expect.
@@ -30,7 +31,7 @@ from calibrate.public import Dataset, measurement_graph
 from simgpu.costs import LibraryCosts, UnitCosts, arch_of, library_costs
 from simgpu.errors import SimGPUError
 from simgpu.hardware import PRESETS, GPUSpec
-from simgpu.kernels import library_candidates
+from simgpu.kernels import library_candidates, spec_occupancy, work_us
 from simgpu.libraries import LIBRARIES, STREAM
 from simgpu.sharing import dram_capacity, sm_port
 
@@ -61,8 +62,6 @@ class _Rows:
 
 def _rows(gpu: GPUSpec, rows: Sequence[tuple[Any, float]]) -> _Rows:
     """Lower each (measurement, weight) row into its candidates on ``gpu``."""
-    from simgpu.kernels import occupancy, work_us
-
     units: list[str] = []
     cols: dict[str, list[float]] = {k: [] for k in (
         "cand", "unit", "grid", "per_sm", "warps", "flops", "bytes", "peak", "iters", "sw")}  # fmt: skip
@@ -81,7 +80,7 @@ def _rows(gpu: GPUSpec, rows: Sequence[tuple[Any, float]]) -> _Rows:
         good = False
         for cand in cands:
             try:
-                occs = [occupancy(s.threads, s.regs, s.smem, gpu) for s in cand.kernels]
+                occs = [spec_occupancy(s, gpu) for s in cand.kernels]
             except SimGPUError:
                 continue
             good = True
@@ -155,18 +154,17 @@ def _base(unit: str) -> str:
     return unit.rpartition(".")[2]
 
 
-def _layout(rows: _Rows) -> tuple[list[str], list[str]]:
-    """(units, base units): each unit has its own efficiency; latencies belong to the
-    hardware unit, shared by every library that runs on it (a main loop waits on the same
-    memory pipeline whoever wrote it)."""
-    bases = list(dict.fromkeys(_base(u) for u in rows.units))
-    return rows.units, bases
+def _bases(rows: _Rows) -> list[str]:
+    """The hardware units of the rows' units: each unit has its own efficiency, but
+    latencies belong to the hardware unit, shared by every library that runs on it (a
+    main loop waits on the same memory pipeline whoever wrote it)."""
+    return list(dict.fromkeys(_base(u) for u in rows.units))
 
 
 def _vector(rows: _Rows, costs: LibraryCosts) -> np.ndarray:
     """Parameters in log space: each unit's efficiency, each base unit's two latencies,
     then each library's call floor."""
-    units, bases = _layout(rows)
+    units, bases = rows.units, _bases(rows)
     x = [math.log(costs.unit(u).efficiency) for u in units]
     for b in bases:
         c = costs.unit(b)
@@ -192,7 +190,7 @@ def _starts(rows: _Rows) -> list[np.ndarray]:
 
 
 def _unpack(x: np.ndarray, rows: _Rows) -> tuple[dict[str, UnitCosts], dict[str, float]]:
-    units, bases = _layout(rows)
+    units, bases = rows.units, _bases(rows)
     lat = {b: np.exp(x[len(units) + 2 * i : len(units) + 2 * i + 2]) for i, b in enumerate(bases)}
     out = {}
     for i, u in enumerate(units):

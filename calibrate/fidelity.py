@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calibrate.costfit import mape
 from calibrate.errors import CalibrationError
 from calibrate.public import Dataset, Measurement, find_datasets, predict_us
 from simgpu.errors import SimGPUError
@@ -129,11 +130,6 @@ def _finite(x: Any) -> Any:
 
 def _distance(ratio: float) -> float:
     return abs(math.log(ratio)) if ratio > 0 else math.inf
-
-
-def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
-    """Mean absolute percentage error: ``mean(|p - m| / m) * 100``."""
-    return statistics.fmean(abs(p - m) / m for p, m in zip(predicted, measured, strict=True)) * 100
 
 
 def score(

@@ -22,24 +22,10 @@ from typing import Any
 from calibrate.errors import CalibrationError
 from simgpu.costs import library_costs
 from simgpu.graph import Op, OpGraph
-from simgpu.hardware import GPUSpec
+from simgpu.hardware import ALIASES, PRESETS, GPUSpec
 from simgpu.kernels import cheapest, library_candidates, plan_time_us
 from simgpu.libraries import LIBRARIES
 from simgpu.ops import kind_of
-
-# GPU names as they appear in public file names -> simgpu presets. A name missing here
-# (or mapped to None) is skipped with a reason, never guessed.
-GPU_ALIASES: dict[str, str | None] = {
-    "v100": "v100-sxm2",
-    "a100": "a100-sxm4-40gb",
-    "h100": "h100-sxm",
-    "h200": "h200-sxm",
-    "t4": "t4",
-    "k80": "k80",
-    "rtx3080": "rtx3080",
-    "3080": "rtx3080",
-    "p100": None,
-}
 
 DEEPBENCH_RE = re.compile(
     r"^(?P<gpu>[a-z0-9]+)_(?P<dtype>fp32|fp16|bf16|int8)_(?P<what>gemm|conv_fwd)\.csv$"
@@ -79,8 +65,11 @@ class Dataset:
 
 
 def gpu_of_file(token: str) -> str | None:
-    """The preset for a GPU named in a file name, or None when simgpu has none."""
-    return GPU_ALIASES.get(token.lower())
+    """The preset for a GPU named in a file name (a preset name or one of its aliases),
+    or None when simgpu has none: a GPU is never guessed."""
+    key = token.lower()
+    key = ALIASES.get(key, key)
+    return key if key in PRESETS else None
 
 
 def _num(value: str, what: str, where: str, integer: bool = True) -> Any:

@@ -230,17 +230,23 @@ def _fit_duration(k: Kernel, duration_us: float, gpu: GPUSpec) -> Kernel:
 # --- lowering -------------------------------------------------------------------------
 
 
-def price(spec: KernelSpec, op: str, gpu: GPUSpec, costs: LibraryCosts) -> Kernel:
-    """The kernel of ``spec`` with the work and latencies ``costs`` give its unit (or,
-    for a streaming kernel, the GPU's own efficiency and block setup)."""
-    # a library built for this device stages less of a tile where shared memory is short
+def spec_occupancy(spec: KernelSpec, gpu: GPUSpec, op: str = "kernel") -> Occupancy:
+    """Occupancy of a library kernel on ``gpu``: a library built for this device stages
+    less of a tile where shared memory is short."""
     smem = min(spec.smem, gpu.max_smem_per_block)
-    occ = occupancy(spec.threads, spec.regs, smem, gpu, what=f"op '{op}'")
+    return occupancy(spec.threads, spec.regs, smem, gpu, what=f"op '{op}'")
+
+
+def price(spec: KernelSpec, op: str, gpu: GPUSpec, costs: LibraryCosts | None = None) -> Kernel:
+    """The kernel of ``spec`` with the work and latencies ``costs`` (default: the GPU's)
+    give its unit, or, for a streaming kernel, the GPU's own efficiency and setup."""
+    occ = spec_occupancy(spec, gpu, op)
+    smem = min(spec.smem, gpu.max_smem_per_block)
     latency = 0.0
     if spec.unit == STREAM:
         work, setup = work_us(spec.block_flops, spec.peak, gpu), gpu.block_setup_us
     else:
-        work, setup, latency = block_costs(spec, costs, gpu)
+        work, setup, latency = block_costs(spec, costs or library_costs(gpu), gpu)
     return Kernel(spec.name, op, spec.grid, spec.threads, spec.regs, smem,
                   spec.block_flops, spec.block_bytes, work, setup, occ, latency_us=latency)  # fmt: skip
 
@@ -275,8 +281,7 @@ def _streaming(
     gpu: GPUSpec, **launch: int,
 ) -> Kernel:  # fmt: skip
     """An op's elementwise-style kernel (:func:`simgpu.libraries.stream_spec`), priced."""
-    spec = stream_spec(name, elements, flops, nbytes, dtype, gpu, **launch)
-    return price(spec, op_name, gpu, library_costs(gpu))
+    return price(stream_spec(name, elements, flops, nbytes, dtype, gpu, **launch), op_name, gpu)
 
 
 def _rowwise(
@@ -380,17 +385,14 @@ def library_candidates(
     dt = op.dtype
     epilogue = st.flops - 2 * st.macs
     a = op.attrs
-    conv_lib = library or CUDNN
-    library = library or CUBLAS
+    conv_lib, gemm_lib = library or CUDNN, library or CUBLAS
     if op.kind == "conv":
-        library = conv_lib
         n, c, h, w = ins[0]
         _, cout, ho, wo = op.output_shape
         return conv_candidates(n, c, h, w, cout, _pair(a["kernel"]), _pair(a.get("stride", 1)),
                                _pair(a.get("dilation", 1)), int(a.get("groups", 1)), (ho, wo), dt,
-                               nbytes, epilogue, st.flops, gpu, library)  # fmt: skip
+                               nbytes, epilogue, st.flops, gpu, conv_lib)  # fmt: skip
     if op.kind == "conv_transpose":
-        library = conv_lib
         # cuDNN's dgrad as a GEMM: input pixels x (Cout/g * kh * kw) x Cin/g
         n, c, h, w = ins[0]
         kh, kw = _pair(a["kernel"])
@@ -398,17 +400,17 @@ def library_candidates(
         cout_g = op.output_shape[1] // groups
         return gemm_candidates("deconv", groups, n * h * w, cout_g * kh * kw, c // groups, dt,
                                nbytes, epilogue, gpu, tensor_unit(dt, gpu, conv=True),
-                               library)  # fmt: skip
+                               conv_lib)  # fmt: skip
     if op.kind == "linear":
         x = ins[0]
         return gemm_candidates("gemm", 1, numel(x[:-1]), op.output_shape[-1], x[-1], dt, nbytes,
                                epilogue, gpu, tensor_unit(dt, gpu, conv=False),
-                               library)  # fmt: skip
+                               gemm_lib)  # fmt: skip
     if op.kind == "matmul":
         x, _ = ins
         out = op.output_shape
         return gemm_candidates("bmm", numel(out[:-2]), out[-2], out[-1], x[-1], dt, nbytes, 0.0,
-                               gpu, tensor_unit(dt, gpu, conv=False), library)  # fmt: skip
+                               gpu, tensor_unit(dt, gpu, conv=False), gemm_lib)  # fmt: skip
     return None
 
 
@@ -423,14 +425,14 @@ def lower_op(graph: OpGraph, name: str, gpu: GPUSpec) -> list[Kernel]:
         entries = table.get(signature(graph, name))
         if entries:
             return _measured(graph, name, entries, gpu)
+    cands = library_candidates(graph, name, gpu)
+    if cands is not None:
+        return cheapest(name, cands, gpu)
     st = graph.stats(name)
     ins = graph.input_shapes(name)
     out_n = numel(op.output_shape)
     nbytes = float(st.bytes_read + st.bytes_written)
     dt = op.dtype
-    cands = library_candidates(graph, name, gpu)
-    if cands is not None:
-        return cheapest(name, cands, gpu)
     if op.kind == "embedding":
         # a gather: read each (int64) index and its table row, write the row; the rest of
         # the table is never touched, so the op's parameter bytes are not traffic here

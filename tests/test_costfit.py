@@ -70,6 +70,24 @@ def test_the_fit_recovers_the_costs_that_made_the_data() -> None:
     assert np.all(np.isfinite(held)) and costfit.mape(held, measured) < 5.0
 
 
+def test_the_fits_numpy_pricing_is_the_lowerings() -> None:
+    """The fit prices candidates in numpy; on the same costs it must give exactly what
+    the lowering (``predict_us``) gives, call floors included, for GEMMs and convs."""
+    convs = [
+        Measurement("conv", "fp32", tuple(sorted({"N": n, "C": c, "H": h, "W": h, "K": k,
+                    "R": r, "S": r, "stride": (st_, st_), "pad": (r // 2, r // 2),
+                    "dilation": (1, 1), "groups": 1}.items())), 1.0, "x", lib)
+        for n, c, h, k, r, st_, lib in [(8, 64, 56, 64, 3, 1, "cudnn"), (1, 512, 7, 512, 3, 2, "cudnn"),
+                                        (1, 3, 224, 64, 7, 2, "tvm-direct"),
+                                        (2, 256, 14, 256, 5, 1, "cudnn")]
+    ]  # fmt: skip
+    rows = tuple(convs + [_gemm(m, n, k, 1.0, "x") for m, n, k in SHAPES])
+    ds = [Dataset("mixed v100", Path("x.csv"), "v100-sxm2", rows)]
+    got = costfit.predictions(ds, {})[ds[0].name]
+    want = [predict_us(m, V100) for m in rows]
+    assert got == pytest.approx(want, rel=1e-12)
+
+
 def test_mape_by_hand() -> None:
     assert costfit.mape([110.0, 90.0, 200.0], [100.0, 100.0, 100.0]) == pytest.approx(40.0)
     assert costfit.mape([np.nan, 50.0], [10.0, 100.0]) == pytest.approx(50.0)
