@@ -628,7 +628,10 @@ def check_throughput(tl: Timeline, gpu: GPUSpec) -> None:
             done = 0.0
             for (ta, p), (tb, _) in zip(rates, [*rates[1:], (end, 0.0)], strict=True):
                 done += (tb - ta) * p
-            assert done == pytest.approx(1.0, rel=1e-6), f"batch {bi} of {op} did {done}"
+            # timestamps resolve to an ulp of the clock: a block of a nanosecond late in a
+            # long run can only be timed to that (found by Hypothesis: 1 byte at 8 ms)
+            slack = 4 * math.ulp(end) * max(p for _, p in rates)
+            assert done == pytest.approx(1.0, rel=1e-6, abs=slack), f"batch {bi} of {op} did {done}"
         # no block ever beats its rate alone on an idle SM
         assert all(p <= d.rate * (1 + 1e-9) for _, p in rates), (bi, op)
         points.update(t for t, _ in rates)
