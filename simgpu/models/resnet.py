@@ -1,4 +1,5 @@
-"""ResNet-50 (He et al. 2016), layer for layer as torchvision's ``resnet50`` (v1.5).
+"""ResNet-50 and ResNet-101 (He et al. 2016), layer for layer as torchvision's
+``resnet50`` / ``resnet101`` (v1.5).
 
 The residual network is the common baseline of inter-operator scheduling papers: its
 only parallelism is the downsample branch beside the first block of each stage, so it
@@ -7,6 +8,7 @@ is one ``conv`` op with BN folded (``folded_bn``) and ReLU fused; the ReLU after
 residual add is its own op because it follows the add, not a conv. The stride of a
 downsampling bottleneck sits on its 3x3 conv (v1.5, torchvision's layout). Op names
 follow torchvision's modules ("layer2.0.downsample.0"); the add is "layerX.Y.add".
+ResNet-101 is the same network with 23 bottlenecks instead of 6 in its third stage.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from simgpu.models.builder import GraphBuilder
 
 EXPANSION = 4
 RESNET50_LAYERS = (3, 4, 6, 3)
+RESNET101_LAYERS = (3, 4, 23, 3)
 
 
 def _bottleneck(b: GraphBuilder, x: str, width: int, stride: int, downsample: bool) -> str:
@@ -64,9 +67,22 @@ def resnet50(
     return _resnet("resnet50", RESNET50_LAYERS, batch, image_size, dtype, num_classes)
 
 
+def resnet101(
+    batch: int = 1, image_size: int = 224, dtype: str = "fp32", num_classes: int = 1000
+) -> OpGraph:
+    """ResNet-101 for ``batch`` images of ``image_size``² pixels (logits, no softmax)."""
+    return _resnet("resnet101", RESNET101_LAYERS, batch, image_size, dtype, num_classes)
+
+
 register_model(
     "resnet50",
     resnet50,
     224,
     "ResNet-50 (He et al. 2016), torchvision v1.5 layout, BN folded; 53 convs, 16 bottlenecks",
+)
+register_model(
+    "resnet101",
+    resnet101,
+    224,
+    "ResNet-101 (He et al. 2016), torchvision v1.5 layout, BN folded; 104 convs, 33 bottlenecks",
 )
