@@ -201,6 +201,32 @@ def cmd_fit_public(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_host(args: argparse.Namespace) -> int:
+    from calibrate.hostfit import fit_host
+
+    kineto, published = Path(args.kineto), Path(args.published)
+    for p in (kineto, published):
+        if not p.is_file():
+            raise CalibrationError(f"{p}: no such file")
+    doc = fit_host(kineto, published, _gpu(args.gpu or "v100"), _progress("simulating"))
+    out = Path(args.out)
+    try:
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+    except OSError as e:
+        raise CalibrationError(f"{out}: cannot write ({e.strerror})") from None
+    f = doc["fit"]
+    lines = [f"pytorch-eager speed factor {f['scale']:.3f} (per-op times of {doc['kineto']['file']})",
+             f"{'model':18s} {'published':>9s} {'fit':>7s} {'error':>7s} {'LOMO':>7s} {'error':>7s}"]  # fmt: skip
+    for m, pub in doc["published"]["speedups"].items():
+        lines.append(f"{m:18s} {pub:8.2f}x {f['predicted'][m]:6.2f}x {100 * f['error'][m]:+6.1f}% "
+                     f"{f['logo_predicted'][m]:6.2f}x {100 * f['logo_error'][m]:+6.1f}%")  # fmt: skip
+    if doc["published"]["not_in_zoo"]:
+        lines.append(f"not in the zoo: {', '.join(doc['published']['not_in_zoo'])}")
+    lines.append(f"-> {out}")
+    _emit(args, doc, "\n".join(lines))
+    return 0
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from calibrate.fit import calibration, fit_device_latencies, fit_host_costs, write_json
     from calibrate.kineto import load_trace
@@ -430,6 +456,23 @@ def add_commands(sub: Any) -> None:
                     help="skip the leave-one-group-out refits (about 50 s)")  # fmt: skip
     fp.add_argument("--json", action="store_true", help="print the written document")
     fp.set_defaults(func=cmd_fit_public)
+
+    fh = cs.add_parser(
+        "fit-host",
+        help="fit the runtimes' host costs to a Kineto trace and published speedups",
+        description="Per-op framework time by op family from a PyTorch profiler trace, and "
+        "the framework's speed factor fitted to Nimble's published speedups over eager "
+        "PyTorch (with leave-one-model-out errors). The project's own file is "
+        "simgpu/data/host_costs.json.",
+    )
+    fh.add_argument("--kineto", default="../shared/data/kineto/v100_training_1stream.json.gz",
+                    help="Kineto trace with aten ops and their launches")  # fmt: skip
+    fh.add_argument("--published", default="../shared/data/published/nimble_v100.json",
+                    help="published speedups of nimble over eager PyTorch")  # fmt: skip
+    fh.add_argument("--gpu", help="GPU the speedups were measured on (default v100)")
+    fh.add_argument("-o", "--out", required=True, help="host costs JSON to write")
+    fh.add_argument("--json", action="store_true", help="print the written document")
+    fh.set_defaults(func=cmd_fit_host)
 
     v = cs.add_parser("validate", help="schedules on the GPU vs simulated, or re-simulate a file")
     v.add_argument("model", nargs="?", help="built-in model to run on the GPU")

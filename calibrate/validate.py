@@ -84,6 +84,7 @@ def resimulate(data: Any, source: str = "<validation>") -> dict[str, Any]:
     """
     from simgpu.models import build_model
     from simgpu.program import lower
+    from simgpu.runtimes import UnknownRuntime, get_runtime
     from simgpu.schedule import schedule_from_json
     from simgpu.sim.engine import simulate
 
@@ -112,9 +113,14 @@ def resimulate(data: Any, source: str = "<validation>") -> dict[str, Any]:
             name = str(e["scheduler"])
             measured = float(e["measured_ms"])
             sched = schedule_from_json(e["schedule"], source=f"{source} schedules[{i}]")
+            rt = e.get("runtime")
+            # the runtime it was simulated under; files without one predate runtimes
+            runtime = None if rt is None else get_runtime(str(rt))
         except (KeyError, TypeError, ValueError) as err:
             raise CalibrationError(f"{source}: schedules[{i}] malformed ({err!r})") from None
-        program = lower(sched, graph, gpu, name=name)
+        except UnknownRuntime as err:
+            raise CalibrationError(f"{source}: schedules[{i}]: {err}") from None
+        program = lower(sched, graph, gpu, name=name, runtime=runtime)
         sim = simulate(program, Machine.single(gpu)).latency_ms
         rows.append({"scheduler": name, "measured_ms": measured, "simulated_ms": sim, "mode": "graph" if program.graph_mode else "eager"})  # fmt: skip
     out = summarise(rows)
@@ -225,6 +231,7 @@ def validate_model(
                 "scheduler": name,
                 "measured_ms": m["median_us"] / 1e3,
                 "simulated_ms": res.latency_ms,
+                "runtime": res.runtime,
                 "streams": res.streams,
                 "kernels": res.program.kernels,
                 "mode": "graph" if res.program.graph_mode else "eager",

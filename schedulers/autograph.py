@@ -292,7 +292,7 @@ def _groups(graph: OpGraph, ops: Sequence[str]) -> list[list[str]]:
 # --- the scheduler -------------------------------------------------------------------------
 
 
-@register("autograph")
+@register("autograph", runtime="cuda-graph")
 @dataclass
 class AutoGraph:
     """AutoGraph: mixed-critical-path-guided conv merges + stage DP, CUDA Graph runs to converge."""

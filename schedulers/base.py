@@ -22,6 +22,7 @@ from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec, Machine
 from simgpu.kernels import Kernel, KernelCache, signature
 from simgpu.program import Copy, Launch, Record, StreamProgram, Synchronize, Wait, lower
+from simgpu.runtimes import Runtime, get_runtime
 from simgpu.schedule import Schedule
 from simgpu.sim.engine import simulate
 from simgpu.timeline import Timeline
@@ -50,6 +51,7 @@ class SchedulerInfo:
     cls: type
     description: str
     multi_gpu: bool
+    runtime: str = "pytorch-eager"  # the runtime its paper ran on (simgpu.runtimes)
 
 
 REGISTRY: dict[str, SchedulerInfo] = {}
@@ -57,19 +59,35 @@ _NOT_SCHEDULERS = {"base", "bounds"}
 _discovered = False
 
 
-def register(name: str, *, multi_gpu: bool = False) -> Callable[[type], type]:
-    """Class decorator: make a scheduler available by ``name``."""
+def register(
+    name: str, *, multi_gpu: bool = False, runtime: str = "pytorch-eager"
+) -> Callable[[type], type]:
+    """Class decorator: make a scheduler available by ``name``. ``runtime`` is the
+    runtime its paper measured on; a schedule asking for a CUDA Graph (its
+    ``graph_mode`` option) runs as ``cuda-graph`` whatever the paper's runtime."""
 
     def deco(cls: type) -> type:
         if name in REGISTRY and REGISTRY[name].cls is not cls:
             raise ValueError(f"scheduler '{name}' registered twice")
         cls.name = name
         cls.multi_gpu = multi_gpu
+        cls.runtime = runtime
         doc = (cls.__doc__ or "").strip().splitlines()
-        REGISTRY[name] = SchedulerInfo(name, cls, doc[0] if doc else "", multi_gpu)
+        REGISTRY[name] = SchedulerInfo(name, cls, doc[0] if doc else "", multi_gpu, runtime)
         return cls
 
     return deco
+
+
+def runtime_of(sched: Scheduler, override: str | Runtime | None = None) -> Runtime:
+    """The runtime a scheduler's schedules run under: ``override`` if given, else
+    ``cuda-graph`` when the scheduler captures its schedule (``graph_mode``), else the
+    runtime its paper ran on."""
+    if override is not None:
+        return get_runtime(override)
+    if getattr(sched, "graph_mode", False):
+        return get_runtime("cuda-graph")
+    return get_runtime(getattr(sched, "runtime", "pytorch-eager"))
 
 
 def discover() -> dict[str, SchedulerInfo]:
@@ -155,6 +173,8 @@ class Profiler:
     machine: Machine
     warmup: int = 2
     repeat: int = 5
+    # how ops become host calls (simgpu.runtimes); None: the GPU's flat launch costs
+    runtime: Runtime | None = None
     calls: int = 0
     cache: dict[tuple, float] = field(default_factory=dict)
     gpu_search_us: float = 0.0
@@ -180,7 +200,28 @@ class Profiler:
         return self.gpu_search_us / 1e6
 
     def program(self, schedule: Schedule, graph: OpGraph) -> StreamProgram:
-        return lower(schedule, graph, list(self.machine.devices), cache=self.kernels)
+        return lower(
+            schedule, graph, list(self.machine.devices), cache=self.kernels, runtime=self.runtime
+        )
+
+    def launches(self, graph: OpGraph, op: str, stream: int = 0) -> list[Launch]:
+        """The launch commands of one op on ``stream`` of device 0, as the runtime
+        lowers them (several per op where it un-fuses, each with its host cost)."""
+        ks = self.kernels.lower(graph, op)
+        if self.runtime is None:
+            return [Launch(op, k, stream) for k in ks] or [Launch(op, None, stream)]
+        return self.runtime.launches(graph, op, ks, stream, 0, self.gpu)
+
+    def view_cost_us(self) -> float:
+        """Host cost of an op without device work (a view) under the runtime."""
+        if self.runtime is None:
+            return self.gpu.framework_dispatch_us
+        return self.runtime.costs.framework_us("view")
+
+    def op_commands(self, graph: OpGraph, op: str) -> list[tuple[float, Kernel | None]]:
+        """Per launch of an op: its host cost and kernel (None for a view) — what a
+        search's lower bounds need of the runtime."""
+        return [(host_cost_us(c, self.gpu), c.kernel) for c in self.launches(graph, op)]
 
     def measure(self, schedule: Schedule, graph: OpGraph) -> float:
         """Latency in microseconds of ``schedule`` run on ``graph`` (or a subgraph)."""
@@ -220,8 +261,7 @@ class Profiler:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        ks = self.kernels.lower(graph, op_name)
-        cmds = [Launch(op_name, k, 0) for k in ks] or [Launch(op_name, None, 0)]
+        cmds = self.launches(graph, op_name)
         return self._simulate(key, StreamProgram(cmds, name=f"op:{op_name}"))
 
     def measure_stage(self, graph: OpGraph, groups: Sequence[Sequence[str]]) -> float:
@@ -247,9 +287,11 @@ class Profiler:
                 if hit is None:
                     if op not in graph:
                         raise SchedulerError(f"profiler: op '{op}' is not in graph '{graph.name}'")
-                    ks = self.kernels.lower(graph, op)
-                    content = tuple(_kernel_key(k) for k in ks)
-                    hit = per_op[op] = (ks, ids.setdefault(content, len(ids)))
+                    ls = self.launches(graph, op)
+                    content = tuple(
+                        (None if c.kernel is None else _kernel_key(c.kernel), c.host_us) for c in ls
+                    )
+                    hit = per_op[op] = (ls, ids.setdefault(content, len(ids)))
                 key.append(hit[1])
         key = tuple(key)
         lat = self.cache.get(key)
@@ -258,11 +300,7 @@ class Profiler:
         cmds: list = []
         for gi, group in enumerate(groups):
             for op in group:
-                ks = per_op[op][0]
-                if ks:
-                    cmds.extend(Launch(op, k, gi) for k in ks)
-                else:
-                    cmds.append(Launch(op, None, gi))
+                cmds.extend(Launch(op, c.kernel, gi, 0, c.host_us) for c in per_op[op][0])
         cmds.append(Synchronize(0))
         return self._simulate(key, StreamProgram(cmds, name="stage"), until_host=True)
 
@@ -274,14 +312,25 @@ def _kernel_key(k: Kernel) -> tuple:
             k.latency_us)  # fmt: skip
 
 
+def host_cost_us(c: Launch, gpu: GPUSpec) -> float:
+    """CPU time of a launch command: the runtime's price, else the GPU's flat costs."""
+    if c.host_us is not None:
+        return c.host_us
+    if c.kernel is None:
+        return gpu.framework_dispatch_us
+    return gpu.launch_api_us + gpu.framework_dispatch_us
+
+
 def _program_key(p: StreamProgram) -> tuple:
     parts: list[tuple] = [("graph", p.graph_mode)]
     for c in p.commands:
         if isinstance(c, Launch):
             k = c.kernel
-            parts.append(("L", c.device, c.stream, c.op, None if k is None else _kernel_key(k)))
+            parts.append(
+                ("L", c.device, c.stream, c.op, None if k is None else _kernel_key(k), c.host_us)
+            )
         elif isinstance(c, Record | Wait):
-            parts.append((type(c).__name__, c.device, c.stream, c.event))
+            parts.append((type(c).__name__, c.device, c.stream, c.event, c.host_us))
         elif isinstance(c, Copy):
             parts.append(("C", c.device, c.stream, c.src, c.dst, c.bytes))
         else:
@@ -304,6 +353,7 @@ class RunResult:
     profiler_calls: int
     profiler_distinct: int
     gpu_search_s: float
+    runtime: str = "pytorch-eager"
 
     @property
     def latency_ms(self) -> float:
@@ -319,19 +369,29 @@ class RunResult:
 
 
 def run_scheduler(
-    name: str, graph: OpGraph, machine: Machine, options: Mapping[str, Any] | None = None
+    name: str,
+    graph: OpGraph,
+    machine: Machine,
+    options: Mapping[str, Any] | None = None,
+    runtime: str | Runtime | None = None,
 ) -> RunResult:
-    """Schedule ``graph`` with ``name``, lower the schedule and simulate it once."""
+    """Schedule ``graph`` with ``name``, lower the schedule and simulate it once.
+
+    The scheduler searches and its schedule runs under ``runtime`` (a name or a
+    Runtime), by default the one its paper ran on (:func:`runtime_of`)."""
     sched = make_scheduler(name, options)
+    rt = runtime_of(sched, runtime)
     if not sched.multi_gpu and len(machine.devices) > 1:
         machine_for_search = Machine(machine.name, machine.devices[:1])
     else:
         machine_for_search = machine
-    profiler = Profiler(machine_for_search)
+    profiler = Profiler(machine_for_search, runtime=rt)
     t0 = time.perf_counter()
     schedule = sched.schedule(graph, profiler)
     schedule_s = time.perf_counter() - t0
-    program = lower(schedule, graph, list(machine.devices), name=name, cache=profiler.kernels)
+    program = lower(
+        schedule, graph, list(machine.devices), name=name, cache=profiler.kernels, runtime=rt
+    )
     timeline = simulate(program, machine)
     return RunResult(
         name,
@@ -342,4 +402,5 @@ def run_scheduler(
         profiler.calls,
         profiler.distinct,
         profiler.gpu_search_s,
+        rt.name,
     )

@@ -21,6 +21,11 @@ whichever mode a schedule uses:
   dram_efficiency``).
 
 Merged ops (IOS conv merge) change the graph, so a bound is for the graph run.
+
+Under a runtime (:mod:`simgpu.runtimes`) the bounds are of the kernels it launches (an
+eager framework's un-fused BatchNorms and activations, TensorRT's elided concats) and
+of its launch mode: its first call costs at least a launch plus its cheapest framework
+time, or one graph launch for ``cuda-graph``.
 """
 
 from __future__ import annotations
@@ -31,36 +36,54 @@ from dataclasses import dataclass
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec, Machine
 from simgpu.kernels import Kernel, KernelCache, kernel_floor_us, min_block_us
+from simgpu.runtimes import FAMILIES, Runtime, get_runtime
+
+RuntimeArg = Runtime | str | None
 
 
-def _modes(gpu: GPUSpec) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(host cost before the first kernel is visible, per-kernel start-up) for eager
-    launches and for one CUDA Graph launch."""
-    eager = (gpu.launch_api_us + gpu.framework_dispatch_us, gpu.kernel_gap_us)
+def _modes(gpu: GPUSpec, runtime: RuntimeArg = None) -> list[tuple[float, float]]:
+    """(host cost before the first kernel is visible, per-kernel start-up) of each
+    launch mode a schedule may use: eager and one CUDA Graph launch, or the runtime's."""
     graph = (gpu.graph_launch_api_us, gpu.graph_node_us)
-    return eager, graph
+    if runtime is None:
+        return [(gpu.launch_api_us + gpu.framework_dispatch_us, gpu.kernel_gap_us), graph]
+    rt = get_runtime(runtime)
+    if rt.graph_mode:
+        return [graph]
+    cheapest = min(rt.costs.framework_us(f) for f in FAMILIES)
+    return [(gpu.launch_api_us + cheapest, gpu.kernel_gap_us)]
 
 
-def first_start_us(gpu: GPUSpec) -> float:
+def first_start_us(gpu: GPUSpec, runtime: RuntimeArg = None) -> float:
     """Earliest time any kernel can start, counted from the host's first API call."""
-    return gpu.launch_latency_us + min(host + gap for host, gap in _modes(gpu))
+    return gpu.launch_latency_us + min(host + gap for host, gap in _modes(gpu, runtime))
 
 
-def _kernels(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None) -> dict[str, list[Kernel]]:
+def _kernels(
+    graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None, runtime: RuntimeArg = None
+) -> dict[str, list[Kernel]]:
     c = cache if cache is not None and cache.gpu is gpu else KernelCache(gpu)
-    return {name: c.lower(graph, name) for name in graph.ops}
+    if runtime is None:
+        return {name: c.lower(graph, name) for name in graph.ops}
+    rt = get_runtime(runtime)
+    return {
+        name: [k for call in rt.calls(graph, name, c.lower(graph, name), gpu) for k in call.kernels]
+        for name in graph.ops
+    }
 
 
-def critical_path_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> float:
+def critical_path_bound_us(
+    graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None, runtime: RuntimeArg = None
+) -> float:
     """Longest dependency path, each kernel on it at its floor plus its start-up, after
     the launch cost of the first; the cheaper launch mode decides. Ops without kernels
     (views) cost nothing on the path."""
-    ks = _kernels(graph, gpu, cache)
+    ks = _kernels(graph, gpu, cache, runtime)
     times = {n: [kernel_floor_us(k, gpu) for k in kernels] for n, kernels in ks.items()}
     if not any(times.values()):
         return 0.0
     best = math.inf
-    for host, gap in _modes(gpu):
+    for host, gap in _modes(gpu, runtime):
         finish: dict[str, float] = {}
         for n in graph.topo_order:
             own = math.fsum(t + gap for t in times[n])
@@ -93,7 +116,9 @@ class WorkBreakdown:
         return max(items, key=lambda kv: kv[1])
 
 
-def work_breakdown(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> WorkBreakdown:
+def work_breakdown(
+    graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None, runtime: RuntimeArg = None
+) -> WorkBreakdown:
     """Resource-time each SM resource, the SMs' compute and DRAM must supply, divided
     by its capacity.
 
@@ -107,7 +132,7 @@ def work_breakdown(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = Non
     """
     warps = regs = smem = slots = 0.0
     nbytes = work = 0.0
-    for kernels in _kernels(graph, gpu, cache).values():
+    for kernels in _kernels(graph, gpu, cache, runtime).values():
         for k in kernels:
             o = k.occupancy
             busy = k.grid * min_block_us(k, gpu)
@@ -128,51 +153,68 @@ def work_breakdown(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = Non
     )
 
 
-def work_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> float:
+def work_bound_us(
+    graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None, runtime: RuntimeArg = None
+) -> float:
     """Launch cost before the first kernel plus the binding resource's busy time."""
-    w = work_breakdown(graph, gpu, cache)
+    w = work_breakdown(graph, gpu, cache, runtime)
     busy = w.binding[1]
-    return first_start_us(gpu) + busy if busy > 0 else 0.0
+    return first_start_us(gpu, runtime) + busy if busy > 0 else 0.0
 
 
-def lower_bound_us(graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None) -> float:
+def lower_bound_us(
+    graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None, runtime: RuntimeArg = None
+) -> float:
     """The best of the bounds: no schedule of ``graph`` on ``gpu`` can be faster."""
-    return max(critical_path_bound_us(graph, gpu, cache), work_bound_us(graph, gpu, cache))
+    return max(
+        critical_path_bound_us(graph, gpu, cache, runtime),
+        work_bound_us(graph, gpu, cache, runtime),
+    )
 
 
-def binding_bound(graph: OpGraph, machine: Machine) -> str:
+def binding_bound(graph: OpGraph, machine: Machine, runtime: RuntimeArg = None) -> str:
     """Which bound binds on ``machine``: ``critical path`` or ``work (<resource>)``, the
     resource being the busiest one of the first GPU (compute, DRAM, warps, ...)."""
-    cp, work = machine_bounds_us(graph, machine)
+    cp, work = machine_bounds_us(graph, machine, runtime)
     if cp >= work:
         return "critical path"
-    return f"work ({work_breakdown(graph, machine.devices[0]).binding[0]})"
+    return f"work ({work_breakdown(graph, machine.devices[0], runtime=runtime).binding[0]})"
 
 
-def machine_bounds_us(graph: OpGraph, machine: Machine) -> tuple[float, float]:
+def machine_bounds_us(
+    graph: OpGraph, machine: Machine, runtime: RuntimeArg = None
+) -> tuple[float, float]:
     """(critical path, work) lower bounds in us for any schedule on ``machine``: the
     best device's critical path, and the work shared by every device at its rate. On
     one GPU they are :func:`critical_path_bound_us` and :func:`work_bound_us`."""
     if len(machine.devices) == 1:
         gpu = machine.gpu
-        return critical_path_bound_us(graph, gpu), work_bound_us(graph, gpu)
+        return (
+            critical_path_bound_us(graph, gpu, runtime=runtime),
+            work_bound_us(graph, gpu, runtime=runtime),
+        )
     gpus = list({id(g): g for g in machine.devices}.values())
     counts = [sum(1 for d in machine.devices if d is g) for g in gpus]
-    cp = min(critical_path_bound_us(graph, g) for g in gpus)
-    first = min(first_start_us(g) for g in gpus)
+    cp = min(critical_path_bound_us(graph, g, runtime=runtime) for g in gpus)
+    first = min(first_start_us(g, runtime) for g in gpus)
     rate = 0.0
     for g, n in zip(gpus, counts, strict=True):
-        busy = work_bound_us(graph, g) - first_start_us(g)
+        busy = work_bound_us(graph, g, runtime=runtime) - first_start_us(g, runtime)
         if busy <= 0:
             return cp, 0.0
         rate += n / busy
     return cp, first + 1.0 / rate
 
 
-def schedule_bound_us(graph: OpGraph, machine: Machine, run_graph: OpGraph | None = None) -> float:
+def schedule_bound_us(
+    graph: OpGraph,
+    machine: Machine,
+    run_graph: OpGraph | None = None,
+    runtime: RuntimeArg = None,
+) -> float:
     """The bound a schedule is measured against: the best of the bounds on ``machine``;
     a schedule that rewrote the graph (merged ops) is bounded by the better of both."""
-    bound = max(machine_bounds_us(graph, machine))
+    bound = max(machine_bounds_us(graph, machine, runtime))
     if run_graph is not None and run_graph is not graph:
-        bound = min(bound, max(machine_bounds_us(run_graph, machine)))
+        bound = min(bound, max(machine_bounds_us(run_graph, machine, runtime)))
     return bound

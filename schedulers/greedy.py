@@ -34,7 +34,7 @@ def ready_stages(graph: OpGraph, max_ops: int) -> list[list[str]]:
     return stages
 
 
-@register("greedy")
+@register("greedy", runtime="cudnn")
 @dataclass
 class Greedy:
     """IOS's baseline: each stage runs every ready op (at most max_ops), one per stream."""

@@ -35,7 +35,7 @@ def earliest_slot(busy: list[tuple[float, float, int]], ready: float, length: fl
     return t
 
 
-@register("heft")
+@register("heft", runtime="cudnn")
 @dataclass
 class HEFT:
     """HEFT: rank order, insertion-based earliest-finish placement on k streams."""

@@ -364,7 +364,7 @@ def _finish(
     return sched
 
 
-@register("hios", multi_gpu=True)
+@register("hios", multi_gpu=True, runtime="cudnn")
 @dataclass
 class HIOS:
     """HIOS-LP: longest paths to the GPU where the partial schedule is fastest, then a
@@ -381,7 +381,7 @@ class HIOS:
         return _finish("hios", c, mapping, stats, self.window, self.streams)
 
 
-@register("hios-mr", multi_gpu=True)
+@register("hios-mr", multi_gpu=True, runtime="cudnn")
 @dataclass
 class HIOSMR:
     """HIOS-MR: each op, in latest-start order, to the GPU where it finishes earliest;

@@ -291,25 +291,22 @@ class _PartSearch:
         # host time to issue each unit: a stage can end no earlier than its host has
         # issued every command, the last became visible and the synchronize returned
         gpu = profiler.gpu
-        launch = gpu.launch_api_us + gpu.framework_dispatch_us
-        self.host = [
-            sum(
-                len(ks) * launch if ks else gpu.framework_dispatch_us
-                for ks in (profiler.kernels.lower(graph, o) for o in u)
-            )
-            for u in units
-        ]
-        self.fixed_us = gpu.launch_latency_us + gpu.sync_api_us
-        self.merge_host = (launch, gpu.framework_dispatch_us)  # one conv, then n views
-        # per op, its commands as (host time, least device time or None for a view): a
-        # kernel takes at least its start-up gap plus its floor in any company
+        # per op, its commands as the runtime lowers them: (host time, least device time
+        # or None for a view); a kernel takes at least its start-up gap plus its floor in
+        # any company
         self.cmds: dict[str, list[tuple[float, float | None]]] = {}
         for u in units:
             for o in u:
-                ks = profiler.kernels.lower(graph, o)
                 self.cmds[o] = [
-                    (launch, gpu.kernel_gap_us + kernel_floor_us(k, gpu)) for k in ks
-                ] or [(gpu.framework_dispatch_us, None)]
+                    (cost, None if k is None else gpu.kernel_gap_us + kernel_floor_us(k, gpu))
+                    for cost, k in profiler.op_commands(graph, o)
+                ]
+        self.host = [sum(c for o in u for c, _ in self.cmds[o]) for u in units]
+        self.fixed_us = gpu.launch_latency_us + gpu.sync_api_us
+        # a merged conv's launch costs at least the cheapest launch of the part's ops (it
+        # is a conv like them), and each of its views a view's dispatch
+        launch = min((c for cs in self.cmds.values() for c, d in cs if d is not None), default=0.0)
+        self.merge_host = (launch, profiler.view_cost_us())  # one conv, then n views
         self.chain_memo: dict[int, float] = {}  # per ending, its lower bound
         self.group_memo: dict[int, tuple[float, float]] = {}
         # groups a stage may use: connected unit sets of at most r units (single units
@@ -597,7 +594,7 @@ class _PartSearch:
 # --- the scheduler ----------------------------------------------------------------------
 
 
-@register("ios")
+@register("ios", runtime="cudnn")
 @dataclass
 class IOS:
     """IOS: DP over stage endings, parallel groups or merged convs (Ding et al. 2021)."""

@@ -41,7 +41,7 @@ def priority_order(graph: OpGraph, rank: dict[str, float]) -> dict[str, tuple[fl
     return {n: (-rank[n], pos[n]) for n in graph.ops}
 
 
-@register("lios")
+@register("lios", runtime="cudnn")
 @dataclass
 class LIOS:
     """LIOS: latency-rank priority, earliest-finish stream selection over k streams."""

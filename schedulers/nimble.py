@@ -98,7 +98,7 @@ def nimble_streams(graph: OpGraph, cover: str = "reduced") -> tuple[list[list[st
     return streams, meta
 
 
-@register("nimble")
+@register("nimble", runtime="cuda-graph")
 @dataclass
 class Nimble:
     """Nimble: matching on the transitive reduction -> streams; one CUDA Graph launch."""

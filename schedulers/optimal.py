@@ -44,7 +44,7 @@ from simgpu.program import Command, Launch, StreamProgram
 from simgpu.schedule import Schedule, StageSchedule, StreamSchedule
 
 
-@register("optimal")
+@register("optimal", runtime="cudnn")
 @dataclass
 class Optimal:
     """Exact DP over all stage schedules (every ending, every group partition); small graphs."""
@@ -102,17 +102,16 @@ class _Search:
         gpu = profiler.gpu
         self.sync_us = gpu.sync_api_us
         self.latency_us = gpu.launch_latency_us
-        self.kernels = [profiler.kernels.lower(graph, name) for name in self.names]
-        # per op, its commands as (host cost, minimum device time or None for a no-op)
-        launch = gpu.launch_api_us + gpu.framework_dispatch_us
-        self.cmds: list[list[tuple[float, float | None]]] = []
-        for ks in self.kernels:
-            if ks:
-                self.cmds.append(
-                    [(launch, gpu.kernel_gap_us + kernel_floor_us(k, gpu)) for k in ks]
-                )
-            else:
-                self.cmds.append([(gpu.framework_dispatch_us, None)])
+        # per op, its launches as the runtime lowers them, and their (host cost, minimum
+        # device time or None for a no-op)
+        self.launches = [profiler.launches(graph, name) for name in self.names]
+        self.cmds: list[list[tuple[float, float | None]]] = [
+            [
+                (cost, None if k is None else gpu.kernel_gap_us + kernel_floor_us(k, gpu))
+                for cost, k in profiler.op_commands(graph, name)
+            ]
+            for name in self.names
+        ]
         self.host_us = [sum(c for c, _ in cs) for cs in self.cmds]
         self.known: dict[int, _Known] = {}
         self.states = 0
@@ -195,12 +194,7 @@ class _Search:
         cmds: list[Command] = []
         for gi, g in enumerate(groups):
             for i in self._bits(g):
-                ks = self.kernels[i]
-                name = self.names[i]
-                if ks:
-                    cmds.extend(Launch(name, k, gi) for k in ks)
-                else:
-                    cmds.append(Launch(name, None, gi))
+                cmds.extend(Launch(c.op, c.kernel, gi, 0, c.host_us) for c in self.launches[i])
         self.measured += 1
         return self.profiler.measure_program(StreamProgram(cmds, name="optimal-stage"))
 

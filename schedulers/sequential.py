@@ -20,7 +20,7 @@ class Sequential:
         return StreamSchedule([list(graph.topo_order)], graph_mode=self.graph_mode)
 
 
-@register("sequential-graph")
+@register("sequential-graph", runtime="cuda-graph")
 @dataclass
 class SequentialGraph(Sequential):
     """Sequential captured in one CUDA Graph: no per-kernel launch cost, no concurrency."""

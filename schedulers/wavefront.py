@@ -51,7 +51,7 @@ def pack(ops: list[str], latency: dict[str, float], groups: int) -> list[list[st
     return [sorted(g, key=pos.__getitem__) for g in out if g]
 
 
-@register("wavefront")
+@register("wavefront", runtime="cuda-graph")
 @dataclass
 class Wavefront:
     """Rammer-style waves: each BFS wave a stage of LPT-packed groups, one CUDA Graph."""

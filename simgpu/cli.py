@@ -50,6 +50,22 @@ def _machine(args: argparse.Namespace):
     return Machine.single(load_gpu(getattr(args, "gpu", None) or "v100"))
 
 
+RUNTIME_HELP = (
+    "runtime every schedule runs under: pytorch-eager, cudnn, cuda-graph or tensorrt "
+    "(default: each scheduler's own, as its paper ran; see `simgpu runtimes`)"
+)
+
+
+def _runtime_arg(args: argparse.Namespace) -> str | None:
+    """``--runtime NAME``, checked against the registry before anything runs."""
+    from simgpu.runtimes import get_runtime
+
+    name = getattr(args, "runtime", None)
+    if name is not None:
+        get_runtime(name)
+    return name
+
+
 def _model(args: argparse.Namespace):
     from simgpu.models import build_model
 
@@ -133,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         make_scheduler,
         parse_options,
         run_scheduler,
+        runtime_of,
         scheduler_names,
     )
     from schedulers.bounds import binding_bound, machine_bounds_us, schedule_bound_us
@@ -148,14 +165,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sched in options:
         if sched not in names:
             raise SimGPUError(f"option given for scheduler '{sched}', which is not being run")
-    for n in names:  # unknown names and bad options stop the command before anything runs
-        make_scheduler(n, options.get(n))
+    runtime = _runtime_arg(args)
+    runtimes = {}  # unknown names and bad options stop the command before anything runs
+    for n in names:
+        runtimes[n] = runtime_of(make_scheduler(n, options.get(n)), runtime).name
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
     skipped: dict[str, str] = {}  # schedulers that do not apply to this model by design
     for n in names:  # a scheduler that fails on this model is reported, the rest go on
         try:
-            results[n] = run_scheduler(n, graph, machine, options.get(n))
+            results[n] = run_scheduler(n, graph, machine, options.get(n), runtimes[n])
         except SchedulerSkipped as e:
             skipped[n] = _one_line(e)
         except SimGPUError as e:
@@ -165,28 +184,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not results:
         first, why = next(iter({**failures, **skipped}.items()))
         raise SimGPUError(f"{first}: {why}")
-    base = results.get("sequential") or run_scheduler("sequential", graph, machine)
-    base_ms = base.latency_ms
+    # each schedule is compared with one stream under its own runtime: like with like
+    base_ms: dict[str, float] = {}
+    for r in results.values():
+        if r.runtime not in base_ms:
+            seq = results.get("sequential")
+            if seq is None or seq.runtime != r.runtime:
+                seq = run_scheduler("sequential", graph, machine, runtime=r.runtime)
+            base_ms[r.runtime] = seq.latency_ms
     gpu = machine.gpu
-    cp_us, work_us = machine_bounds_us(graph, machine)
+    # the bound of any schedule under any runtime compared: the lowest runtime's
+    loosest = min(base_ms, key=lambda rt: max(machine_bounds_us(graph, machine, rt)))
+    cp_us, work_us = machine_bounds_us(graph, machine, loosest)
     bound_ms = max(cp_us, work_us) / 1e3
-    binds = binding_bound(graph, machine)
+    binds = binding_bound(graph, machine, loosest)
     rows = []
     for n in names:
         r = results.get(n)
         if r is None:
             if n in skipped:
-                rows.append({"scheduler": n, "status": "n/a", "reason": skipped[n]})
+                rows.append(
+                    {"scheduler": n, "runtime": runtimes[n], "status": "n/a", "reason": skipped[n]}
+                )
             else:
-                rows.append({"scheduler": n, "status": "failed", "error": failures[n]})
+                rows.append(
+                    {"scheduler": n, "runtime": runtimes[n], "status": "failed",
+                     "error": failures[n]}
+                )  # fmt: skip
             continue
-        bound = schedule_bound_us(graph, machine, r.schedule.graph) / 1e3
+        bound = schedule_bound_us(graph, machine, r.schedule.graph, r.runtime) / 1e3
+        base = base_ms[r.runtime]
         rows.append(
             {
                 "scheduler": n,
+                "runtime": r.runtime,
                 "status": "ok",
                 "latency_ms": r.latency_ms,
-                "speedup": base_ms / r.latency_ms if r.latency_ms > 0 else float("nan"),
+                "sequential_ms": base,
+                "speedup": base / r.latency_ms if r.latency_ms > 0 else float("nan"),
                 "streams": r.streams,
                 "syncs": r.syncs,
                 "kernels": r.program.kernels,
@@ -231,11 +266,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for r in rows:
         if r["status"] != "ok":
             why = r.get("error") or r["reason"]
-            table.append([r["scheduler"], r["status"], *["-"] * 9, why])
+            table.append([r["scheduler"], r["runtime"], r["status"], *["-"] * 9, why])
             continue
         table.append(
             [
                 r["scheduler"],
+                r["runtime"],
                 f"{r['latency_ms']:.3f}",
                 f"{r['speedup']:.2f}x",
                 str(r["streams"]),
@@ -251,6 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     header = [
         "scheduler",
+        "runtime",
         "latency ms",
         "speedup",
         "streams",
@@ -263,7 +300,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "vs bound",
         "note",
     ]
-    print(_table(table, header, right=set(range(1, len(header) - 1))))
+    print(_table(table, header, right=set(range(2, len(header) - 1))))
+    print("speedup: over one stream (sequential) under the same runtime")
     for label, path in (("gantt", args.gantt), ("trace", args.trace)):
         if path:
             print(f"{label}: {path}")
@@ -299,10 +337,11 @@ def _write_outputs(args: argparse.Namespace, results: dict, best: Any) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from schedulers.base import Profiler, make_scheduler, parse_options
+    from schedulers.base import Profiler, make_scheduler, parse_options, runtime_of
     from simgpu.graph import read_json
     from simgpu.hardware import Machine
     from simgpu.program import lower, validate_program
+    from simgpu.runtimes import get_runtime
     from simgpu.schedule import schedule_from_json
     from simgpu.sim.engine import simulate
 
@@ -325,16 +364,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 f"option given for scheduler '{sched}', which is not being run ({why})"
             )
     machine = _machine(args)
+    override = _runtime_arg(args)
     if args.schedule:
         schedule = schedule_from_json(read_json(args.schedule), source=args.schedule)
     elif runs is None:
         schedule = file_stages
+    if runs is None:
+        # a schedule file runs as it asks (CUDA Graph or eager PyTorch); IOS's own
+        # stages run on IOS's runtime
+        default = "cudnn" if source == "ios-stages" else "pytorch-eager"
+        runtime = get_runtime(override or ("cuda-graph" if schedule.graph_mode else default))
     else:
         sched = make_scheduler(runs, options.get(runs))
+        runtime = runtime_of(sched, override)
         # a single-GPU scheduler searches on device 0, as run_scheduler does
         search = machine if sched.multi_gpu else Machine(machine.name, machine.devices[:1])
-        schedule = sched.schedule(graph, Profiler(search))
-    program = lower(schedule, graph, machine, name=source)
+        schedule = sched.schedule(graph, Profiler(search, runtime=runtime))
+    program = lower(schedule, graph, machine, name=source, runtime=runtime)
     validate_program(program, schedule.graph or graph)
     tl = simulate(program, machine)
     from simgpu.chrome_trace import write_chrome_trace
@@ -354,6 +400,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "devices": len(machine.devices),
         "copies": len(tl.copies),
         "schedule": source,
+        "runtime": runtime.name,
         "latency_ms": tl.latency_ms,
         "kernels": len(tl.kernels),
         "streams": len(program.streams),
@@ -517,19 +564,46 @@ def cmd_schedulers(args: argparse.Namespace) -> int:
 
     reg = discover()
     rows = [
-        {"name": i.name, "multi_gpu": i.multi_gpu, "description": i.description}
+        {"name": i.name, "multi_gpu": i.multi_gpu, "runtime": i.runtime,
+         "description": i.description}
         for i in sorted(reg.values(), key=lambda i: i.name)
-    ]
+    ]  # fmt: skip
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         print(
             _table(
-                [[r["name"], "yes" if r["multi_gpu"] else "no", r["description"]] for r in rows],
-                ["scheduler", "multi-GPU", "description"],
+                [[r["name"], "yes" if r["multi_gpu"] else "no", r["runtime"], r["description"]]
+                 for r in rows],
+                ["scheduler", "multi-GPU", "runtime", "description"],
                 right=set(),
             )
-        )
+        )  # fmt: skip
+    return 0
+
+
+def cmd_runtimes(args: argparse.Namespace) -> int:
+    from simgpu.runtimes import get_runtime, runtime_names
+
+    rows = []
+    for name in runtime_names():
+        rt = get_runtime(name)
+        row = {"name": name, "graph_mode": rt.graph_mode, "description": rt.description}
+        if not rt.graph_mode:
+            row["host_us"] = {f: round(rt.costs.framework_us(f), 3) for f in rt.costs.op_us}
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    table = []
+    for r in rows:
+        host = r.get("host_us")
+        cost = "one graph launch" if host is None else (
+            f"conv {host['conv']:.1f}, elementwise {host['elementwise']:.1f}, view {host['view']:.1f}"
+        )  # fmt: skip
+        table.append([r["name"], cost, r["description"]])
+    print(_table(table, ["runtime", "framework us per call (+ launches)", "description"],
+                 right=set()))  # fmt: skip
     return 0
 
 
@@ -556,6 +630,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ("gpus", args.gpu),
         ("machines", args.machine),
         ("schedulers", args.scheduler),
+        ("runtimes", args.runtime),
     ):
         if value:
             setattr(grid, attr, list(value))
@@ -606,6 +681,7 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
     from simgpu.hardware import load_gpu
     from simgpu.models import MODELS, build_model
     from simgpu.multitenant.compare import compare, rerun, scheduler_list
+    from simgpu.runtimes import get_runtime
     from simgpu.tenants import Workload, make_tenants, parse_arrival
 
     names = scheduler_list(args.scheduler)  # unknown names fail before anything runs
@@ -634,9 +710,12 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
         seed=args.seed,
     )  # fmt: skip
     gpu = load_gpu(args.gpu)
+    rt_name = _runtime_arg(args)
+    runtime = None if rt_name is None else get_runtime(rt_name)
     _, ev, results = compare(
-        workload, gpu, names, budget=args.budget, seed=args.seed, time_budget_s=args.time_budget
-    )
+        workload, gpu, names, budget=args.budget, seed=args.seed, time_budget_s=args.time_budget,
+        runtime=runtime,
+    )  # fmt: skip
     slo = args.slo_ms is not None
     best = max(
         results,
@@ -667,7 +746,8 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
         raise SimGPUError(f"cannot write output: {e}") from None
     rows = [r.metrics.to_json() for r in results]
     if args.json:
-        out = {"gpu": gpu.name, **workload.describe(), "results": rows}
+        out = {"gpu": gpu.name, "runtime": rt_name or "flat", **workload.describe(),
+               "results": rows}  # fmt: skip
         print(json.dumps(out, indent=1))
         return 0
     base = next((r for r in results if r.name == "sequential"), None)
@@ -788,6 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", action="append", help="scheduler name, repeatable; 'all' (default)"
     )
     r.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE", help="scheduler option")
+    r.add_argument("--runtime", help=RUNTIME_HELP)
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument(
         "--trace",
@@ -813,6 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else sequential)",
     )
     s.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE")
+    s.add_argument("--runtime", help=RUNTIME_HELP)
     s.add_argument("--gpu", default=None, help="GPU preset or JSON file (default v100)")
     s.add_argument("--machine", help="machine preset or JSON file (several GPUs and links)")
     s.add_argument(
@@ -837,6 +919,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("gpus", cmd_gpus, "list GPU presets"),
         ("machines", cmd_machines, "list machine presets (several GPUs and their links)"),
         ("schedulers", cmd_schedulers, "list registered schedulers"),
+        ("runtimes", cmd_runtimes, "list runtimes and their host costs per call"),
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true")
@@ -857,6 +940,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--dtype", action="append", choices=["fp32", "fp16", "bf16"])
     w.add_argument("--gpu", action="append", help="GPU preset or JSON file, repeatable")
     w.add_argument("--machine", action="append", help="machine preset or file, repeatable")
+    w.add_argument(
+        "--runtime",
+        action="append",
+        help="runtime every scheduler runs under, repeatable (default: each scheduler's own)",
+    )
     w.add_argument(
         "--scheduler", action="append", help="scheduler name, repeatable; 'all' (default)"
     )
@@ -890,6 +978,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mt.add_argument("models", nargs="+", metavar="MODEL", help="built-in model or graph file")
     mt.add_argument("--gpu", default="v100", help="GPU preset or JSON file (default v100)")
+    mt.add_argument(
+        "--runtime",
+        help="runtime pricing every request's host calls: pytorch-eager, cudnn or tensorrt "
+        "(default: the GPU's flat launch costs)",
+    )
     mt.add_argument(
         "--scheduler",
         action="append",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from simgpu.errors import ProgramError, ScheduleError
 from simgpu.graph import OpGraph
@@ -19,16 +20,24 @@ from simgpu.kernels import Kernel, KernelCache
 from simgpu.ops import numel
 from simgpu.schedule import Schedule, StageSchedule, StreamSchedule, validate_schedule
 
+if TYPE_CHECKING:
+    from simgpu.runtimes import Runtime
+
 
 @dataclass(frozen=True, slots=True)
 class Launch:
     """Launch one kernel of ``op`` on a stream; ``kernel`` is None for an op with no
-    device work (a view), which still takes its place in stream order."""
+    device work (a view), which still takes its place in stream order.
+
+    ``host_us`` is the CPU time of the call that issues it, as the runtime that lowered
+    the program prices it (:mod:`simgpu.runtimes`); None takes the GPU's flat costs
+    (``launch_api_us + framework_dispatch_us``, or the dispatch alone for a view)."""
 
     op: str
     kernel: Kernel | None
     stream: int
     device: int = 0
+    host_us: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +48,7 @@ class Record:
     event: str
     stream: int
     device: int = 0
+    host_us: float | None = None  # None: the GPU's event_record_api_us
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +56,7 @@ class Wait:
     event: str
     stream: int
     device: int = 0
+    host_us: float | None = None  # None: the GPU's event_wait_api_us
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,7 @@ class StreamProgram:
     commands: list[Command] = field(default_factory=list)
     graph_mode: bool = False
     name: str = "program"
+    runtime: str | None = None  # the runtime that lowered it; None: the GPU's flat costs
 
     @property
     def streams(self) -> list[tuple[int, int]]:
@@ -123,6 +135,7 @@ def lower(
     validate: bool = True,
     subset: bool = False,
     memo: dict[tuple[str, int], list[Kernel]] | None = None,
+    runtime: Runtime | None = None,
 ) -> StreamProgram:
     """Turn a schedule into the host calls that run it.
 
@@ -135,6 +148,9 @@ def lower(
     schedule); inputs from ops it leaves out count as ready and already in place.
     ``memo``: (op, device) -> kernels, kept by a caller that lowers many schedules of
     one graph on one machine (a search), so each op is lowered once.
+    ``runtime``: how ops become host calls and what each costs (:mod:`simgpu.runtimes`);
+    its ``graph_mode`` replaces the schedule's. None keeps the GPU's flat per-launch
+    costs and the schedule's ``graph_mode``.
     """
     g = schedule.graph or graph
     if subset:
@@ -164,12 +180,35 @@ def lower(
             ks = memo[(op, device)] = caches[device].lower(g, op)
         return ks
 
+    graph_mode = schedule.graph_mode if runtime is None else runtime.graph_mode
+    if runtime is None:
+
+        def launches(op: str, stream: int, device: int) -> list[Command]:
+            return _launches(op, kernels(op, device), stream, device)
+
+    else:
+
+        def launches(op: str, stream: int, device: int) -> list[Command]:
+            ks = kernels(op, device)
+            return runtime.launches(g, op, ks, stream, device, gpus[device])  # type: ignore[return-value]
+
     cmds: list[Command] = []
     if isinstance(schedule, StageSchedule):
-        _lower_stages(schedule, kernels, cmds)
+        _lower_stages(schedule, launches, cmds, graph_mode)
     else:
-        _lower_streams(schedule, g, kernels, cmds)
-    return StreamProgram(cmds, schedule.graph_mode, name)
+        _lower_streams(schedule, g, launches, cmds)
+    if runtime is not None and not graph_mode:
+        rec = [runtime.record_us(s) for s in gpus]
+        wait = [runtime.wait_us(s) for s in gpus]
+        cmds = [
+            Record(c.event, c.stream, c.device, rec[c.device])
+            if type(c) is Record
+            else Wait(c.event, c.stream, c.device, wait[c.device])
+            if type(c) is Wait
+            else c
+            for c in cmds
+        ]
+    return StreamProgram(cmds, graph_mode, name, None if runtime is None else runtime.name)
 
 
 def _check_subset(schedule: Schedule, g: OpGraph) -> None:
@@ -194,15 +233,15 @@ def copy_stream(n_streams: int, dst: int) -> int:
     return n_streams + dst
 
 
-def _lower_stages(schedule: StageSchedule, kernels, cmds: list[Command]) -> None:
+def _lower_stages(schedule: StageSchedule, launches, cmds: list[Command], graph_mode: bool) -> None:
     last = len(schedule.stages) - 1
     for si, stage in enumerate(schedule.stages):
         for gi, group in enumerate(stage):
             for op in group:
-                cmds.extend(_launches(op, kernels(op, 0), gi, 0))
+                cmds.extend(launches(op, gi, 0))
         if si == last:
             break
-        if schedule.barrier == "sync" and not schedule.graph_mode:
+        if schedule.barrier == "sync" and not graph_mode:
             cmds.append(Synchronize(0))
         else:  # every stream of the next stage waits for every group of this one
             nxt = range(len(schedule.stages[si + 1]))
@@ -213,7 +252,7 @@ def _lower_stages(schedule: StageSchedule, kernels, cmds: list[Command]) -> None
                 cmds.extend(Wait(ev, s, 0) for gi, ev in enumerate(events) if gi != s)
 
 
-def _lower_streams(schedule: StreamSchedule, g: OpGraph, kernels, cmds: list[Command]) -> None:
+def _lower_streams(schedule: StreamSchedule, g: OpGraph, launches, cmds: list[Command]) -> None:
     """Issue ops in a topological order that interleaves streams by position, and add an
     event only where the consumer's stream does not already know the producer finished
     (vector clocks), so transitive and same-stream dependencies cost nothing.
@@ -288,7 +327,7 @@ def _lower_streams(schedule: StreamSchedule, g: OpGraph, kernels, cmds: list[Com
         d = dev[s]
         for ev in needs.get(op, ()):
             cmds.append(Wait(ev, s, d))
-        cmds.extend(_launches(op, kernels(op, d), s, d))
+        cmds.extend(launches(op, s, d))
         if op in recorded:
             cmds.append(Record(f"done:{op}", s, d))
         ts = targets.get(op)

@@ -58,6 +58,7 @@ KEY_COLUMNS: tuple[str, ...] = (
     "machine",
     "scheduler",
     "options",
+    "runtime",
 )
 #: Columns measured in wall-clock time: the only ones that differ between two runs.
 WALL_COLUMNS: tuple[str, ...] = ("schedule_s", "wall_s")
@@ -103,6 +104,7 @@ class Combo:
     machine: str
     scheduler: str
     options: tuple[tuple[str, str], ...] = ()
+    runtime: str = ""  # the runtime it runs under ('' while unresolved: the scheduler's own)
 
     @property
     def options_text(self) -> str:
@@ -119,13 +121,15 @@ class Combo:
             self.machine,
             self.scheduler,
             self.options_text,
+            self.runtime,
         )
 
     def label(self) -> str:
         hw = self.gpu or self.machine
         size = f" {self.image_size}px" if self.image_size else ""
         opts = f" [{self.options_text}]" if self.options else ""
-        return f"{self.model} b{self.batch}{size} {self.dtype} {hw} {self.scheduler}{opts}"
+        rt = f" @{self.runtime}" if self.runtime else ""
+        return f"{self.model} b{self.batch}{size} {self.dtype} {hw} {self.scheduler}{opts}{rt}"
 
 
 @dataclass
@@ -146,6 +150,8 @@ class Grid:
     machines: list[str] = field(default_factory=list)
     schedulers: list[str] = field(default_factory=lambda: ["all"])
     options: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # runtimes every scheduler runs under; empty: each scheduler's own (simgpu.runtimes)
+    runtimes: list[str] = field(default_factory=list)
 
     def combos(self) -> list[Combo]:
         """Every combination, in grid order (model, batch, size, dtype, hardware, scheduler)."""
@@ -171,6 +177,8 @@ class Grid:
         if not targets:
             targets = [("gpu", _gpu_key("v100"))]
         variants = {s: _option_variants(self.options.get(s, {})) for s in scheds}
+        _check_runtimes(self.runtimes)
+        runtimes = {(s, o): _runtimes_of(s, o, self.runtimes) for s in scheds for o in variants[s]}
 
         out: list[Combo] = []
         for model in models:
@@ -187,13 +195,15 @@ class Grid:
             ):
                 for opts in variants[sched]:
                     gpu, machine = (hw, "") if kind == "gpu" else ("", hw)
-                    out.append(Combo(model, batch, size, dtype, gpu, machine, sched, opts))
+                    for rt in runtimes[(sched, opts)]:
+                        out.append(Combo(model, batch, size, dtype, gpu, machine, sched, opts, rt))
         return _dedupe(out)
 
     def _check_names(self) -> None:
         """Names become CSV cells of one line each: no control characters, no blanks."""
         named = [("model", self.models), ("dtype", self.dtypes), ("gpu", self.gpus)]
         named += [("machine", self.machines), ("scheduler", self.schedulers)]
+        named += [("runtime", self.runtimes)]
         for sched, opts in self.options.items():
             named.append(("scheduler", [sched]))
             for key, values in opts.items():
@@ -259,7 +269,16 @@ def parse_option_args(items: Sequence[str]) -> dict[str, dict[str, list[str]]]:
 
 # --- TOML grids -----------------------------------------------------------------------
 
-_TOML_KEYS = ("models", "batches", "image_sizes", "dtypes", "gpus", "machines", "schedulers")
+_TOML_KEYS = (
+    "models",
+    "batches",
+    "image_sizes",
+    "dtypes",
+    "gpus",
+    "machines",
+    "schedulers",
+    "runtimes",
+)
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -284,7 +303,7 @@ def grid_from_dict(data: Mapping[str, Any], source: str = "<grid>") -> Grid:
         known = ", ".join((*_TOML_KEYS, "options"))
         raise SweepError(f"{source}: unknown key '{unknown[0]}' (known: {known})")
     kw: dict[str, Any] = {}
-    for key in ("models", "dtypes", "gpus", "machines", "schedulers"):
+    for key in ("models", "dtypes", "gpus", "machines", "schedulers", "runtimes"):
         if key in data:
             kw[key] = [_check_str(v, f"{source}: {key}[{i}]") for i, v in _items(data[key])]
     for key in ("batches", "image_sizes"):
@@ -422,13 +441,15 @@ def _measure(combo: Combo) -> dict[str, str]:
 
     graph = build_model(combo.model, combo.batch, combo.image_size, combo.dtype)
     machine = machine_for(combo.gpu, combo.machine)
-    res = run_scheduler(combo.scheduler, graph, machine, dict(combo.options))
+    runtime = combo.runtime or None
+    res = run_scheduler(combo.scheduler, graph, machine, dict(combo.options), runtime)
     if combo.scheduler == "sequential" and not combo.options:
         seq_ms = res.latency_ms
-    else:
+    else:  # one stream under the same runtime: like with like
         seq_ms = _sequential_ms(
-            combo.model, combo.batch, combo.image_size, combo.dtype, combo.gpu, combo.machine
-        )
+            combo.model, combo.batch, combo.image_size, combo.dtype, combo.gpu, combo.machine,
+            res.runtime,
+        )  # fmt: skip
     lat = res.latency_ms
     out: dict[str, Any] = {
         "ops": len(graph),
@@ -445,7 +466,7 @@ def _measure(combo: Combo) -> dict[str, str]:
         "schedule_s": res.schedule_s,
     }
     try:  # the bound `simgpu run` reports
-        bound = schedule_bound_us(graph, machine, res.schedule.graph) / 1e3
+        bound = schedule_bound_us(graph, machine, res.schedule.graph, res.runtime) / 1e3
     except SimGPUError as e:  # the schedule is fine; say why its bound is missing
         out["error"] = f"lower bound: {_one_line(e)}"
         bound = None
@@ -457,14 +478,42 @@ def _measure(combo: Combo) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=256)
 def _sequential_ms(
-    model: str, batch: int, image_size: int | None, dtype: str, gpu: str, machine: str
+    model: str,
+    batch: int,
+    image_size: int | None,
+    dtype: str,
+    gpu: str,
+    machine: str,
+    runtime: str = "pytorch-eager",
 ) -> float:
-    """The baseline of every speedup, once per process per configuration (a float: safe to cache)."""
+    """The baseline of every speedup, once per process per configuration and runtime
+    (a float: safe to cache)."""
     from schedulers.base import run_scheduler
     from simgpu.models import build_model
 
     graph = build_model(model, batch, image_size, dtype)
-    return run_scheduler("sequential", graph, machine_for(gpu, machine)).latency_ms
+    return run_scheduler("sequential", graph, machine_for(gpu, machine), runtime=runtime).latency_ms
+
+
+def _runtimes_of(sched: str, opts: tuple[tuple[str, str], ...], asked: list[str]) -> list[str]:
+    """The runtimes one scheduler variant runs under: each asked for, else its own."""
+    from schedulers.base import SchedulerError, make_scheduler, runtime_of
+
+    try:
+        s = make_scheduler(sched, dict(opts))
+    except SchedulerError:  # reported on its row, like any failure of the combination
+        return _dedupe(list(asked)) or [""]
+    return _dedupe([runtime_of(s, a).name for a in asked or [None]])
+
+
+def _check_runtimes(names: list[str]) -> None:
+    from simgpu.runtimes import UnknownRuntime, get_runtime
+
+    for n in names:
+        try:
+            get_runtime(n)
+        except UnknownRuntime as e:
+            raise SweepError(str(e)) from None
 
 
 def machine_for(gpu: str, machine: str) -> Machine:

@@ -329,7 +329,8 @@ def _synthetic_record(factors: dict[str, float]) -> dict:
     entries = []
     for name, f in factors.items():
         r = run_scheduler(name, g, Machine.single(gpu))
-        entries.append({"scheduler": name, "measured_ms": r.latency_ms * f, "schedule": schedule_to_json(r.schedule)})  # fmt: skip
+        entries.append({"scheduler": name, "measured_ms": r.latency_ms * f, "runtime": r.runtime,
+                        "schedule": schedule_to_json(r.schedule)})  # fmt: skip
     return {
         "format": "simgpu.validation",
         "version": 1,

@@ -149,7 +149,7 @@ def test_malformed_files_are_skipped_with_reasons(tmp_path):
         "zero/v100_fp32_gemm.csv": GEMM_HEAD + "a,1,1,1,N,N,0\n",
         "tvm/squeezenet_v100_bs1.log": tvm_line() + "\n{not json\n",
         "zz9_fp32_gemm.csv": GEMM_HEAD + "a,1,1,1,N,N,0.01\n",
-        "p100_fp32_gemm.csv": GEMM_HEAD + "a,1,1,1,N,N,0.01\n",
+        "zz8_fp32_gemm.csv": GEMM_HEAD + "a,1,1,1,N,N,0.01\n",
         "good/v100_fp32_gemm.csv": GEMM_HEAD + "a,1,1,1,N,N,0.01\n",
     }
     for name, text in bad.items():
@@ -164,7 +164,7 @@ def test_malformed_files_are_skipped_with_reasons(tmp_path):
     assert "must be positive" in why["zero/v100_fp32_gemm.csv"]
     assert "squeezenet_v100_bs1.log:2: not an AutoTVM conv2d record" in why["tvm/squeezenet_v100_bs1.log"]  # fmt: skip
     assert why["zz9_fp32_gemm.csv"] == "no simgpu preset for GPU 'zz9'"
-    assert why["p100_fp32_gemm.csv"] == "no simgpu preset for GPU 'p100'"
+    assert why["zz8_fp32_gemm.csv"] == "no simgpu preset for GPU 'zz8'"
     text = format_report(rep)
     assert text.count("\nskipped ") == len(bad) - 1
 
@@ -241,7 +241,8 @@ def test_recorded_validation_row(tmp_path):
     for name, f in {"sequential": 1.25, "greedy": 0.5}.items():  # synthetic "measurements"
         r = run_scheduler(name, g, Machine.single(gpu))
         sims.append(r.latency_ms)
-        entries.append({"scheduler": name, "measured_ms": r.latency_ms / f, "schedule": schedule_to_json(r.schedule)})  # fmt: skip
+        entries.append({"scheduler": name, "measured_ms": r.latency_ms / f, "runtime": r.runtime,
+                        "schedule": schedule_to_json(r.schedule)})  # fmt: skip
     entries.append({"scheduler": "broken", "measured_ms": 1.0})  # no schedule: a skipped row
     data = {"format": "simgpu.validation", "version": 1, "device": "Tesla V100-SXM2-16GB",
             "model": {"name": "squeezenet1_1", "batch": 1}, "gpu": gpu.to_json(),
@@ -266,7 +267,7 @@ def test_recorded_validation_row(tmp_path):
 def data_dir(tmp_path: Path) -> Path:
     _write(tmp_path / "d" / "v100_fp32_gemm.csv", GEMM_HEAD + "a,64,64,64,N,N,0.01\nb,1024,1024,1024,N,T,0.2\n")  # fmt: skip
     _write(tmp_path / "d" / "tiny_v100_bs1.log", tvm_line() + "\n" + tvm_line(k=16, seconds=2e-5) + "\n")  # fmt: skip
-    _write(tmp_path / "d" / "p100_fp16_gemm.csv", GEMM_HEAD + "a,1,1,1,N,N,0.01\n")
+    _write(tmp_path / "d" / "zz9_fp16_gemm.csv", GEMM_HEAD + "a,1,1,1,N,N,0.01\n")
     return tmp_path / "d"
 
 
@@ -277,7 +278,7 @@ def test_cli_text(data_dir, capsys):
     assert "LOGO MAPE" in lines[0]
     assert lines[2].startswith("autotvm v100 tiny bs1 ") and " 2 " in lines[2]
     assert lines[3].startswith("deepbench v100 fp32 gemm ") and " 2 " in lines[3]
-    assert lines[-1].startswith("skipped ") and "no simgpu preset for GPU 'p100'" in lines[-1]
+    assert lines[-1].startswith("skipped ") and "no simgpu preset for GPU 'zz9'" in lines[-1]
 
 
 def test_cli_json(data_dir, capsys):
@@ -288,7 +289,7 @@ def test_cli_json(data_dir, capsys):
         assert math.isfinite(r["mape"]) and r["mape"] >= 0 and 0 <= r["within_25"] <= 1
         assert r["worst"]["ratio"] > 0
         assert r["logo_mape"] is None or r["logo_mape"] >= 0  # the fit's, when it has one
-    assert out["skipped"][0]["reason"] == "no simgpu preset for GPU 'p100'"
+    assert out["skipped"][0]["reason"] == "no simgpu preset for GPU 'zz9'"
 
 
 def test_cli_errors(tmp_path, capsys, monkeypatch):
@@ -343,7 +344,7 @@ def test_console_script_reads_shared_data_and_traces_by_default(tmp_path):
     traces/ are read without --data."""
     root = tmp_path / "main"
     _write(tmp_path / "shared" / "data" / "v100_fp32_gemm.csv", GEMM_HEAD + "a,64,64,64,N,N,0.01\n")
-    _write(root / "traces" / "p100_fp32_gemm.csv", GEMM_HEAD + "a,1,1,1,N,N,0.01\n")
+    _write(root / "traces" / "zz9_fp32_gemm.csv", GEMM_HEAD + "a,1,1,1,N,N,0.01\n")
     exe = shutil.which("simgpu")
     cmd = [exe] if exe else [sys.executable, "-m", "simgpu.cli"]
     proc = subprocess.run([*cmd, "fidelity", "--json", "--no-logo"], cwd=root, capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -351,5 +352,5 @@ def test_console_script_reads_shared_data_and_traces_by_default(tmp_path):
     out = json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert out["dirs"] == ["../shared/data", "traces"] and out["gpu_override"] is None
     assert [(r["dataset"], r["n"], r["logo_mape"]) for r in out["rows"]] == [("deepbench v100 fp32 gemm", 1, None)]  # fmt: skip
-    assert out["skipped"] == [{"path": "traces/p100_fp32_gemm.csv", "reason": "no simgpu preset for GPU 'p100'"}]  # fmt: skip
+    assert out["skipped"] == [{"path": "traces/zz9_fp32_gemm.csv", "reason": "no simgpu preset for GPU 'zz9'"}]  # fmt: skip
     assert out["notes"] == ["LOGO MAPE not computed (--no-logo)"]

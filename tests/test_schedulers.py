@@ -162,7 +162,8 @@ def _check_scheduler(name: str, graph: OpGraph, gpu: GPUSpec) -> None:
     assert len(r.timeline.kernels) == r.program.kernels
     lat = r.timeline.makespan_us
     cache = KernelCache(gpu)
-    for bound in (critical_path_bound_us(ran, gpu, cache), work_bound_us(ran, gpu, cache)):
+    rt = r.runtime
+    for bound in (critical_path_bound_us(ran, gpu, cache, rt), work_bound_us(ran, gpu, cache, rt)):
         assert lat >= bound - _tol(bound), (name, lat, bound)
     again = run_scheduler(name, graph, machine)
     assert schedule_to_json(again.schedule) == schedule_to_json(r.schedule)
@@ -641,15 +642,37 @@ def inception_runs() -> dict:
 
 
 def test_every_searching_scheduler_beats_sequential_on_inception(inception_runs) -> None:
-    """Schedulers that model or measure latency beat one stream on Inception V3. Greedy
-    does not search: its stage barriers can cost what its concurrency wins, so it is
-    only held to the bounds (the effect must come out of the model, not be assumed)."""
+    """Where the host keeps ahead of the GPU, schedulers that model or measure latency
+    beat one stream on Inception V3, under the same runtime: the CUDA Graph schedulers
+    under ``cuda-graph``, the others under ``tensorrt`` (launches only). Greedy does not
+    search: its stage barriers can cost what its concurrency wins, so it is only held to
+    the bounds (the effect must come out of the model, not be assumed). Under
+    ``cudnn``'s fitted per-call cost the run is host-bound and they do not (README,
+    "Runtimes and their host costs"); under eager PyTorch, see the next test."""
+    g = inception_runs["graph"]
     runs = inception_runs["runs"]
-    seq = runs["sequential"].latency_ms
-    searching = ("ios", "lios", "heft", "nimble", "nimble-eager", "wavefront", "autograph")
-    slower = {n: runs[n].latency_ms for n in searching if runs[n].latency_ms >= seq}
-    assert not slower, f"not faster than sequential ({seq:.3f} ms): {slower}"
+    m = Machine.single(V100)
+    base = {rt: run_scheduler("sequential", g, m, runtime=rt).latency_ms
+            for rt in ("cuda-graph", "tensorrt")}  # fmt: skip
+    lat = {n: (runs[n].runtime, runs[n].latency_ms) for n in ("nimble", "wavefront", "autograph")}
+    for n in ("ios", "lios", "heft"):
+        lat[n] = ("tensorrt", run_scheduler(n, g, m, runtime="tensorrt").latency_ms)
+    slower = {n: (rt, ms, base[rt]) for n, (rt, ms) in lat.items() if ms >= base[rt]}
+    assert not slower, f"not faster than sequential under the same runtime: {slower}"
     assert "greedy" in runs
+
+
+def test_eager_pytorch_is_host_bound_on_inception(inception_runs) -> None:
+    """At batch 1 eager PyTorch's CPU time per op exceeds its kernels' GPU time: the run
+    ends within a launch latency and a kernel of the host's last call, and extra
+    streams (nimble-eager's events) cannot help."""
+    runs = inception_runs["runs"]
+    seq = runs["sequential"]
+    assert seq.runtime == "pytorch-eager"
+    host_end = max(h.end_us for h in seq.timeline.host)
+    assert seq.timeline.makespan_us < host_end * 1.05
+    assert runs["nimble-eager"].runtime == "pytorch-eager"
+    assert runs["nimble-eager"].latency_ms >= seq.latency_ms
 
 
 def test_inception_latencies_respect_the_bounds(inception_runs) -> None:
@@ -696,7 +719,9 @@ def test_cli_run_all_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 0, err
     data = json.loads(out)
     g = build_model("inception_v3")
-    assert data["lower_bound_ms"] == pytest.approx(lower_bound_us(g, V100) / 1e3)
+    runtimes = {r["runtime"] for r in data["results"] if r["status"] == "ok"}
+    loosest = min(lower_bound_us(g, V100, runtime=rt) for rt in runtimes)
+    assert data["lower_bound_ms"] == pytest.approx(loosest / 1e3)
     assert data["critical_path_bound_ms"] >= data["work_bound_ms"] > 0
     assert data["binding_bound"] == "critical path"
     rows = {r["scheduler"]: r for r in data["results"]}
@@ -711,7 +736,10 @@ def test_cli_run_all_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert set(r) >= ROW_KEYS
         assert r["latency_ms"] >= r["lower_bound_ms"] > 0
         assert r["bound_gap"] == pytest.approx(r["latency_ms"] / r["lower_bound_ms"] - 1)
-        assert r["speedup"] == pytest.approx(rows["sequential"]["latency_ms"] / r["latency_ms"])
+        assert r["speedup"] == pytest.approx(r["sequential_ms"] / r["latency_ms"])
+        assert r["lower_bound_ms"] == pytest.approx(
+            lower_bound_us(g, V100, runtime=r["runtime"]) / 1e3
+        )
     assert rows["lios"]["profiler_calls"] == len(g) and rows["lios"]["gpu_search_s"] > 0
     assert rows["nimble"]["streams"] > 1 and rows["nimble"]["syncs"] > 0
 

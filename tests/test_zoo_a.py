@@ -594,7 +594,9 @@ def test_cli_lists_every_model(capsys: pytest.CaptureFixture[str]) -> None:
     "argv", [["squeezenet1_1", "--batch", "2", "--image-size", "160"], ["multitask_resnet50"]]
 )
 def test_cli_run_sequential(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
-    rc, out, err = _cli(capsys, "run", *argv, "--scheduler", "sequential", "--json")
+    rc, out, err = _cli(
+        capsys, "run", *argv, "--scheduler", "sequential", "--runtime", "cudnn", "--json"
+    )
     assert rc == 0, err
     data = json.loads(out)
     batch = 2 if "--batch" in argv else 1

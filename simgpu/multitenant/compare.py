@@ -9,6 +9,7 @@ from simgpu.hardware import GPUSpec
 from simgpu.multitenant.genome import BASELINES, Genome, TenantContext
 from simgpu.multitenant.metrics import RunMetrics
 from simgpu.multitenant.search import Evaluator, SearchResult, search, search_summary
+from simgpu.runtimes import Runtime
 from simgpu.sim.tenants import MultiTenantRun
 from simgpu.tenants import Workload
 
@@ -44,10 +45,12 @@ def compare(
     budget: int = 40,
     seed: int | None = None,
     time_budget_s: float | None = None,
+    runtime: Runtime | None = None,
 ) -> tuple[TenantContext, Evaluator, list[PolicyResult]]:
-    """Each named policy's metrics (search's seed defaults to the workload's)."""
+    """Each named policy's metrics (search's seed defaults to the workload's), every
+    request's host calls priced by ``runtime`` (None: the GPU's flat costs)."""
     names = scheduler_list(schedulers)
-    ctx = TenantContext(workload, gpu)
+    ctx = TenantContext(workload, gpu, runtime)
     ev = Evaluator(ctx)
     out: list[PolicyResult] = []
     for name in names:

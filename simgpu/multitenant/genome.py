@@ -26,6 +26,7 @@ from simgpu.multitenant.plan import (
     depth_levels,
     lower_tenant,
 )
+from simgpu.runtimes import Runtime
 from simgpu.tenants import Arrival, Workload
 
 BASELINES = ("sequential", "multistream", "breadth-first", "depth-first")
@@ -156,6 +157,8 @@ class TenantContext:
 
     workload: Workload
     gpu: GPUSpec
+    # how requests become host calls (simgpu.runtimes); None: the GPU's flat costs
+    runtime: Runtime | None = None
     cache: KernelCache = field(init=False)
     levels: list[dict[str, int]] = field(init=False)
     max_depth: int = field(init=False)
@@ -201,7 +204,9 @@ class TenantContext:
         hit = self._lowered.get((t, k))
         if hit is None:
             g = self.workload.tenants[t].graph
-            hit = self._lowered[(t, k)] = lower_tenant(t, g, self.lanes(t, k), self.gpu, self.cache)
+            hit = self._lowered[(t, k)] = lower_tenant(
+                t, g, self.lanes(t, k), self.gpu, self.cache, self.runtime
+            )
         return hit
 
     def alone(self, t: int, k: int) -> tuple[float, float]:

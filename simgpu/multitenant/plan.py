@@ -33,6 +33,7 @@ from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec
 from simgpu.kernels import Kernel, KernelCache
 from simgpu.program import Launch, Record, Wait, lower
+from simgpu.runtimes import Runtime
 from simgpu.schedule import StreamSchedule
 from simgpu.sim.device import LAUNCH, NOOP, RECORD, WAIT
 
@@ -108,8 +109,9 @@ def depth_levels(graph: OpGraph) -> dict[str, int]:
 
 # --- one tenant's request, lowered once --------------------------------------------------
 
-# a command: (kind, lane, kernel or None, op, event name or None)
-Cmd = tuple[int, int, Kernel | None, str, str | None]
+# a command: (kind, lane, kernel or None, op, event name or None, host us or None: the
+# GPU's flat cost of that kind of call)
+Cmd = tuple[int, int, Kernel | None, str, str | None, float | None]
 
 
 @dataclass
@@ -129,28 +131,40 @@ class RequestProgram:
 
 
 def lower_tenant(
-    t: int, graph: OpGraph, lanes: list[list[str]], gpu: GPUSpec, cache: KernelCache | None = None
+    t: int,
+    graph: OpGraph,
+    lanes: list[list[str]],
+    gpu: GPUSpec,
+    cache: KernelCache | None = None,
+    runtime: Runtime | None = None,
 ) -> tuple[list[Cmd], list[str]]:
     """One tenant's lanes as commands (validated against its graph), and the op each
-    command belongs to: lowering puts every op's waits, launches and record together."""
+    command belongs to: lowering puts every op's waits, launches and record together.
+    ``runtime`` prices the host calls (:mod:`simgpu.runtimes`); requests are issued
+    call by call, so a runtime that captures a CUDA Graph does not apply."""
+    if runtime is not None and runtime.graph_mode:
+        raise ScheduleError(
+            f"multi-tenant requests are issued call by call: runtime '{runtime.name}' "
+            "(one CUDA Graph) does not apply; use pytorch-eager, cudnn or tensorrt"
+        )
     sched = StreamSchedule([list(lane) for lane in lanes])
-    prog = lower(sched, graph, gpu, name=f"tenant{t}", cache=cache)
+    prog = lower(sched, graph, gpu, name=f"tenant{t}", cache=cache, runtime=runtime)
     cmds: list[Cmd] = []
     owner: list[str] = []
     nxt: str | None = None
     for c in reversed(prog.commands):
         if isinstance(c, Launch):
             kind = LAUNCH if c.kernel is not None else NOOP
-            cmds.append((kind, c.stream, c.kernel, c.op, None))
+            cmds.append((kind, c.stream, c.kernel, c.op, None, c.host_us))
             nxt = c.op
             owner.append(c.op)
         elif isinstance(c, Record):
             op = c.event.removeprefix("done:")
-            cmds.append((RECORD, c.stream, None, op, c.event))
+            cmds.append((RECORD, c.stream, None, op, c.event, c.host_us))
             owner.append(op)
         elif isinstance(c, Wait):
             assert nxt is not None  # lowering puts every wait before the launch it guards
-            cmds.append((WAIT, c.stream, None, nxt, c.event))
+            cmds.append((WAIT, c.stream, None, nxt, c.event, c.host_us))
             owner.append(nxt)
         else:  # pragma: no cover - stream schedules lower without synchronize
             raise ScheduleError(f"tenant {t}: unexpected command {c!r}")
@@ -179,21 +193,25 @@ def compile_tenant(
     keys: dict[str, float] | None,
     gpu: GPUSpec,
     cache: KernelCache | None = None,
+    runtime: Runtime | None = None,
 ) -> RequestProgram:
     """Lower one tenant's lanes to a request program; keys default to layer depth."""
-    cmds, owner = lower_tenant(t, graph, lanes, gpu, cache)
+    cmds, owner = lower_tenant(t, graph, lanes, gpu, cache, runtime)
     key = keys if keys is not None else {k: float(v) for k, v in depth_levels(graph).items()}
     return RequestProgram(t, cmds, chunk(owner, key), len(lanes))
 
 
 def compile_plan(
-    plan: TenantPlan, graphs: list[OpGraph], gpu: GPUSpec, cache: KernelCache | None = None
+    plan: TenantPlan,
+    graphs: list[OpGraph],
+    gpu: GPUSpec,
+    cache: KernelCache | None = None,
+    runtime: Runtime | None = None,
 ) -> list[RequestProgram]:
     validate_plan(plan, graphs)
     cache = cache if cache is not None and cache.gpu is gpu else KernelCache(gpu)
+    keys = plan.keys if plan.keys is not None else [None] * len(graphs)
     return [
-        compile_tenant(
-            t, g, plan.lanes[t], plan.keys[t] if plan.keys is not None else None, gpu, cache
-        )
+        compile_tenant(t, g, plan.lanes[t], keys[t], gpu, cache, runtime)
         for t, g in enumerate(graphs)
     ]

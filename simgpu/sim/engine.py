@@ -151,14 +151,20 @@ class Simulation:
                     kind, cost, api = NOOP, c_noop, "dispatch"
                 else:
                     kind, cost, api = LAUNCH, c_launch, "launch"
+                if c.host_us is not None:  # priced by the runtime that lowered it
+                    cost = c.host_us
                 op = c.op
                 slot = None
             elif ctype is Record:
                 kind, cost, api = RECORD, c_record, "event_record"
+                if c.host_us is not None:
+                    cost = c.host_us
                 k = op = None
                 slot = self._bind_record(events, c, d)
             elif ctype is Wait:
                 kind, cost, api = WAIT, c_wait, "stream_wait_event"
+                if c.host_us is not None:
+                    cost = c.host_us
                 k = op = None
                 slot = self._bind_wait(events, c, d)
             elif ctype is Synchronize:
@@ -283,12 +289,18 @@ class Simulation:
                     kind, cost, api = NOOP, c_noop, "dispatch"
                 else:
                     kind, cost, api = LAUNCH, c_launch, "launch"
+                if c.host_us is not None:  # priced by the runtime that lowered it
+                    cost = c.host_us
                 op = c.op
             elif ctype is Record:
                 kind, cost, api = RECORD, c_record, "event_record"
+                if c.host_us is not None:
+                    cost = c.host_us
                 k = op = None
             elif ctype is Wait:
                 kind, cost, api = WAIT, c_wait, "stream_wait_event"
+                if c.host_us is not None:
+                    cost = c.host_us
                 k = op = None
             else:  # Copy
                 kind, cost, api = COPY, c_launch, "memcpy_peer"

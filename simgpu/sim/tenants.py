@@ -264,8 +264,10 @@ class TenantSimulation:
         events = self.events
         if req.rec.issue_us is None:
             req.rec.issue_us = t
-        for kind, lane, kernel, op, event in prog.cmds[start:end]:
+        for kind, lane, kernel, op, event, host in prog.cmds[start:end]:
             cost, api = self.cost[kind]
+            if host is not None:  # priced by the runtime that lowered the request
+                cost = host
             sid = sids[lane]
             stream = dev.streams.get(sid) or dev.stream(sid)
             label = op_label(name, rid, op)
@@ -299,7 +301,8 @@ class TenantSimulation:
         cmds = self.programs[req.rec.tenant].cmds
         cost = self.cost
         for i in range(len(cmds)):
-            end = t + cost[cmds[i][0]][0]
+            c = cmds[i]
+            end = t + (c[5] if c[5] is not None else cost[c[0]][0])
             if end > env._now:
                 yield env.timeout(end - env._now)
             t = self._issue(req, i, i + 1, t)
