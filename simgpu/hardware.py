@@ -178,6 +178,38 @@ def _volta_like(**kw: Any) -> dict[str, Any]:
     return base
 
 
+# Per-SM limits by compute capability: the CUDA C++ Programming Guide's "Technical
+# Specifications per Compute Capability" table (the occupancy calculator's figures).
+# Shared memory per block is the opt-in maximum; from sm_80 on CUDA reserves 1 KiB of
+# shared memory per block. The presets above spell these out; those below take them
+# from here, and a test checks that every preset agrees with this table.
+_SM_LIMITS: dict[str, dict[str, int]] = {
+    "3.7": dict(max_threads_per_sm=2048, max_blocks_per_sm=16, regs_per_sm=131072,
+                smem_per_sm=112 * KB, max_smem_per_block=48 * KB, smem_reserved_per_block=0),
+    "6.0": dict(max_threads_per_sm=2048, max_blocks_per_sm=32, regs_per_sm=65536,
+                smem_per_sm=64 * KB, max_smem_per_block=48 * KB, smem_reserved_per_block=0),
+    "6.1": dict(max_threads_per_sm=2048, max_blocks_per_sm=32, regs_per_sm=65536,
+                smem_per_sm=96 * KB, max_smem_per_block=48 * KB, smem_reserved_per_block=0),
+    "7.0": dict(max_threads_per_sm=2048, max_blocks_per_sm=32, regs_per_sm=65536,
+                smem_per_sm=96 * KB, max_smem_per_block=96 * KB, smem_reserved_per_block=0),
+    "7.5": dict(max_threads_per_sm=1024, max_blocks_per_sm=16, regs_per_sm=65536,
+                smem_per_sm=64 * KB, max_smem_per_block=64 * KB, smem_reserved_per_block=0),
+    "8.0": dict(max_threads_per_sm=2048, max_blocks_per_sm=32, regs_per_sm=65536,
+                smem_per_sm=164 * KB, max_smem_per_block=163 * KB, smem_reserved_per_block=KB),
+    "8.6": dict(max_threads_per_sm=1536, max_blocks_per_sm=16, regs_per_sm=65536,
+                smem_per_sm=100 * KB, max_smem_per_block=99 * KB, smem_reserved_per_block=KB),
+    "8.9": dict(max_threads_per_sm=1536, max_blocks_per_sm=24, regs_per_sm=65536,
+                smem_per_sm=100 * KB, max_smem_per_block=99 * KB, smem_reserved_per_block=KB),
+    "9.0": dict(max_threads_per_sm=2048, max_blocks_per_sm=32, regs_per_sm=65536,
+                smem_per_sm=228 * KB, max_smem_per_block=227 * KB, smem_reserved_per_block=KB),
+}  # fmt: skip
+
+
+def _cc(compute_capability: str) -> dict[str, Any]:
+    """The compute capability and its per-SM limits, as GPUSpec keywords."""
+    return {"compute_capability": compute_capability, **_SM_LIMITS[compute_capability]}
+
+
 # Datasheet figures (NVIDIA product briefs and CUDA occupancy tables). Dense tensor rates.
 PRESETS: dict[str, GPUSpec] = {
     s.name: s
@@ -313,6 +345,332 @@ PRESETS["h200-sxm"] = dataclasses.replace(
     PRESETS["h100-sxm"], name="h200-sxm", dram_gbps=4800, memory_gb=141
 )
 
+# GPUs that public benchmarks (DeepBench, MLPerf, framework and paper measurements) ran
+# on. Datasheet figures as above: boost clock, dense tensor rates (the sparse figures
+# datasheets print beside them are twice these). Rates NVIDIA does not print are derived
+# from the architecture whitepaper's per-SM rates: FP16 on CUDA cores is 2x FP32 on
+# sm_60/7.x, 1/64 of FP32 on sm_61 (GTX 10xx), equal to FP32 on GA10x/AD10x; FP64 is
+# 1/32 of FP32 on GP10x/TU10x GeForce and 1/64 on GA10x/AD10x. GeForce tensor cores
+# (Turing, Ampere, Ada) run FP16/BF16 with FP32 accumulate at half their FP16-accumulate
+# rate: fp16_tensor/bf16_tensor below are the FP32-accumulate figures, which cuBLAS and
+# cuDNN (PyTorch's default) use; data-centre parts (T4, A10, A40, L4, L40S) run both at
+# full rate. copy_engines is the asyncEngineCount deviceQuery reports on the family: 2 on
+# Pascal and on GeForce Ampere/Ada, 3 on Turing, GA100 and GH100 (as the T4, A100 and
+# H100 presets above); A10, A30, A40, L4 and L40S take their family's value, unconfirmed.
+PRESETS.update(
+    (s.name, s)
+    for s in (
+        GPUSpec(
+            # NVIDIA Tesla P100 datasheet (P100 for NVLink-optimized servers); Pascal
+            # GP100 whitepaper: 56 SMs, 1480 MHz boost, 4 MB L2, FP16 = 2x FP32
+            name="p100-sxm2",
+            sm_count=56,
+            clock_mhz=1480,
+            **_cc("6.0"),
+            peak_tflops={"fp64": 5.3, "fp32": 10.6, "fp16": 21.2},
+            dram_gbps=732,
+            memory_gb=16,
+            l2_mb=4,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA Tesla P100 datasheet (P100 for PCIe-based servers, 16 GB); Pascal
+            # GP100 whitepaper: 56 SMs, 1303 MHz boost
+            name="p100-pcie-16gb",
+            sm_count=56,
+            clock_mhz=1303,
+            **_cc("6.0"),
+            peak_tflops={"fp64": 4.7, "fp32": 9.3, "fp16": 18.7},
+            dram_gbps=732,
+            memory_gb=16,
+            l2_mb=4,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA GeForce GTX 1060 6GB specifications (1280 CUDA cores, 1708 MHz boost,
+            # 8 Gbps GDDR5 on 192 bits); Pascal GP104 (GTX 1080) whitepaper for the
+            # sm_61 rates (FP16 1/64, FP64 1/32 of FP32); GP106: 10 SMs, 1.5 MB L2
+            name="gtx1060-6gb",
+            sm_count=10,
+            clock_mhz=1708,
+            **_cc("6.1"),
+            peak_tflops={"fp64": 0.137, "fp32": 4.37, "fp16": 0.068},
+            dram_gbps=192,
+            memory_gb=6,
+            l2_mb=1.5,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA GeForce GTX 1080 Ti specifications (3584 CUDA cores, 1582 MHz boost,
+            # 11 Gbps GDDR5X on 352 bits, 484 GB/s); Pascal GP104 whitepaper for the sm_61
+            # rates; GP102 with 28 SMs and 2.75 MB L2
+            name="gtx1080ti",
+            sm_count=28,
+            clock_mhz=1582,
+            **_cc("6.1"),
+            peak_tflops={"fp64": 0.354, "fp32": 11.34, "fp16": 0.177},
+            dram_gbps=484,
+            memory_gb=11,
+            l2_mb=2.75,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA TITAN Xp specifications (3840 CUDA cores, 1582 MHz boost, 11.4 Gbps
+            # GDDR5X on 384 bits, 547.7 GB/s); full GP102: 30 SMs, 3 MB L2; sm_61 rates
+            name="titanxp",
+            sm_count=30,
+            clock_mhz=1582,
+            **_cc("6.1"),
+            peak_tflops={"fp64": 0.380, "fp32": 12.15, "fp16": 0.190},
+            dram_gbps=547.7,
+            memory_gb=12,
+            l2_mb=3,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA Turing architecture whitepaper, RTX 2080 reference (Founders
+            # Edition: 1800 MHz, 5% higher rates): 46 SMs, 1710 MHz boost, 4 MB L2,
+            # 14 Gbps GDDR6 on 256 bits; FP16 tensor 80.5 with FP16 accumulate, 40.3
+            # with FP32 accumulate (GeForce half rate); INT8 161.1 TOPS
+            name="rtx2080",
+            sm_count=46,
+            clock_mhz=1710,
+            **_cc("7.5"),
+            peak_tflops={
+                "fp64": 0.31,
+                "fp32": 10.07,
+                "fp16": 20.1,
+                "fp16_tensor": 40.3,
+                "int8_tensor": 161.1,
+            },
+            dram_gbps=448,
+            memory_gb=8,
+            l2_mb=4,
+            copy_engines=3,
+        ),
+        GPUSpec(
+            # NVIDIA GeForce RTX 2080 SUPER specifications (3072 CUDA cores, 1815 MHz
+            # boost, 15.5 Gbps GDDR6 on 256 bits, 496 GB/s); TU104 with 48 SMs, 4 MB L2;
+            # tensor rates from the Turing whitepaper's per-SM rates (FP32 accumulate at
+            # half rate on GeForce)
+            name="rtx2080super",
+            sm_count=48,
+            clock_mhz=1815,
+            **_cc("7.5"),
+            peak_tflops={
+                "fp64": 0.35,
+                "fp32": 11.15,
+                "fp16": 22.3,
+                "fp16_tensor": 44.6,
+                "int8_tensor": 178.4,
+            },
+            dram_gbps=496,
+            memory_gb=8,
+            l2_mb=4,
+            copy_engines=3,
+        ),
+        GPUSpec(
+            # NVIDIA Turing architecture whitepaper, RTX 2080 Ti reference (Founders
+            # Edition: 1635 MHz, 6% higher rates): 68 SMs, 1545 MHz boost, 5.5 MB L2,
+            # 14 Gbps GDDR6 on 352 bits; FP16 tensor 107.6 with FP16 accumulate, 53.8
+            # with FP32 accumulate; INT8 215.2 TOPS
+            name="rtx2080ti",
+            sm_count=68,
+            clock_mhz=1545,
+            **_cc("7.5"),
+            peak_tflops={
+                "fp64": 0.42,
+                "fp32": 13.45,
+                "fp16": 26.9,
+                "fp16_tensor": 53.8,
+                "int8_tensor": 215.2,
+            },
+            dram_gbps=616,
+            memory_gb=11,
+            l2_mb=5.5,
+            copy_engines=3,
+        ),
+        GPUSpec(
+            # NVIDIA Ampere GA102 GPU architecture whitepaper, RTX 3090: 82 SMs, 1695 MHz
+            # boost, 6 MB L2, 19.5 Gbps GDDR6X on 384 bits; FP16/BF16 tensor 71 with FP32
+            # accumulate (142 with FP16 accumulate), TF32 35.6, INT8 284 TOPS
+            name="rtx3090",
+            sm_count=82,
+            clock_mhz=1695,
+            **_cc("8.6"),
+            peak_tflops={
+                "fp64": 0.56,
+                "fp32": 35.6,
+                "fp16": 35.6,
+                "tf32_tensor": 35.6,
+                "fp16_tensor": 71.0,
+                "bf16_tensor": 71.0,
+                "int8_tensor": 284.0,
+            },
+            dram_gbps=936,
+            memory_gb=24,
+            l2_mb=6,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA Ada GPU architecture whitepaper, RTX 4090: 128 SMs, 2520 MHz boost,
+            # 72 MB L2, 21 Gbps GDDR6X on 384 bits; FP16/BF16 tensor 165.2 with FP32
+            # accumulate (330.3 with FP16 accumulate), TF32 82.6, INT8 660.6 TOPS
+            name="rtx4090",
+            sm_count=128,
+            clock_mhz=2520,
+            **_cc("8.9"),
+            peak_tflops={
+                "fp64": 1.29,
+                "fp32": 82.6,
+                "fp16": 82.6,
+                "tf32_tensor": 82.6,
+                "fp16_tensor": 165.2,
+                "bf16_tensor": 165.2,
+                "int8_tensor": 660.6,
+            },
+            dram_gbps=1008,
+            memory_gb=24,
+            l2_mb=72,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA A10 Tensor Core GPU datasheet; GA102 whitepaper: 72 SMs, 1695 MHz
+            # boost, 6 MB L2. copy_engines assumed as GeForce GA102 (no report known)
+            name="a10",
+            sm_count=72,
+            clock_mhz=1695,
+            **_cc("8.6"),
+            peak_tflops={
+                "fp64": 0.49,
+                "fp32": 31.2,
+                "fp16": 31.2,
+                "tf32_tensor": 62.5,
+                "fp16_tensor": 125.0,
+                "bf16_tensor": 125.0,
+                "int8_tensor": 250.0,
+            },
+            dram_gbps=600,
+            memory_gb=24,
+            l2_mb=6,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA A30 Tensor Core GPU datasheet; NVIDIA A100 Tensor Core GPU
+            # architecture whitepaper for GA100's CUDA-core FP16 (4x) and BF16 (2x FP32):
+            # 56 SMs, 1440 MHz boost, 24 MB L2. copy_engines assumed as A100 (same die)
+            name="a30",
+            sm_count=56,
+            clock_mhz=1440,
+            **_cc("8.0"),
+            peak_tflops={
+                "fp64": 5.2,
+                "fp32": 10.3,
+                "fp16": 41.3,
+                "bf16": 20.6,
+                "tf32_tensor": 82.0,
+                "fp16_tensor": 165.0,
+                "bf16_tensor": 165.0,
+                "int8_tensor": 330.0,
+            },
+            dram_gbps=933,
+            memory_gb=24,
+            l2_mb=24,
+            copy_engines=3,
+        ),
+        GPUSpec(
+            # NVIDIA A40 datasheet; GA102 whitepaper: 84 SMs, 1740 MHz boost, 6 MB L2.
+            # copy_engines assumed as GeForce GA102 (no report known)
+            name="a40",
+            sm_count=84,
+            clock_mhz=1740,
+            **_cc("8.6"),
+            peak_tflops={
+                "fp64": 0.58,
+                "fp32": 37.4,
+                "fp16": 37.4,
+                "tf32_tensor": 74.8,
+                "fp16_tensor": 149.7,
+                "bf16_tensor": 149.7,
+                "int8_tensor": 299.3,
+            },
+            dram_gbps=696,
+            memory_gb=48,
+            l2_mb=6,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA L4 Tensor Core GPU datasheet (tensor figures there are with sparsity:
+            # halved here); Ada whitepaper: AD104 with 58 SMs, 2040 MHz boost, 48 MB L2.
+            # copy_engines assumed as GeForce Ada (no report known)
+            name="l4",
+            sm_count=58,
+            clock_mhz=2040,
+            **_cc("8.9"),
+            peak_tflops={
+                "fp64": 0.47,
+                "fp32": 30.3,
+                "fp16": 30.3,
+                "tf32_tensor": 60.0,
+                "fp16_tensor": 121.0,
+                "bf16_tensor": 121.0,
+                "int8_tensor": 242.5,
+            },
+            dram_gbps=300,
+            memory_gb=24,
+            l2_mb=48,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA L40S GPU datasheet; Ada whitepaper: AD102 with 142 SMs, 2520 MHz
+            # boost, 96 MB L2. copy_engines assumed as GeForce Ada (no report known)
+            name="l40s",
+            sm_count=142,
+            clock_mhz=2520,
+            **_cc("8.9"),
+            peak_tflops={
+                "fp64": 1.43,
+                "fp32": 91.6,
+                "fp16": 91.6,
+                "tf32_tensor": 183.0,
+                "fp16_tensor": 362.05,
+                "bf16_tensor": 362.05,
+                "int8_tensor": 733.0,
+            },
+            dram_gbps=864,
+            memory_gb=48,
+            l2_mb=96,
+            copy_engines=2,
+        ),
+        GPUSpec(
+            # NVIDIA H100 Tensor Core GPU datasheet and Hopper architecture whitepaper,
+            # H100 PCIe: 114 SMs, 1755 MHz boost, 50 MB L2, 80 GB HBM2e at 2 TB/s. As for
+            # the SXM part, NVIDIA's tensor rates assume a lower clock than the boost
+            name="h100-pcie",
+            sm_count=114,
+            clock_mhz=1755,
+            **_cc("9.0"),
+            peak_tflops={
+                "fp64": 25.6,
+                "fp32": 51.2,
+                "fp16": 102.4,
+                "bf16": 102.4,
+                "tf32_tensor": 378.0,
+                "fp16_tensor": 756.0,
+                "bf16_tensor": 756.0,
+                "int8_tensor": 1513.0,
+            },
+            dram_gbps=2000,
+            memory_gb=80,
+            l2_mb=50,
+            copy_engines=3,
+        ),
+    )
+)
+# NVIDIA A100 datasheet: the PCIe 40 GB card has the SXM4 part's SMs, clock, peak rates
+# and 1,555 GB/s (its 250 W limit lowers sustained clocks, not the datasheet)
+PRESETS["a100-pcie-40gb"] = dataclasses.replace(PRESETS["a100-sxm4-40gb"], name="a100-pcie-40gb")
+
 ALIASES: dict[str, str] = {
     "v100": "v100-sxm2",
     "a100": "a100-sxm4-40gb",
@@ -322,6 +680,32 @@ ALIASES: dict[str, str] = {
     "h200": "h200-sxm",
     "rtx-3080": "rtx3080",
     "3080": "rtx3080",
+    "p100": "p100-sxm2",
+    "p100-pcie": "p100-pcie-16gb",
+    "p100-16gb": "p100-pcie-16gb",
+    "gtx-1060": "gtx1060-6gb",
+    "gtx1060": "gtx1060-6gb",
+    "1060": "gtx1060-6gb",
+    "gtx-1080ti": "gtx1080ti",
+    "1080ti": "gtx1080ti",
+    "1080-ti": "gtx1080ti",
+    "titan-xp": "titanxp",
+    "rtx-2080": "rtx2080",
+    "2080": "rtx2080",
+    "rtx-2080-super": "rtx2080super",
+    "rtx2080s": "rtx2080super",
+    "2080super": "rtx2080super",
+    "2080-super": "rtx2080super",
+    "2080s": "rtx2080super",
+    "rtx-2080ti": "rtx2080ti",
+    "2080ti": "rtx2080ti",
+    "2080-ti": "rtx2080ti",
+    "rtx-3090": "rtx3090",
+    "3090": "rtx3090",
+    "rtx-4090": "rtx4090",
+    "4090": "rtx4090",
+    "a100-pcie": "a100-pcie-40gb",
+    "h100-pcie-80gb": "h100-pcie",
 }
 
 

@@ -6,14 +6,21 @@ calibration or override file with a typo must fail loudly, naming the file.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+import simgpu.hardware
+from schedulers.base import run_scheduler
+from simgpu.costs import library_costs
 from simgpu.errors import FormatError, SpecError
 from simgpu.hardware import ALIASES, KB, PRESETS, GPUSpec, Machine, gpu_from_json, load_gpu, preset
+from simgpu.kernels import lower_graph
+from simgpu.models import build_model
 
 DATASHEET = {
     # name: (SMs, DRAM GB/s)
@@ -25,7 +32,48 @@ DATASHEET = {
     "t4": (40, 320),
     "rtx3080": (68, 760),
     "k80": (13, 240),
+    "p100-sxm2": (56, 732),
+    "p100-pcie-16gb": (56, 732),
+    "gtx1060-6gb": (10, 192),
+    "gtx1080ti": (28, 484),
+    "titanxp": (30, 547.7),
+    "rtx2080": (46, 448),
+    "rtx2080super": (48, 496),
+    "rtx2080ti": (68, 616),
+    "rtx3090": (82, 936),
+    "rtx4090": (128, 1008),
+    "a10": (72, 600),
+    "a30": (56, 933),
+    "a40": (84, 696),
+    "l4": (58, 300),
+    "l40s": (142, 864),
+    "a100-pcie-40gb": (108, 1555),
+    "h100-pcie": (114, 2000),
 }
+
+# Per-SM limits by compute capability, from the CUDA C++ Programming Guide's table of
+# technical specifications (written out here again, not imported, so a typo in either
+# copy fails): threads, blocks, registers, shared memory per SM and per block (opt-in
+# maximum), shared memory CUDA reserves per block.
+CUDA_OCCUPANCY = {
+    "3.7": (2048, 16, 128 * 1024, 112 * KB, 48 * KB, 0),
+    "6.0": (2048, 32, 64 * 1024, 64 * KB, 48 * KB, 0),
+    "6.1": (2048, 32, 64 * 1024, 96 * KB, 48 * KB, 0),
+    "7.0": (2048, 32, 64 * 1024, 96 * KB, 96 * KB, 0),
+    "7.5": (1024, 16, 64 * 1024, 64 * KB, 64 * KB, 0),
+    "8.0": (2048, 32, 64 * 1024, 164 * KB, 163 * KB, KB),
+    "8.6": (1536, 16, 64 * 1024, 100 * KB, 99 * KB, KB),
+    "8.9": (1536, 24, 64 * 1024, 100 * KB, 99 * KB, KB),
+    "9.0": (2048, 32, 64 * 1024, 228 * KB, 227 * KB, KB),
+}
+# FP32 lanes per SM (architecture whitepapers): peak fp32 = SMs x lanes x 2 x boost clock
+FP32_LANES = {"3.7": 192, "6.0": 64, "6.1": 128, "7.0": 64, "7.5": 64, "8.0": 64,
+              "8.6": 128, "8.9": 128, "9.0": 128}  # fmt: skip
+# Dense FP16 tensor FLOP per SM per clock with full-rate accumulate (whitepapers): a
+# sparse figure is twice this, and GeForce parts' FP32-accumulate rate half of it
+DENSE_FP16_TENSOR_PER_SM_CLOCK = {"7.0": 1024, "7.5": 1024, "8.0": 2048, "8.6": 1024,
+                                  "8.9": 1024, "9.0": 4096}  # fmt: skip
+GEFORCE = ("gtx", "rtx", "titan")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -39,6 +87,78 @@ def test_every_preset_constructs_and_is_self_consistent(name: str) -> None:
     assert g.max_warps_per_sm * g.warp_size == g.max_threads_per_sm
     # rebuilding from its own fields passes validation
     assert GPUSpec(**g.to_json()) == g
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_has_consistent_limits_and_rates(name: str) -> None:
+    g = PRESETS[name]
+    for f in ("sm_count", "clock_mhz", "max_threads_per_sm", "max_blocks_per_sm",
+              "regs_per_sm", "smem_per_sm", "max_smem_per_block", "max_threads_per_block",
+              "dram_gbps", "memory_gb", "l2_mb", "copy_engines"):  # fmt: skip
+        assert getattr(g, f) > 0, f
+    assert g.max_smem_per_block <= g.smem_per_sm
+    assert g.max_threads_per_block <= g.max_threads_per_sm
+    assert g.max_threads_per_sm % g.warp_size == 0
+    assert g.regs_per_sm >= g.max_threads_per_block * 32  # a full block at 32 regs fits
+    assert all(v > 0 for v in g.peak_tflops.values())
+    known = {"fp64", "fp32", "fp16", "bf16", "tf32_tensor", "fp16_tensor", "bf16_tensor",
+             "int8_tensor"}  # fmt: skip
+    assert set(g.peak_tflops) <= known
+    cc = tuple(int(x) for x in g.compute_capability.split("."))
+    rates = g.peak_tflops
+    if cc >= (6, 0):
+        assert "fp16" in rates, "every GPU since Pascal computes FP16"
+    if cc == (6, 1):
+        assert rates["fp16"] < rates["fp32"] / 32, "sm_61 runs FP16 at 1/64 rate"
+    if cc == (6, 0) or cc[0] == 7:
+        assert rates["fp16"] == pytest.approx(2 * rates["fp32"], rel=0.02)
+    assert ("fp16_tensor" in rates) == (cc >= (7, 0)), "tensor cores from Volta on"
+    if cc >= (8, 0):
+        assert {"tf32_tensor", "bf16_tensor"} <= set(rates), "Ampere adds TF32 and BF16"
+    else:
+        assert not {"tf32_tensor", "bf16_tensor", "bf16"} & set(rates)
+    if "int8_tensor" in rates:
+        assert cc >= (7, 2)
+    for key in ("tf32_tensor", "fp16_tensor", "bf16_tensor", "int8_tensor"):
+        if key in rates:
+            assert rates[key] >= rates["fp32"], key
+    if "int8_tensor" in rates:
+        assert rates["int8_tensor"] >= rates["fp16_tensor"]
+    if "fp64" in rates:
+        assert rates["fp64"] <= rates["fp32"]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_per_sm_limits_follow_the_cuda_occupancy_table(name: str) -> None:
+    g = PRESETS[name]
+    assert g.compute_capability in CUDA_OCCUPANCY, g.compute_capability
+    got = (g.max_threads_per_sm, g.max_blocks_per_sm, g.regs_per_sm, g.smem_per_sm,
+           g.max_smem_per_block, g.smem_reserved_per_block)  # fmt: skip
+    assert got == CUDA_OCCUPANCY[g.compute_capability]
+    assert (g.max_threads_per_block, g.max_regs_per_thread, g.warp_size) == (1024, 255, 32)
+    # the table in hardware.py that the newer presets take their limits from agrees too
+    table = simgpu.hardware._SM_LIMITS[g.compute_capability]
+    assert tuple(table.values()) == CUDA_OCCUPANCY[g.compute_capability]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_peak_rates_agree_with_sms_and_clock(name: str) -> None:
+    """Catches a typo in a datasheet figure, and a sparse tensor rate taken for dense."""
+    g = PRESETS[name]
+    sm_ghz = g.sm_count * g.clock_mhz * 1e-3
+    fp32 = sm_ghz * FP32_LANES[g.compute_capability] * 2 / 1e3
+    assert g.peak_tflops["fp32"] == pytest.approx(fp32, rel=0.02)
+    if "fp16_tensor" in g.peak_tflops:
+        dense = sm_ghz * DENSE_FP16_TENSOR_PER_SM_CLOCK[g.compute_capability] / 1e3
+        fp16 = g.peak_tflops["fp16_tensor"]
+        # NVIDIA quotes Hopper's tensor rates at a clock below the boost clock
+        assert fp16 <= dense * 1.01
+        if name.startswith(GEFORCE):  # FP32 accumulate: half rate on GeForce
+            assert fp16 == pytest.approx(dense / 2, rel=0.02)
+        elif not g.compute_capability.startswith("9."):
+            assert fp16 == pytest.approx(dense, rel=0.02)
+        else:
+            assert fp16 >= dense * 0.9
 
 
 @pytest.mark.parametrize(("name", "figures"), sorted(DATASHEET.items()))
@@ -55,6 +175,21 @@ def test_ampere_and_later_reserve_shared_memory_per_block() -> None:
         assert preset(name).smem_reserved_per_block == 1 * KB, name
     for name in ("v100-sxm2", "t4", "k80"):
         assert preset(name).smem_reserved_per_block == 0, name
+    for g in PRESETS.values():
+        sm80 = tuple(map(int, g.compute_capability.split("."))) >= (8, 0)
+        assert g.smem_reserved_per_block == (1 * KB if sm80 else 0), g.name
+
+
+def test_all_datasheet_presets_exist() -> None:
+    assert set(DATASHEET) == set(PRESETS)
+
+
+def test_variants_share_their_silicon() -> None:
+    a, b = preset("a100-sxm4-40gb"), preset("a100-pcie-40gb")
+    assert a.replace(name=b.name) == b
+    p, q = preset("p100-sxm2"), preset("p100-pcie-16gb")
+    assert (p.sm_count, p.dram_gbps) == (q.sm_count, q.dram_gbps)
+    assert q.peak_tflops["fp32"] < p.peak_tflops["fp32"]  # lower PCIe boost clock
 
 
 @pytest.mark.parametrize(
@@ -70,6 +205,27 @@ def test_ampere_and_later_reserve_shared_memory_per_block() -> None:
         ("3080", "rtx3080"),
         ("V100", "v100-sxm2"),
         ("  H100-SXM ", "h100-sxm"),
+        ("p100", "p100-sxm2"),
+        ("p100-pcie", "p100-pcie-16gb"),
+        ("1060", "gtx1060-6gb"),
+        ("gtx1060", "gtx1060-6gb"),
+        ("1080ti", "gtx1080ti"),
+        ("titanxp", "titanxp"),
+        ("Titan-Xp", "titanxp"),
+        ("2080", "rtx2080"),
+        ("2080s", "rtx2080super"),
+        ("2080super", "rtx2080super"),
+        ("2080ti", "rtx2080ti"),
+        ("RTX-2080Ti", "rtx2080ti"),
+        ("3090", "rtx3090"),
+        ("4090", "rtx4090"),
+        ("a10", "a10"),
+        ("a30", "a30"),
+        ("a40", "a40"),
+        ("l4", "l4"),
+        ("L40S", "l40s"),
+        ("a100-pcie", "a100-pcie-40gb"),
+        ("h100-pcie", "h100-pcie"),
     ],
 )
 def test_aliases(alias: str, name: str) -> None:
@@ -79,11 +235,33 @@ def test_aliases(alias: str, name: str) -> None:
 
 def test_every_alias_points_at_a_preset() -> None:
     assert set(ALIASES.values()) <= set(PRESETS)
+    for alias, name in ALIASES.items():
+        assert preset(alias) is PRESETS[name]
+
+
+def test_aliases_are_unique_and_shadow_no_preset() -> None:
+    # a dict literal keeps the last of two equal keys silently: read the source
+    tree = ast.parse(inspect.getsource(simgpu.hardware))
+    (literal,) = (
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and node.target.id == "ALIASES"
+    )
+    assert isinstance(literal, ast.Dict)
+    keys = [ast.literal_eval(k) for k in literal.keys if k is not None]
+    assert len(keys) == len(set(keys)) == len(ALIASES)
+    # preset() looks aliases up first: one named like a preset would hide it
+    assert not set(ALIASES) & set(PRESETS)
+    # preset() strips and lower-cases what it is given: anything else never matches
+    for key in [*ALIASES, *PRESETS]:
+        assert key == key.strip().lower() and " " not in key, key
 
 
 def test_unknown_preset_lists_the_known_ones() -> None:
-    with pytest.raises(SpecError, match=r"unknown GPU 'p100'.*v100-sxm2"):
-        preset("p100")
+    with pytest.raises(SpecError, match=r"unknown GPU 'nosuch-gpu'.*v100-sxm2"):
+        preset("nosuch-gpu")
 
 
 # --- JSON files -----------------------------------------------------------------------
@@ -156,7 +334,7 @@ def test_minimal_full_definition_uses_defaults(tmp_path: Path) -> None:
         ({"base": "v100", "peak_tflops": {}}, "peak_tflops"),
         ({"base": "v100", "kernel_table": [1, 2]}, "kernel_table must be an object"),
         ({"base": "v100", "max_smem_per_block": 200 * KB}, "max_smem_per_block exceeds"),
-        ({"base": "p100"}, "unknown GPU 'p100'"),
+        ({"base": "nosuch-gpu"}, "unknown GPU 'nosuch-gpu'"),
         ({"name": "x", "sm_count": 8}, "lacks"),
         ([1, 2, 3], "must be a JSON object"),
         ("v100", "must be a JSON object"),
@@ -287,3 +465,27 @@ def test_machine() -> None:
     assert m.gpu is v and m.devices == (v,) and m.name == v.name
     with pytest.raises(SpecError, match="no GPU"):
         Machine("empty", ())
+
+
+# --- every preset runs a model --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def squeezenet():
+    return build_model("squeezenet1_1")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_lowers_and_simulates_a_model(name: str, squeezenet) -> None:
+    g = PRESETS[name]
+    assert library_costs(g).units  # the nearest measured architecture's fit
+    kernels = lower_graph(squeezenet, g)
+    assert set(kernels) == set(squeezenet.ops)
+    n = sum(len(ks) for ks in kernels.values())
+    assert n > 0
+    for ks in kernels.values():
+        for k in ks:
+            assert 1 <= k.occupancy.blocks <= g.max_blocks_per_sm
+    tl = run_scheduler("sequential", squeezenet, Machine.single(g), runtime="cudnn").timeline
+    assert math.isfinite(tl.makespan_us) and tl.makespan_us > 0
+    assert len(tl.kernels) == n
