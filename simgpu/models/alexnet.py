@@ -15,7 +15,7 @@ from __future__ import annotations
 from simgpu.graph import OpGraph
 from simgpu.models import register_model
 from simgpu.models.builder import GraphBuilder
-from simgpu.models.vgg import adaptive_avg_pool, conv_bias
+from simgpu.models.vgg import adaptive_avg_pool
 
 
 def alexnet(
@@ -24,13 +24,13 @@ def alexnet(
     """AlexNet for ``batch`` images of ``image_size``² pixels (logits, no softmax)."""
     b = GraphBuilder("alexnet", dtype)
     x = b.input((batch, 3, image_size, image_size))
-    x = conv_bias(b, x, 64, 11, "features.0", stride=4, padding=2)
+    x = b.conv_bias(x, 64, 11, "features.0", stride=4, padding=2)
     x = b.pool(x, "max", 3, 2, name="features.2")
-    x = conv_bias(b, x, 192, 5, "features.3", padding=2)
+    x = b.conv_bias(x, 192, 5, "features.3", padding=2)
     x = b.pool(x, "max", 3, 2, name="features.5")
-    x = conv_bias(b, x, 384, 3, "features.6", padding=1)
-    x = conv_bias(b, x, 256, 3, "features.8", padding=1)
-    x = conv_bias(b, x, 256, 3, "features.10", padding=1)
+    x = b.conv_bias(x, 384, 3, "features.6", padding=1)
+    x = b.conv_bias(x, 256, 3, "features.8", padding=1)
+    x = b.conv_bias(x, 256, 3, "features.10", padding=1)
     x = b.pool(x, "max", 3, 2, name="features.12")
     x = adaptive_avg_pool(b, x, 6, "avgpool")
     x = b.flatten(x, name="flatten")

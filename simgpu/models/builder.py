@@ -128,6 +128,26 @@ class GraphBuilder:
             activation=act,
         )
 
+    def conv_bias(
+        self, x: str, out: int, kernel: int, name: str, stride: int = 1, padding: int = 0
+    ) -> str:
+        """A plain Conv2d with bias and a fused ReLU: networks without BatchNorm to fold
+        (SqueezeNet, VGG, AlexNet)."""
+        return self.op(
+            "conv",
+            [x],
+            name,
+            kernel=(kernel, kernel),
+            stride=(stride, stride),
+            padding=(padding, padding),
+            dilation=(1, 1),
+            groups=1,
+            out_channels=out,
+            bias=True,
+            folded_bn=False,
+            activation="relu",
+        )
+
     def pool(
         self,
         x: str,

@@ -43,30 +43,10 @@ _FIRES_1_1: tuple[tuple[int, int, int] | str, ...] = (
 )
 
 
-def _conv_bias(
-    b: GraphBuilder, x: str, out: int, kernel: int, name: str, stride: int = 1, padding: int = 0
-) -> str:
-    """A plain Conv2d with bias and a fused ReLU (SqueezeNet has no BatchNorm to fold)."""
-    return b.op(
-        "conv",
-        [x],
-        name,
-        kernel=(kernel, kernel),
-        stride=(stride, stride),
-        padding=(padding, padding),
-        dilation=(1, 1),
-        groups=1,
-        out_channels=out,
-        bias=True,
-        folded_bn=False,
-        activation="relu",
-    )
-
-
 def _fire(b: GraphBuilder, x: str, squeeze: int, e1: int, e3: int) -> str:
-    s = _conv_bias(b, x, squeeze, 1, "squeeze")
-    a = _conv_bias(b, s, e1, 1, "expand1x1")
-    c = _conv_bias(b, s, e3, 3, "expand3x3", padding=1)
+    s = b.conv_bias(x, squeeze, 1, "squeeze")
+    a = b.conv_bias(s, e1, 1, "expand1x1")
+    c = b.conv_bias(s, e3, 3, "expand3x3", padding=1)
     return b.concat([a, c], name="concat")
 
 
@@ -74,10 +54,10 @@ def _squeezenet(version: str, batch: int, image_size: int, dtype: str, num_class
     b = GraphBuilder(f"squeezenet{version}", dtype)
     x = b.input((batch, 3, image_size, image_size))
     if version == "1_0":
-        x = _conv_bias(b, x, 96, 7, "features.0", stride=2)
+        x = b.conv_bias(x, 96, 7, "features.0", stride=2)
         fires = _FIRES_1_0
     else:
-        x = _conv_bias(b, x, 64, 3, "features.0", stride=2)
+        x = b.conv_bias(x, 64, 3, "features.0", stride=2)
         fires = _FIRES_1_1
     # features.1 is the stem's ReLU (fused into features.0), features.2 the first pool
     x = b.pool(x, "max", 3, 2, ceil_mode=True, name="features.2")
@@ -88,7 +68,7 @@ def _squeezenet(version: str, batch: int, image_size: int, dtype: str, num_class
             assert not isinstance(spec, str)
             with b.scope(f"features.{i}"):
                 x = _fire(b, x, *spec)
-    x = _conv_bias(b, x, num_classes, 1, "classifier.1")  # ReLU (classifier.2) fused
+    x = b.conv_bias(x, num_classes, 1, "classifier.1")  # ReLU (classifier.2) fused
     x = b.global_pool(x, name="classifier.3")
     b.flatten(x, name="flatten")
     return b.build()

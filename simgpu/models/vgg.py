@@ -31,26 +31,6 @@ VGG16_CFG: tuple[int | str, ...] = (
 )
 
 
-def conv_bias(
-    b: GraphBuilder, x: str, out: int, kernel: int, name: str, stride: int = 1, padding: int = 0
-) -> str:
-    """A plain Conv2d with bias and a fused ReLU (no BatchNorm to fold)."""
-    return b.op(
-        "conv",
-        [x],
-        name,
-        kernel=(kernel, kernel),
-        stride=(stride, stride),
-        padding=(padding, padding),
-        dilation=(1, 1),
-        groups=1,
-        out_channels=out,
-        bias=True,
-        folded_bn=False,
-        activation="relu",
-    )
-
-
 def adaptive_avg_pool(b: GraphBuilder, x: str, out: int, name: str) -> str:
     """``AdaptiveAvgPool2d((out, out))`` as a fixed average pool (see the module doc)."""
     size = b.shape(x)[-1]
@@ -75,7 +55,7 @@ def _vgg(
             i += 1
         else:
             assert isinstance(v, int)
-            x = conv_bias(b, x, v, 3, f"features.{i}", padding=1)  # ReLU features.{i+1}
+            x = b.conv_bias(x, v, 3, f"features.{i}", padding=1)  # ReLU features.{i+1}
             i += 2
     x = adaptive_avg_pool(b, x, 7, "avgpool")
     x = b.flatten(x, name="flatten")
