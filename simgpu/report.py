@@ -10,6 +10,7 @@ combination gives exactly the timeline the sweep measured.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import math
 from collections import defaultdict
@@ -55,12 +56,25 @@ class Result:
 
     @property
     def variant(self) -> str:
-        """The scheduler with its options, e.g. ``ios[r=1;s=3]``."""
+        """The scheduler with its options, e.g. ``ios[r=1;s=3]``, and the runtime it ran
+        under where that is not its own (``ios@tensorrt``)."""
         c = self.combo
-        return f"{c.scheduler}[{c.options_text}]" if c.options else c.scheduler
+        name = f"{c.scheduler}[{c.options_text}]" if c.options else c.scheduler
+        return f"{name}@{c.runtime}" if c.runtime and c.runtime != _own_runtime(c) else name
 
     def get(self, column: str) -> Any:
         return self.values.get(column)
+
+
+@functools.lru_cache(maxsize=256)
+def _own_runtime(c: Combo) -> str:
+    """The runtime a scheduler variant runs under by default ('' if it cannot be made)."""
+    from schedulers.base import SchedulerError, make_scheduler, runtime_of
+
+    try:
+        return runtime_of(make_scheduler(c.scheduler, dict(c.options))).name
+    except SchedulerError:
+        return ""
 
 
 def load_results(path: str | Path) -> list[Result]:
@@ -80,6 +94,7 @@ def load_results(path: str | Path) -> list[Result]:
                 row["machine"],
                 row["scheduler"],
                 opts,  # type: ignore[arg-type]
+                row.get("runtime", ""),
             )
         except (ValueError, TypeError):
             raise ReportError(f"{path}: line {n}: a number column does not hold a number") from None
@@ -323,8 +338,8 @@ def resimulate(result: Result, scheduler: str | None = None) -> Any:
     graph = build_model(c.model, c.batch, c.image_size, c.dtype)
     machine = machine_for(c.gpu, c.machine)
     if scheduler is not None:
-        return run_scheduler(scheduler, graph, machine)
-    return run_scheduler(c.scheduler, graph, machine, dict(c.options))
+        return run_scheduler(scheduler, graph, machine, runtime=c.runtime or None)
+    return run_scheduler(c.scheduler, graph, machine, dict(c.options), c.runtime or None)
 
 
 def plot_winner_gantt(winner: Result, path: Path) -> None:

@@ -341,3 +341,27 @@ def test_the_v100_trace_gives_the_committed_per_op_costs() -> None:
     assert th.to_json()["op_us"] == doc["kineto"]["op_us"]
     assert 5.0 < th.python_us < 12.0 and 4.0 < th.launch_us < 7.0
     assert th.samples["conv"] == 265  # 53 convs x 5 iterations
+
+
+def test_a_sweep_over_runtimes_reports_each_variant_and_resimulates(tmp_path: Path) -> None:
+    from simgpu.report import load_results, resimulate
+    from simgpu.sweep import Grid, run_sweep
+
+    grid = Grid(models=["squeezenet1_1"], image_sizes=[64], gpus=["v100"],
+                schedulers=["sequential", "ios"], runtimes=["cudnn", "tensorrt"])  # fmt: skip
+    res = run_sweep(grid, tmp_path / "r.csv", workers=1, progress=False)
+    assert res.total == res.ran == 4 and res.failed == 0
+    rows = load_results(tmp_path / "r.csv")
+    assert {r.variant for r in rows} == {"sequential@cudnn", "sequential@tensorrt", "ios",
+                                         "ios@tensorrt"}  # fmt: skip
+    for r in rows:
+        assert resimulate(r).latency_ms == r.get("latency_ms")
+        seq = next(s for s in rows if s.combo.scheduler == "sequential" and
+                   s.combo.runtime == r.combo.runtime)  # fmt: skip
+        assert r.get("sequential_ms") == seq.get("latency_ms")
+
+
+def test_an_unknown_runtime_in_a_sweep_is_a_clear_error(capsys) -> None:
+    line = run_error(capsys, "sweep", "--model", "squeezenet1_1", "--runtime", "xla", "-o",
+                     "/dev/null")  # fmt: skip
+    assert "unknown runtime 'xla'" in line
