@@ -32,24 +32,46 @@ FP32_LANES_PER_SM = {
 }  # fmt: skip
 
 # name fragments -> preset, most specific first (A100 80 GB is told apart by memory)
-_NAME_PRESETS = (
-    ("H200", "h200-sxm"),
-    ("H100", "h100-sxm"),
-    ("A100", "a100-sxm4-40gb"),
-    ("V100", "v100-sxm2"),
-    ("T4", "t4"),
-    ("3080", "rtx3080"),
-    ("K80", "k80"),
+# words a device name must hold -> its preset; the most specific first (an "H100 PCIe"
+# is not an H100 SXM, a "2080 SUPER" not a 2080)
+_NAME_PRESETS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("H200",), "h200-sxm"),
+    (("H100", "PCIE"), "h100-pcie"),
+    (("H100",), "h100-sxm"),
+    (("A100", "PCIE"), "a100-pcie-40gb"),
+    (("A100",), "a100-sxm4-40gb"),
+    (("V100",), "v100-sxm2"),
+    (("P100", "PCIE"), "p100-pcie-16gb"),
+    (("P100",), "p100-sxm2"),
+    (("T4",), "t4"),
+    (("L40S",), "l40s"),
+    (("L4",), "l4"),
+    (("A40",), "a40"),
+    (("A30",), "a30"),
+    (("A10",), "a10"),
+    (("2080", "SUPER"), "rtx2080super"),
+    (("2080", "TI"), "rtx2080ti"),
+    (("2080",), "rtx2080"),
+    (("3080",), "rtx3080"),
+    (("3090",), "rtx3090"),
+    (("4090",), "rtx4090"),
+    (("1080", "TI"), "gtx1080ti"),
+    (("1060",), "gtx1060-6gb"),
+    (("TITAN", "XP"), "titanxp"),
+    (("K80",), "k80"),
 )
 
 
 def preset_for(name: str, memory_bytes: float | None = None) -> str | None:
     """The preset a device name belongs to, or None (then the spec is defined outright)."""
-    words = name.upper().replace("-", " ").replace("_", " ").split()
-    for frag, preset in _NAME_PRESETS:
-        if frag in words:
-            if preset == "a100-sxm4-40gb" and memory_bytes and memory_bytes > 60 * 2**30:
+    words = set(name.upper().replace("-", " ").replace("_", " ").split())
+    big = bool(memory_bytes and memory_bytes > 60 * 2**30)
+    for frags, preset in _NAME_PRESETS:
+        if words.issuperset(frags):
+            if preset == "a100-sxm4-40gb" and big:
                 return "a100-sxm4-80gb"
+            if preset == "a100-pcie-40gb" and big:
+                return None  # an A100 PCIe 80GB: no preset, defined outright
             return preset
     return None
 

@@ -113,6 +113,26 @@ def test_probe_from_fake_torch_properties_and_presets_by_name():
     assert preset_for("NVIDIA A100-PG509-200", 42e9) == "a100-sxm4-40gb"
     assert preset_for("NVIDIA GeForce RTX 3080") == "rtx3080"
     assert preset_for("NVIDIA RTX 4000") is None
+    names = {
+        "NVIDIA H100 PCIe": "h100-pcie",
+        "NVIDIA H100 80GB HBM3": "h100-sxm",
+        "NVIDIA A100-PCIE-40GB": "a100-pcie-40gb",
+        "Tesla P100-PCIE-16GB": "p100-pcie-16gb",
+        "Tesla P100-SXM2-16GB": "p100-sxm2",
+        "NVIDIA GeForce RTX 2080 SUPER": "rtx2080super",
+        "NVIDIA GeForce RTX 2080 Ti": "rtx2080ti",
+        "GeForce RTX 2080": "rtx2080",
+        "NVIDIA GeForce GTX 1080 Ti": "gtx1080ti",
+        "GeForce GTX 1060 6GB": "gtx1060-6gb",
+        "NVIDIA TITAN Xp": "titanxp",
+        "NVIDIA L40S": "l40s",
+        "NVIDIA L4": "l4",
+        "NVIDIA A10": "a10",
+        "NVIDIA GeForce RTX 4090": "rtx4090",
+    }
+    assert {n: preset_for(n) for n in names} == names
+    assert preset_for("NVIDIA A100 80GB PCIe", 85e9) is None  # no preset: defined outright
+    assert preset_for("NVIDIA GeForce GTX 1080") is None
     assert dram_gbps(5120, 1215) == pytest.approx(1555.2)
 
 
