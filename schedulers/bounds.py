@@ -16,6 +16,7 @@ whichever mode a schedule uses:
   its standalone time: a lone kernel's tail wave can be beaten);
 * a block holds its warps, registers, shared memory and block slot for at least
   :func:`~simgpu.kernels.min_block_us` (its time alone on an idle SM);
+* under an eager runtime, one host thread per GPU issues every call one after another;
 * at any instant the blocks of all kernels compute at most one SM's sustained rate
   per SM, and draw at most the DRAM bandwidth the simulator shares out (``dram_gbps x
   dram_efficiency``).
@@ -162,6 +163,35 @@ def work_bound_us(
     return first_start_us(gpu, runtime) + busy if busy > 0 else 0.0
 
 
+def host_calls_us(
+    graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None, runtime: RuntimeArg = None
+) -> dict[str, float]:
+    """Per op, the CPU time of the calls an eager runtime makes to issue it (events left
+    out: a schedule may need none); empty for no runtime or a CUDA Graph runtime."""
+    if runtime is None:
+        return {}
+    rt = get_runtime(runtime)
+    if rt.graph_mode:
+        return {}
+    c = cache if cache is not None and cache.gpu is gpu else KernelCache(gpu)
+    return {
+        name: math.fsum(
+            x.host_us or 0.0 for x in rt.launches(graph, name, c.lower(graph, name), 0, 0, gpu)
+        )
+        for name in graph.ops
+    }
+
+
+def host_bound_us(
+    graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None, runtime: RuntimeArg = None
+) -> float:
+    """One host thread issues every call one after another, and the last becomes visible
+    to the GPU a launch latency later: under an eager runtime no schedule beats the sum
+    of its calls' CPU time. (0 without a runtime or under a CUDA Graph.)"""
+    calls = host_calls_us(graph, gpu, cache, runtime)
+    return math.fsum(calls.values()) + gpu.launch_latency_us if calls else 0.0
+
+
 def lower_bound_us(
     graph: OpGraph, gpu: GPUSpec, cache: KernelCache | None = None, runtime: RuntimeArg = None
 ) -> float:
@@ -169,13 +199,17 @@ def lower_bound_us(
     return max(
         critical_path_bound_us(graph, gpu, cache, runtime),
         work_bound_us(graph, gpu, cache, runtime),
+        host_bound_us(graph, gpu, cache, runtime),
     )
 
 
 def binding_bound(graph: OpGraph, machine: Machine, runtime: RuntimeArg = None) -> str:
-    """Which bound binds on ``machine``: ``critical path`` or ``work (<resource>)``, the
-    resource being the busiest one of the first GPU (compute, DRAM, warps, ...)."""
+    """Which bound binds on ``machine``: ``host``, ``critical path`` or ``work
+    (<resource>)``, the resource being the busiest one of the first GPU (compute, DRAM,
+    warps, ...)."""
     cp, work = machine_bounds_us(graph, machine, runtime)
+    if machine_host_bound_us(graph, machine, runtime) > max(cp, work):
+        return "host"
     if cp >= work:
         return "critical path"
     return f"work ({work_breakdown(graph, machine.devices[0], runtime=runtime).binding[0]})"
@@ -206,6 +240,18 @@ def machine_bounds_us(
     return cp, first + 1.0 / rate
 
 
+def machine_host_bound_us(graph: OpGraph, machine: Machine, runtime: RuntimeArg = None) -> float:
+    """The host bound on ``machine``: every op's calls at its cheapest GPU's price,
+    shared by the host threads (one per GPU, or one for all with ``shared_host``)."""
+    gpus = list({id(g): g for g in machine.devices}.values())
+    per = [host_calls_us(graph, g, runtime=runtime) for g in gpus]
+    if not per[0]:
+        return 0.0
+    total = math.fsum(min(p[n] for p in per) for n in graph.ops)
+    threads = 1 if machine.shared_host else len(machine.devices)
+    return total / threads + min(g.launch_latency_us for g in gpus)
+
+
 def schedule_bound_us(
     graph: OpGraph,
     machine: Machine,
@@ -214,7 +260,13 @@ def schedule_bound_us(
 ) -> float:
     """The bound a schedule is measured against: the best of the bounds on ``machine``;
     a schedule that rewrote the graph (merged ops) is bounded by the better of both."""
-    bound = max(machine_bounds_us(graph, machine, runtime))
+
+    def best(g: OpGraph) -> float:
+        return max(
+            *machine_bounds_us(g, machine, runtime), machine_host_bound_us(g, machine, runtime)
+        )
+
+    bound = best(graph)
     if run_graph is not None and run_graph is not graph:
-        bound = min(bound, max(machine_bounds_us(run_graph, machine, runtime)))
+        bound = min(bound, best(run_graph))
     return bound

@@ -173,6 +173,21 @@ def test_latencies_respect_the_runtime_s_lower_bound(runtime: str) -> None:
         assert r.timeline.makespan_us >= lower_bound_us(g, V100, runtime=runtime) * (1 - 1e-9)
 
 
+def test_eager_pytorch_one_stream_sits_on_the_host_bound() -> None:
+    """Host-bound at batch 1: one stream under eager PyTorch ends within a launch and a
+    kernel of the sum of its calls, the bound every eager schedule obeys."""
+    from schedulers.bounds import binding_bound, host_bound_us
+
+    g = build_model("inception_v3")
+    m = Machine.single(V100)
+    bound = host_bound_us(g, V100, runtime="pytorch-eager")
+    seq = run_scheduler("sequential", g, m, runtime="pytorch-eager").timeline.makespan_us
+    assert bound <= seq < 1.01 * bound
+    assert binding_bound(g, m, "pytorch-eager") == "host"
+    assert binding_bound(g, m, "cuda-graph") == "critical path"
+    assert host_bound_us(g, V100, runtime="cuda-graph") == 0.0
+
+
 def test_schedulers_declare_their_paper_s_runtime() -> None:
     own = {n: runtime_of(make_scheduler(n)).name for n in ("sequential", "sequential-graph",
            "nimble", "nimble-eager", "ios", "lios", "autograph", "hios")}  # fmt: skip

@@ -32,6 +32,7 @@ from schedulers.bounds import (
     binding_bound,
     critical_path_bound_us,
     first_start_us,
+    host_bound_us,
     lower_bound_us,
     work_bound_us,
     work_breakdown,
@@ -163,7 +164,11 @@ def _check_scheduler(name: str, graph: OpGraph, gpu: GPUSpec) -> None:
     lat = r.timeline.makespan_us
     cache = KernelCache(gpu)
     rt = r.runtime
-    for bound in (critical_path_bound_us(ran, gpu, cache, rt), work_bound_us(ran, gpu, cache, rt)):
+    for bound in (
+        critical_path_bound_us(ran, gpu, cache, rt),
+        work_bound_us(ran, gpu, cache, rt),
+        host_bound_us(ran, gpu, cache, rt),
+    ):
         assert lat >= bound - _tol(bound), (name, lat, bound)
     again = run_scheduler(name, graph, machine)
     assert schedule_to_json(again.schedule) == schedule_to_json(r.schedule)
@@ -737,9 +742,12 @@ def test_cli_run_all_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert r["latency_ms"] >= r["lower_bound_ms"] > 0
         assert r["bound_gap"] == pytest.approx(r["latency_ms"] / r["lower_bound_ms"] - 1)
         assert r["speedup"] == pytest.approx(r["sequential_ms"] / r["latency_ms"])
-        assert r["lower_bound_ms"] == pytest.approx(
-            lower_bound_us(g, V100, runtime=r["runtime"]) / 1e3
-        )
+        # the runtime's bound; a schedule that merged ops is bounded on its own graph too
+        own = lower_bound_us(g, V100, runtime=r["runtime"]) / 1e3
+        if name in ("ios", "autograph"):
+            assert r["lower_bound_ms"] <= own * (1 + 1e-12)
+        else:
+            assert r["lower_bound_ms"] == pytest.approx(own)
     assert rows["lios"]["profiler_calls"] == len(g) and rows["lios"]["gpu_search_s"] > 0
     assert rows["nimble"]["streams"] > 1 and rows["nimble"]["syncs"] > 0
 
