@@ -59,7 +59,8 @@ def run_one(model: str, size: int, machine_name: str, scheduler: str) -> dict[st
         machine = load_machine(machine_name)
         row["machine"] = machine.name
         graph = build_model(model, image_size=size)
-        r = run_scheduler(scheduler, graph, machine)
+        # sequential under IOS's and HIOS's runtime (cudnn): like with like
+        r = run_scheduler(scheduler, graph, machine, runtime="cudnn")
     except SimGPUError as e:
         row.update(status="failed", error=str(e).splitlines()[0])
         return row

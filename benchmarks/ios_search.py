@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import schedulers.base as base
-from schedulers.base import Profiler, make_scheduler, run_scheduler
+from schedulers.base import Profiler, make_scheduler, run_scheduler, runtime_of
 from simgpu.graph import OpGraph
 from simgpu.hardware import Machine, load_gpu
 from simgpu.models import MODELS, build_model
@@ -68,7 +68,8 @@ base.simulate = _counting(base.simulate, _CURRENT)  # the profiler's simulator, 
 
 def bench(name: str, graph: OpGraph, machine: Machine, options: dict[str, Any]) -> dict:
     sched = make_scheduler("ios", options)
-    prof = TimedProfiler(machine)
+    runtime = runtime_of(sched)  # IOS's own (cudnn), as `simgpu run` runs it
+    prof = TimedProfiler(machine, runtime=runtime)
     _CURRENT[:] = [prof]
     cpu0, t0 = time.process_time(), time.perf_counter()
     schedule = sched.schedule(graph, prof)
@@ -76,9 +77,9 @@ def bench(name: str, graph: OpGraph, machine: Machine, options: dict[str, Any]) 
     cpu = time.process_time() - cpu0
     _CURRENT.clear()
     meta = schedule.meta
-    program = lower(schedule, graph, machine.gpu, cache=prof.kernels)
+    program = lower(schedule, graph, machine.gpu, cache=prof.kernels, runtime=runtime)
     latency = simulate(program, machine).makespan_us
-    seq = run_scheduler("sequential", graph, machine).timeline.makespan_us
+    seq = run_scheduler("sequential", graph, machine, runtime=runtime).timeline.makespan_us
     paper_s, paper_stages = PAPER.get(name, (None, None))
     out = {
         "model": name,

@@ -3,7 +3,8 @@
 Cuts every Mixed block of Inception V3 out of the graph (``schedulers.optimal.cut_out``:
 each tensor read from outside the block becomes an ``input`` op), keeps those of at most
 12 ops — the most ``optimal`` handles — and reports each heuristic's latency against the
-optimal stage schedule's (``schedulers.optimal.optimality_gaps``). A ``*`` marks a
+optimal stage schedule's (``schedulers.optimal.optimality_gaps``), every schedule under
+optimal's runtime (``cudnn``), so the gaps compare like with like. A ``*`` marks a
 schedule outside the space of stage schedules (events instead of barriers, CUDA Graph,
 merged convs), which can beat the optimal stage schedule. Usage:
     python benchmarks/optimality_gaps.py [--gpu v100] [--json]

@@ -347,15 +347,17 @@ def optimality_gaps(
     machine: Machine,
     names: Sequence[str],
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    runtime: str | None = None,
 ) -> list[Gap]:
     """Run ``optimal`` and each of ``names`` on ``graph`` and report their gaps, in the
-    order given. Latencies are full simulations of each schedule, as ``simgpu run`` does."""
+    order given. Latencies are full simulations of each schedule, as ``simgpu run`` does,
+    every schedule under one runtime: ``runtime``, else optimal's own (like with like)."""
     options = options or {}
-    opt = run_scheduler("optimal", graph, machine, options.get("optimal"))
+    opt = run_scheduler("optimal", graph, machine, options.get("optimal"), runtime)
     opt_us = opt.timeline.makespan_us
     out = []
     for name in names:
-        r = run_scheduler(name, graph, machine, options.get(name))
+        r = run_scheduler(name, graph, machine, options.get(name), opt.runtime)
         comparable = in_search_space(r.schedule, graph)
         out.append(Gap(name, r.timeline.makespan_us, opt_us, comparable))
     return out
