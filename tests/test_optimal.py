@@ -182,7 +182,8 @@ def test_optimality_gaps_report() -> None:
     seq, graph_mode, opt = gaps
     assert isinstance(seq, Gap) and seq.in_space and not graph_mode.in_space
     assert opt.in_space and opt.gap == pytest.approx(0.0, abs=REL)
-    assert seq.gap > 0.3  # serial convs: far from the side-by-side optimum
+    # every schedule under optimal's runtime: the serial convs trail the side-by-side ones
+    assert seq.gap > 0.1
     assert seq.optimal_us == opt.latency_us
 
 
