@@ -544,13 +544,15 @@ print(json.dumps(statistics.median(out)))
 """
 
 
-def bench_connections(g: _Gpu, streams: int = 8, per_stream: int = 2) -> dict[str, Any]:
-    """One child process per CUDA_DEVICE_MAX_CONNECTIONS value: it is read once, when
-    the CUDA context is created."""
+def bench_connections(
+    g: _Gpu, streams: int = 8, per_stream: int = 2, values: Sequence[int] = (1, 2, 4, 8, 32)
+) -> dict[str, Any]:
+    """One child process per CUDA_DEVICE_MAX_CONNECTIONS value in ``values``: it is read
+    once, when the CUDA context is created."""
     cyc = g.cycles_per_us() * 50
     block_us = 50.0
     spans = {}
-    for q in (1, 2, 4, 8, 32):
+    for q in values:
         env = dict(os.environ, CUDA_DEVICE_MAX_CONNECTIONS=str(q))
         args = [str(g.dev.index), str(streams), str(per_stream), str(cyc), str(g.repeats)]
         try:
