@@ -725,6 +725,60 @@ def run_sweep(
             raise SweepError("--timeout applies to local workers, not to --dask")
         if not timeout_supported():
             raise SweepError("--timeout needs a POSIX system (and the main thread)")
+    with _exclusive(path):
+        return _run_locked(
+            combos, path, t0, workers, dask, retry_failed, timeout_s, progress, progress_stream
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the whole sweep (load, append, final
+    rewrite): a second sweep on the same file would otherwise append to a file the first
+    one replaces, and lose rows. The lock is on ``<path>.lock`` beside it, which stays
+    the same file across the rewrite; it is refused at once, not waited for."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    try:
+        f = lock.open("a+")
+    except OSError as e:
+        raise SweepError(f"cannot lock {path}: {lock}: {e.strerror or e}") from None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip()
+            raise SweepError(
+                f"{path} is being written by another sweep"
+                + (f" (process {who})" if who.isdigit() else "")
+                + "; wait for it to finish, or give another output file"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _run_locked(
+    combos: list[Combo],
+    path: Path,
+    t0: float,
+    workers: int | None,
+    dask: Any,
+    retry_failed: bool,
+    timeout_s: float | None,
+    progress: bool,
+    progress_stream: TextIO | None,
+) -> SweepResult:
     existing = _load_existing(path)
     finished = {row_key(r) for r in existing if r["status"] in DONE or not retry_failed}
     todo = [c for c in combos if c.key() not in finished]

@@ -698,3 +698,34 @@ def test_a_scheduler_that_does_not_apply_is_not_a_failure(tmp_path: Path) -> Non
     tables = {t.title: t for t in _tables(results, list(stats.values()))}
     assert tables["Overview"].rows[0][1:4] == ["1", "0", "1"]  # ok, failed, n/a
     assert "Failures" not in tables
+
+
+def test_a_second_sweep_on_the_same_file_is_refused_and_no_row_is_lost(
+    tmp_path: Path, capsys
+) -> None:
+    """Two sweeps appending to one CSV used to lose rows (one's final rewrite replaced
+    the file under the other). The second is refused with one line while the first
+    holds the file, and the first keeps every row."""
+    out = tmp_path / "r.csv"
+    argv = [sys.executable, "-m", "simgpu.cli", "sweep", "--model", "squeezenet1_1"]
+    argv += ["--image-size", "64", "--batch", "1", "--batch", "2", "--batch", "3"]
+    argv += ["--gpu", "v100", "--gpu", "a100", "--scheduler", "sequential", "--scheduler",
+             "greedy", "--scheduler", "lios", "--workers", "1", "--quiet", "-o", str(out)]  # fmt: skip
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    lock = tmp_path / "r.csv.lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        line = run_error(capsys, "sweep", "--model", "squeezenet1_1", "--image-size", "64",
+                         "--batch", "4", "--gpu", "v100", "--quiet", "-o", str(out))  # fmt: skip
+        assert "is being written by another sweep" in line and str(first.pid) in line
+    finally:
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    rows = read_results(out)
+    assert len(rows) == 3 * 2 * 3 and {r["batch"] for r in rows} == {"1", "2", "3"}
+    # once the first is done, the file is free again
+    assert main(["sweep", "--model", "squeezenet1_1", "--image-size", "64", "--batch", "4",
+                 "--gpu", "v100", "--scheduler", "sequential", "--quiet", "-o", str(out)]) == 0  # fmt: skip
+    assert len(read_results(out)) == 3 * 2 * 3 + 1
