@@ -85,7 +85,7 @@ def resimulate(data: Any, source: str = "<validation>") -> dict[str, Any]:
     from simgpu.models import build_model
     from simgpu.program import lower
     from simgpu.runtimes import UnknownRuntime, get_runtime
-    from simgpu.schedule import schedule_from_json
+    from simgpu.schedule import check_rewrite, schedule_from_json
     from simgpu.sim.engine import simulate
 
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -113,6 +113,7 @@ def resimulate(data: Any, source: str = "<validation>") -> dict[str, Any]:
             name = str(e["scheduler"])
             measured = float(e["measured_ms"])
             sched = schedule_from_json(e["schedule"], source=f"{source} schedules[{i}]")
+            check_rewrite(graph, sched, f"{source} schedules[{i}]")
             rt = e.get("runtime")
             # the runtime it was simulated under; files without one predate runtimes
             runtime = None if rt is None else get_runtime(str(rt))

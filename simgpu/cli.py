@@ -354,7 +354,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from simgpu.hardware import Machine
     from simgpu.program import lower, validate_program
     from simgpu.runtimes import get_runtime
-    from simgpu.schedule import schedule_from_json
+    from simgpu.schedule import check_rewrite, schedule_from_json
     from simgpu.sim.engine import simulate
 
     if args.schedule and args.scheduler:
@@ -379,6 +379,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     override = _runtime_arg(args)
     if args.schedule:
         schedule = schedule_from_json(read_json(args.schedule), source=args.schedule)
+        check_rewrite(graph, schedule, args.schedule)
     elif runs is None:
         schedule = file_stages
     if runs is None:

@@ -131,13 +131,56 @@ def schedule_to_json(schedule: Schedule) -> dict[str, Any]:
     return d
 
 
+def check_rewrite(given: OpGraph, schedule: Schedule, source: str = "<schedule>") -> None:
+    """A schedule that carries its own graph must carry a rewrite of ``given`` (merged
+    convs, as IOS makes), not another graph: same name, every op of ``given`` present
+    with its output shape (a merged op's originals stay, as slices of it), the same
+    inputs and the same outputs. Otherwise the run would silently simulate another
+    model than the one named."""
+    g = schedule.graph
+    if g is None or g is given:
+        return
+    if g.name != given.name:
+        raise ScheduleError(
+            f"{source}: the schedule's embedded graph is '{g.name}', not the '{given.name}' given"
+        )
+    for op in given.ops:
+        if op not in g:
+            raise ScheduleError(f"{source}: the schedule's embedded graph lacks op '{op}'")
+        if g[op].output_shape != given[op].output_shape:
+            raise ScheduleError(
+                f"{source}: op '{op}' has shape {list(g[op].output_shape)} in the schedule's "
+                f"embedded graph, {list(given[op].output_shape)} in the graph given"
+            )
+
+    def ends(x: OpGraph) -> tuple[set[str], set[str]]:
+        ins = {n for n in x.ops if x[n].kind == "input"}
+        outs = {n for n in x.ops if not list(x.successors(n))}
+        return ins, outs
+
+    if ends(g) != ends(given):
+        raise ScheduleError(
+            f"{source}: the schedule's embedded graph has other inputs or outputs than "
+            f"'{given.name}': it is not a rewrite of it"
+        )
+
+
 def schedule_from_json(data: Any, source: str = "<json>") -> Schedule:
     if not isinstance(data, dict) or data.get("format") != SCHEDULE_FORMAT:
         raise FormatError(
             f'{source}: not a simgpu schedule (missing "format": "{SCHEDULE_FORMAT}")'
         )
+    known = {"format", "version", "kind", "graph_mode", "stages", "barrier", "streams",
+             "devices", "graph"}  # fmt: skip
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise FormatError(f"{source}: unknown schedule field(s) {', '.join(unknown)}")
+    if data.get("version", 1) != 1 or isinstance(data.get("version"), bool):
+        raise FormatError(f"{source}: schedule version {data.get('version')!r} not supported")
     graph = OpGraph.from_json(data["graph"], source) if "graph" in data else None
-    mode = bool(data.get("graph_mode", False))
+    mode = data.get("graph_mode", False)
+    if not isinstance(mode, bool):  # "false" or [0] must not switch a CUDA Graph on
+        raise FormatError(f"{source}: graph_mode must be true or false, got {mode!r}")
 
     def names(x: Any, depth: int) -> Any:
         if depth == 0:
@@ -148,11 +191,25 @@ def schedule_from_json(data: Any, source: str = "<json>") -> Schedule:
             raise FormatError(f"{source}: expected a list, got {type(x).__name__}")
         return [names(v, depth - 1) for v in x]
 
+    def nonempty(xs: list, what: str) -> list:
+        if not xs:
+            raise FormatError(f"{source}: a schedule needs at least one {what}")
+        for i, x in enumerate(xs):
+            if not x:
+                raise FormatError(f"{source}: {what} {i} is empty")
+        return xs
+
     kind = data.get("kind")
     if kind == "stages":
-        return StageSchedule(
-            names(data.get("stages"), 3), graph, str(data.get("barrier", "sync")), mode
-        )
+        stages = nonempty(names(data.get("stages"), 3), "stage")
+        for si, stage in enumerate(stages):
+            for gi, group in enumerate(stage):
+                if not group:
+                    raise FormatError(f"{source}: stage {si} group {gi} is empty")
+        barrier = data.get("barrier", "sync")
+        if barrier not in ("sync", "events"):
+            raise FormatError(f'{source}: barrier must be "sync" or "events", got {barrier!r}')
+        return StageSchedule(stages, graph, barrier, mode)
     if kind == "streams":
         devs = data.get("devices")
         if devs is not None and (
@@ -160,5 +217,5 @@ def schedule_from_json(data: Any, source: str = "<json>") -> Schedule:
             or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in devs)
         ):
             raise FormatError(f"{source}: devices must be a list of device indices, got {devs!r}")
-        return StreamSchedule(names(data.get("streams"), 2), graph, mode, devs)
+        return StreamSchedule(nonempty(names(data.get("streams"), 2), "stream"), graph, mode, devs)
     raise FormatError(f'{source}: schedule kind must be "stages" or "streams", got {kind!r}')
