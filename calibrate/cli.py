@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from calibrate.errors import CalibrationError
+from simgpu.output import dumps
 
 
 def _progress(step: str):
@@ -34,7 +35,7 @@ def _gpu(spec: str | None):
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=1) if getattr(args, "json", False) else text)
+    print(dumps(data) if getattr(args, "json", False) else text)
 
 
 # --- replay ---------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     data = probe(args.device)
     if args.out:
         write_json(data, args.out)
-    _emit(args, data, json.dumps(data["gpu"], indent=1) if not args.out else f"probe -> {args.out}")
+    _emit(args, data, dumps(data["gpu"]) if not args.out else f"probe -> {args.out}")
     return 0
 
 
@@ -117,7 +118,7 @@ def cmd_microbench(args: argparse.Namespace) -> int:
         raise CalibrationError("microbenchmarks ran; give --gpu (or run probe first) to analyse")
     res = analyse(args.out, gpu)
     write_json(res, Path(args.out) / "analysis.json")
-    _emit(args, res, json.dumps(res["fields"], indent=1))
+    _emit(args, res, dumps(res["fields"]))
     return 0
 
 
@@ -184,7 +185,7 @@ def cmd_fit_public(args: argparse.Namespace) -> int:
     doc = fit_public(dirs, logo=not args.no_logo)
     out = Path(args.out)
     try:
-        out.write_text(json.dumps(doc, indent=1) + "\n")
+        out.write_text(dumps(doc) + "\n")
     except OSError as e:
         raise CalibrationError(f"{out}: cannot write ({e.strerror})") from None
     lines = []
@@ -211,7 +212,7 @@ def cmd_fit_host(args: argparse.Namespace) -> int:
     doc = fit_host(kineto, published, _gpu(args.gpu or "v100"), _progress("simulating"))
     out = Path(args.out)
     try:
-        out.write_text(json.dumps(doc, indent=1) + "\n")
+        out.write_text(dumps(doc) + "\n")
     except OSError as e:
         raise CalibrationError(f"{out}: cannot write ({e.strerror})") from None
     f = doc["fit"]

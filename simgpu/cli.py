@@ -8,13 +8,13 @@ fault, and this module only prints them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from simgpu.errors import SimGPUError
+from simgpu.output import dumps
 
 EXIT_ERROR = 2
 
@@ -262,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "binding_bound": binds,
             "results": rows,
         }
-        print(json.dumps(out, indent=1))
+        print(dumps(out))
         return 0
     print(
         f"{graph.name}  batch {args.batch}  {len(graph)} ops  {graph.macs / 1e9:.2f} GMACs  "
@@ -343,7 +343,7 @@ def _write_outputs(args: argparse.Namespace, results: dict, best: Any) -> None:
             else:
                 plot_gantt(best.timeline, args.gantt, title=best.scheduler)
         if getattr(args, "schedule_out", None):
-            Path(args.schedule_out).write_text(json.dumps(schedule_to_json(best.schedule)) + "\n")
+            Path(args.schedule_out).write_text(dumps(schedule_to_json(best.schedule)) + "\n")
     except (OSError, ValueError) as e:
         raise SimGPUError(f"cannot write output: {e}") from None
 
@@ -429,7 +429,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         out["ios_nodes"] = len(ios_nodes(graph))
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(dumps(out))
     else:
         print(
             _table(
@@ -467,7 +467,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(dumps(rows))
         return 0
 
     def shapes(r: dict[str, Any]) -> str:
@@ -501,7 +501,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     for a, n in ALIASES.items():
         aliases.setdefault(n, []).append(a)
     if args.json:
-        print(json.dumps([g.to_json() for g in PRESETS.values()], indent=1))
+        print(dumps([g.to_json() for g in PRESETS.values()]))
         return 0
     rows = []
     for g in PRESETS.values():
@@ -546,7 +546,7 @@ def cmd_machines(args: argparse.Namespace) -> int:
 
     machines = [machine_preset(n) for n in MACHINE_PRESETS]
     if args.json:
-        print(json.dumps([m.to_json() for m in machines], indent=1))
+        print(dumps([m.to_json() for m in machines]))
         return 0
     rows = []
     for m in machines:
@@ -582,7 +582,7 @@ def cmd_schedulers(args: argparse.Namespace) -> int:
         for i in sorted(reg.values(), key=lambda i: i.name)
     ]  # fmt: skip
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(dumps(rows))
     else:
         print(
             _table(
@@ -606,7 +606,7 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
             row["host_us"] = {f: round(rt.costs.framework_us(f), 3) for f in rt.costs.op_us}
         rows.append(row)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(dumps(rows))
         return 0
     table = []
     for r in rows:
@@ -671,7 +671,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         "wall_s": res.wall_s,
     }
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print(dumps(summary))
         return 0
     done = f", {res.skipped} already done" if res.skipped else ""
     failed = f", {res.failed} failed (see the status/error columns)" if res.failed else ""
@@ -761,7 +761,7 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
     if args.json:
         out = {"gpu": gpu.name, "runtime": rt_name or "flat", **workload.describe(),
                "results": rows}  # fmt: skip
-        print(json.dumps(out, indent=1))
+        print(dumps(out))
         return 0
     base = next((r for r in results if r.name == "sequential"), None)
     print(

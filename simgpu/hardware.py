@@ -111,8 +111,17 @@ class GPUSpec:
                         f"GPU '{self.name}': field {f.name} must be an integer, got {v!r}"
                     )
                 object.__setattr__(self, f.name, int(v))
+            hi = _UPPER.get(f.name, _TIME_UPPER if f.name.endswith("_us") else None)
+            if hi is not None and v > hi:
+                raise SpecError(
+                    f"GPU '{self.name}': field {f.name} must be at most {hi:g}, got {v!r}"
+                )
         if not self.peak_tflops or any(
-            not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0
+            not isinstance(v, int | float)
+            or isinstance(v, bool)
+            or not math.isfinite(v)
+            or v <= 0
+            or v > 1e6
             for v in self.peak_tflops.values()
         ):
             raise SpecError(f"GPU '{self.name}': peak_tflops needs positive rates, e.g. fp32")
@@ -155,6 +164,33 @@ class GPUSpec:
         d["library_costs"] = dict(self.library_costs)
         return d
 
+
+# Upper limits: far above any GPU, low enough that no simulation overflows to inf or
+# allocates per SM without bound (a GPU file is user input). Efficiencies are fractions.
+_TIME_UPPER = 1e6  # every host or device cost, in microseconds: one second
+_UPPER: dict[str, float] = {
+    "sm_count": 4096,
+    "clock_mhz": 1e5,
+    "max_threads_per_sm": 65536,
+    "max_blocks_per_sm": 1024,
+    "regs_per_sm": 2**24,
+    "smem_per_sm": 2**30,
+    "max_smem_per_block": 2**30,
+    "max_threads_per_block": 65536,
+    "max_regs_per_thread": 65536,
+    "warp_size": 1024,
+    "reg_alloc_unit": 2**20,
+    "smem_alloc_unit": 2**20,
+    "smem_reserved_per_block": 2**20,
+    "dram_gbps": 1e6,
+    "memory_gb": 1e6,
+    "l2_mb": 1e6,
+    "copy_engines": 64,
+    "compute_efficiency": 1.0,
+    "dram_efficiency": 1.0,
+    "dram_saturation_fraction": 1.0,
+    "warps_to_saturate": 4096,
+}
 
 _MAY_BE_ZERO = {
     "smem_reserved_per_block",

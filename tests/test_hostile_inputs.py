@@ -1,0 +1,51 @@
+"""Hostile inputs end in one clean line, never a wrong answer or invalid JSON (issue 20)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from _cli import run_error, run_json
+
+from simgpu.errors import SimGPUError
+from simgpu.output import dumps
+
+
+def _gpu(tmp_path: Path, **fields) -> str:
+    p = tmp_path / "gpu.json"
+    p.write_text(json.dumps({"base": "v100", **fields}))
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    "field, value, why",
+    [
+        ("launch_latency_us", 1.7e308, "launch_latency_us must be at most 1e+06"),
+        ("compute_efficiency", 100, "compute_efficiency must be at most 1"),
+        ("dram_efficiency", 1.5, "dram_efficiency must be at most 1"),
+        ("sm_count", 10**12, "sm_count must be at most 4096"),
+        ("dram_gbps", 1e300, "dram_gbps must be at most 1e+06"),
+        ("sm_count", True, "sm_count must be a number"),
+        ("sm_count", 80.5, "sm_count must be an integer"),
+    ],
+)
+def test_gpu_figures_out_of_range_are_refused(tmp_path, capsys, field, value, why) -> None:
+    line = run_error(capsys, "run", "squeezenet1_1", "--scheduler", "sequential",
+                     "--gpu", _gpu(tmp_path, **{field: value}))  # fmt: skip
+    assert why in line
+
+
+def test_the_largest_accepted_costs_still_print_valid_json(tmp_path, capsys) -> None:
+    big = {f: 1e6 for f in ("launch_latency_us", "launch_api_us", "kernel_gap_us")}
+    out = run_json(capsys, "run", "squeezenet1_1", "--scheduler", "sequential", "--json",
+                   "--gpu", _gpu(tmp_path, **big))  # fmt: skip
+    assert math.isfinite(out["results"][0]["latency_ms"])
+
+
+def test_json_output_is_never_infinity_or_nan() -> None:
+    assert json.loads(dumps({"x": 1.5})) == {"x": 1.5}
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(SimGPUError, match="not a finite number"):
+            dumps({"latency_ms": bad})
