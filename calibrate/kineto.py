@@ -29,8 +29,6 @@ per-command host cost (or absolute issue time) on ``Launch``/``Record``/``Wait``
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import math
 import statistics
 import zlib
@@ -45,6 +43,7 @@ from simgpu.hardware import GPUSpec, Machine, gpu_from_json
 from simgpu.kernels import Kernel, Occupancy, occupancy, timed_kernel, waves
 from simgpu.program import Command, Launch, Record, StreamProgram, Synchronize, Wait
 from simgpu.timeline import Timeline
+from simgpu.userfiles import max_file_bytes, parse_json, read_bytes
 
 GPU_CATEGORIES = {
     "kernel": "kernel",
@@ -190,33 +189,31 @@ class KinetoTrace:
 
 
 def read_trace_json(path: str | Path) -> Any:
-    """The JSON of a trace file, gzipped or not; every failure is one TraceError line."""
+    """The JSON of a trace file, gzipped or not; every failure is one TraceError line
+    (:mod:`simgpu.userfiles`: a regular file under the size limit, and its decompressed
+    text under it too, bounded nesting)."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise TraceError(f"{p}: no such file") from None
-    except OSError as e:
-        raise TraceError(f"{p}: cannot read ({e.strerror or e})") from None
+    raw = read_bytes(p, TraceError)
     if raw[:2] == b"\x1f\x8b":
+        limit = max_file_bytes()
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            raw = gzip.decompress(raw)
-        except EOFError:
-            raise TraceError(
-                f"{p}: truncated gzip file (the compressed stream ends early)"
-            ) from None
-        except (OSError, zlib.error) as e:
+            out = d.decompress(raw, limit + 1)
+        except zlib.error as e:
             raise TraceError(f"{p}: corrupt gzip data ({e})") from None
+        if len(out) > limit:
+            raise TraceError(
+                f"{p}: decompresses to more than the {limit / 2**20:.0f} MiB limit "
+                "(set SIMGPU_MAX_FILE_MB to raise it)"
+            )
+        if not d.eof:
+            raise TraceError(f"{p}: truncated gzip file (the compressed stream ends early)")
+        raw = out
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise TraceError(f"{p}: not UTF-8 text at byte {e.start} (not a JSON trace)") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TraceError(
-            f"{p}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from None
+    return parse_json(text, str(p), TraceError)
 
 
 def load_trace(path: str | Path) -> KinetoTrace:

@@ -83,14 +83,9 @@ def _file_format(path: Path) -> str:
     bracket, an ONNX ModelProto with field 1 (ir_version, a varint: byte 0x08); the
     extension decides what an unreadable file is reported as."""
     from simgpu.errors import FormatError
+    from simgpu.userfiles import read_bytes
 
-    try:
-        with path.open("rb") as f:
-            head = f.read(64)
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such file") from None
-    except OSError as e:
-        raise FormatError(f"{path}: cannot read ({e.strerror or e})") from None
+    head = read_bytes(path)[:64]  # a regular file under the size limit, or one line
     if head.lstrip()[:1] in (b"{", b"["):
         return "json"
     if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":

@@ -18,6 +18,7 @@ import networkx as nx
 
 from simgpu.errors import FormatError, GraphError
 from simgpu.ops import DTYPE_BYTES, Counts, Shape, kind_of, numel
+from simgpu.userfiles import parse_json, read_bytes
 
 FORMAT = "simgpu.opgraph"
 VERSION = 1
@@ -273,17 +274,13 @@ class OpGraph:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file, turning every way it can fail into a one-line FormatError."""
+    """Read a JSON file a user named, turning every way it can fail into a one-line
+    FormatError (:mod:`simgpu.userfiles`: a regular file under the size limit, bounded
+    nesting, no NaN)."""
     p = Path(path)
+    raw = read_bytes(p)
     try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise FormatError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(f"{p}: cannot read ({e})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise FormatError(
-            f"{p}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{p}: not UTF-8 text at byte {e.start}") from None
+    return parse_json(text, str(p))

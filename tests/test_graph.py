@@ -512,7 +512,7 @@ def test_read_json_invalid_json_reports_line_and_column(tmp_path: Path) -> None:
 
 
 def test_read_json_directory_is_format_error(tmp_path: Path) -> None:
-    with pytest.raises(FormatError, match="cannot read"):
+    with pytest.raises(FormatError, match="is a directory, not a file"):
         read_json(tmp_path)
 
 

@@ -399,10 +399,11 @@ def test_non_mapping_peak_tflops_is_spec_error(tmp_path: Path, rates: object) ->
 
 
 @pytest.mark.parametrize("rate", ["NaN", "Infinity"])
-def test_non_finite_peak_tflops_is_spec_error(tmp_path: Path, rate: str) -> None:
+def test_non_finite_peak_tflops_is_refused(tmp_path: Path, rate: str) -> None:
+    """NaN and Infinity are not JSON: the reader refuses them before any field sees them."""
     p = tmp_path / "gpu.json"
     p.write_text('{"base": "v100", "peak_tflops": {"fp32": ' + rate + "}}")
-    with pytest.raises(SpecError, match="peak_tflops"):
+    with pytest.raises(FormatError, match=f"{rate} is not a JSON number"):
         load_gpu(p)
 
 

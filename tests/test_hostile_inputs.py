@@ -49,3 +49,45 @@ def test_json_output_is_never_infinity_or_nan() -> None:
     for bad in (math.inf, -math.inf, math.nan):
         with pytest.raises(SimGPUError, match="not a finite number"):
             dumps({"latency_ms": bad})
+
+
+# --- files: bounded, strict, one line ------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["simulate"], ["replay"]])
+def test_a_device_or_a_fifo_is_refused_without_reading(tmp_path, capsys, command) -> None:
+    import os
+
+    fifo = tmp_path / "f.json"
+    os.mkfifo(fifo)  # reading it would block forever
+    for p in ("/dev/zero", str(fifo)):
+        line = run_error(capsys, *command, p)
+        assert "not a regular file" in line or "unrecognised file" in line, line
+
+
+def test_json_nested_100000_deep_is_one_line(tmp_path, capsys) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for argv in (["simulate", str(deep)], ["replay", str(deep)],
+                 ["run", "squeezenet1_1", "--gpu", str(deep)],
+                 ["calibrate", "validate", "--recorded", str(deep)]):  # fmt: skip
+        line = run_error(capsys, *argv)
+        assert "nested deeper than 64 levels" in line, (argv, line)
+
+
+def test_a_file_over_the_size_limit_is_refused(tmp_path, capsys, monkeypatch) -> None:
+    big = tmp_path / "big.json"
+    big.write_text('{"pad": "' + "x" * (2 * 2**20) + '"}')
+    monkeypatch.setenv("SIMGPU_MAX_FILE_MB", "1")
+    line = run_error(capsys, "simulate", str(big))
+    assert "larger than the 1 MiB limit" in line and "SIMGPU_MAX_FILE_MB" in line
+
+
+def test_a_gzip_bomb_trace_is_refused(tmp_path, capsys, monkeypatch) -> None:
+    import gzip
+
+    bomb = tmp_path / "t.json.gz"
+    bomb.write_bytes(gzip.compress(b" " * (3 * 2**20)))
+    monkeypatch.setenv("SIMGPU_MAX_FILE_MB", "1")
+    line = run_error(capsys, "replay", str(bomb))
+    assert "decompresses to more than the 1 MiB limit" in line

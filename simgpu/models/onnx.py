@@ -28,6 +28,7 @@ import numpy as np
 from simgpu.errors import FormatError, GraphError
 from simgpu.graph import Op, OpGraph
 from simgpu.ops import DTYPE_BYTES, Shape, kind_of
+from simgpu.userfiles import read_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -124,13 +125,7 @@ def load_onnx(
         model, source = _parse(onnx, bytes(src), "<onnx bytes>"), "<onnx bytes>"
     else:
         p = Path(src)
-        try:
-            data = p.read_bytes()
-        except FileNotFoundError:
-            raise FormatError(f"{p}: no such file") from None
-        except OSError as e:
-            raise FormatError(f"{p}: cannot read ({e.strerror or e})") from None
-        model, source = _parse(onnx, data, str(p)), str(p)
+        model, source = _parse(onnx, read_bytes(p), str(p)), str(p)
     _check(onnx, model, source)
     name = model.graph.name or (Path(source).stem if source[:1] != "<" else "onnx_model")
     return _Importer(onnx, model, source, batch, dtype).run(name)
