@@ -85,6 +85,25 @@ class Op:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Op:
+        """An op read from a file, strictly: a name that is a string, inputs that are
+        strings, a shape of integers (8.9, true or "8" is an error, not 8, 1 or 8)."""
+        if not isinstance(d, Mapping):
+            raise FormatError(f"an op must be an object, got {type(d).__name__}")
+        name = d.get("name", "?")
+        if not isinstance(name, str):
+            raise FormatError(f"an op's name must be a string, got {name!r}")
+        for key, ok in (("kind", isinstance(d.get("kind"), str)),
+                        ("inputs", isinstance(d.get("inputs", []), list)
+                         and all(isinstance(x, str) for x in d.get("inputs", []))),
+                        ("shape", isinstance(d.get("shape"), list)
+                         and all(isinstance(x, int) and not isinstance(x, bool)
+                                 for x in d.get("shape", [])))):  # fmt: skip
+            if not ok:
+                want = {"kind": "a string", "inputs": "a list of op names",
+                        "shape": "a list of integers"}[key]  # fmt: skip
+                raise FormatError(f"op '{name}': {key} must be {want}, got {d.get(key)!r}")
+        if "attrs" in d and not isinstance(d["attrs"], Mapping):
+            raise FormatError(f"op '{name}': attrs must be an object, got {d['attrs']!r}")
         try:
             return cls(
                 name=d["name"],

@@ -46,11 +46,33 @@ class OpKind:
     view: bool = False  # no device work: a reshape of the same bytes
 
 
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    a, b = v
-    return (int(a), int(b))
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_MISSING = object()
+
+
+def _int_of(op: Op, key: str, default: object = _MISSING) -> int:
+    """An integer attribute, strictly: 8.9, true or "8" is an error, not 8, 1 or 8."""
+    v = op.attrs.get(key, default)
+    if v is _MISSING:
+        raise KeyError(key)
+    if not _is_int(v):
+        raise _fail(op, f"attribute {key} must be an integer, got {v!r}")
+    return v  # type: ignore[return-value]
+
+
+def _pair_of(op: Op, key: str, default: object = _MISSING) -> tuple[int, int]:
+    """An integer or a pair of integers (kernel, stride, padding, ...), strictly."""
+    v = op.attrs.get(key, default)
+    if v is _MISSING:
+        raise KeyError(key)
+    if _is_int(v):
+        return (v, v)  # type: ignore[return-value]
+    if isinstance(v, list | tuple) and len(v) == 2 and all(_is_int(x) for x in v):
+        return (v[0], v[1])
+    raise _fail(op, f"attribute {key} must be an integer or a pair of integers, got {v!r}")
 
 
 def _fail(op: Op, msg: str) -> GraphError:
@@ -80,13 +102,12 @@ def _conv_infer(op: Op, ins: list[Shape]) -> Shape:
     x = ins[0]
     _need_rank(op, x, 4)
     n, c, h, w = x
-    a = op.attrs
-    kh, kw = _pair(a["kernel"])
-    sh, sw = _pair(a.get("stride", 1))
-    ph, pw = _pair(a.get("padding", 0))
-    dh, dw = _pair(a.get("dilation", 1))
-    groups = int(a.get("groups", 1))
-    cout = int(a["out_channels"])
+    kh, kw = _pair_of(op, "kernel")
+    sh, sw = _pair_of(op, "stride", 1)
+    ph, pw = _pair_of(op, "padding", 0)
+    dh, dw = _pair_of(op, "dilation", 1)
+    groups = _int_of(op, "groups", 1)
+    cout = _int_of(op, "out_channels")
     if min(kh, kw, sh, sw, dh, dw, groups, cout) <= 0 or min(ph, pw) < 0:
         raise _fail(op, "kernel, stride, dilation, groups and out_channels must be positive")
     if c % groups or cout % groups:
@@ -97,8 +118,8 @@ def _conv_infer(op: Op, ins: list[Shape]) -> Shape:
 def _conv_count(op: Op, ins: list[Shape]) -> Counts:
     n, c, _, _ = ins[0]
     _, cout, ho, wo = op.output_shape
-    kh, kw = _pair(op.attrs["kernel"])
-    groups = int(op.attrs.get("groups", 1))
+    kh, kw = _pair_of(op, "kernel")
+    groups = _int_of(op, "groups", 1)
     per_out = (c // groups) * kh * kw
     macs = n * cout * ho * wo * per_out
     has_bias = bool(op.attrs.get("bias", False)) or bool(op.attrs.get("folded_bn", False))
@@ -113,14 +134,13 @@ def _conv_transpose_infer(op: Op, ins: list[Shape]) -> Shape:
     x = ins[0]
     _need_rank(op, x, 4)
     n, c, h, w = x
-    a = op.attrs
-    kh, kw = _pair(a["kernel"])
-    sh, sw = _pair(a.get("stride", 1))
-    ph, pw = _pair(a.get("padding", 0))
-    oh, ow = _pair(a.get("output_padding", 0))
-    dh, dw = _pair(a.get("dilation", 1))
-    groups = int(a.get("groups", 1))
-    cout = int(a["out_channels"])
+    kh, kw = _pair_of(op, "kernel")
+    sh, sw = _pair_of(op, "stride", 1)
+    ph, pw = _pair_of(op, "padding", 0)
+    oh, ow = _pair_of(op, "output_padding", 0)
+    dh, dw = _pair_of(op, "dilation", 1)
+    groups = _int_of(op, "groups", 1)
+    cout = _int_of(op, "out_channels")
     if min(kh, kw, sh, sw, dh, dw, groups, cout) <= 0 or min(ph, pw, oh, ow) < 0:
         raise _fail(op, "kernel, stride, dilation, groups and out_channels must be positive")
     if c % groups or cout % groups:
@@ -136,9 +156,9 @@ def _conv_transpose_infer(op: Op, ins: list[Shape]) -> Shape:
 
 def _conv_transpose_count(op: Op, ins: list[Shape]) -> Counts:
     n, c, h, w = ins[0]
-    cout = int(op.attrs["out_channels"])
-    kh, kw = _pair(op.attrs["kernel"])
-    groups = int(op.attrs.get("groups", 1))
+    cout = _int_of(op, "out_channels")
+    kh, kw = _pair_of(op, "kernel")
+    groups = _int_of(op, "groups", 1)
     per_in = (cout // groups) * kh * kw  # outputs each input element contributes to
     macs = n * c * h * w * per_in
     bias = bool(op.attrs.get("bias", False))
@@ -153,7 +173,7 @@ def _linear_infer(op: Op, ins: list[Shape]) -> Shape:
     x = ins[0]
     if len(x) < 1:
         raise _fail(op, "input must have at least one dimension")
-    out = int(op.attrs["out_features"])
+    out = _int_of(op, "out_features")
     if out <= 0:
         raise _fail(op, "out_features must be positive")
     return (*x[:-1], out)
@@ -161,7 +181,7 @@ def _linear_infer(op: Op, ins: list[Shape]) -> Shape:
 
 def _linear_count(op: Op, ins: list[Shape]) -> Counts:
     x = ins[0]
-    k, out = x[-1], int(op.attrs["out_features"])
+    k, out = x[-1], _int_of(op, "out_features")
     macs = numel(x[:-1]) * k * out
     bias = bool(op.attrs.get("bias", True))
     act = int(bool(op.attrs.get("activation")))
@@ -222,7 +242,7 @@ def _eltwise_infer(op: Op, ins: list[Shape]) -> Shape:
     const = tuple(int(d) for d in op.attrs.get("const_shape", ()))
     if any(d <= 0 for d in const):
         raise _fail(op, f"const_shape {list(const)} must be positive")
-    if int(op.attrs.get("cost", 1)) < 0:
+    if _int_of(op, "cost", 1) < 0:
         raise _fail(op, "cost (FLOPs per element) must not be negative")
     try:
         return _broadcast(ins[0], const) if "const_shape" in op.attrs else ins[0]
@@ -237,7 +257,7 @@ def _eltwise_count(op: Op, ins: list[Shape]) -> Counts:
     part of the model, so its elements count as parameters."""
     const = op.attrs.get("const_shape")
     params = numel(const) if const is not None else 0
-    return Counts(0, int(op.attrs.get("cost", 1)) * numel(op.output_shape), params)
+    return Counts(0, _int_of(op, "cost", 1) * numel(op.output_shape), params)
 
 
 def _norm_infer(op: Op, ins: list[Shape]) -> Shape:
@@ -265,9 +285,9 @@ def _pool_infer(op: Op, ins: list[Shape]) -> Shape:
     x = ins[0]
     _need_rank(op, x, 4)
     n, c, h, w = x
-    kh, kw = _pair(op.attrs["kernel"])
-    sh, sw = _pair(op.attrs.get("stride", op.attrs["kernel"]))
-    ph, pw = _pair(op.attrs.get("padding", 0))
+    kh, kw = _pair_of(op, "kernel")
+    sh, sw = _pair_of(op, "stride", op.attrs["kernel"])
+    ph, pw = _pair_of(op, "padding", 0)
     if op.attrs.get("pool_type", "max") not in ("max", "avg"):
         raise _fail(op, f"unknown pool_type {op.attrs.get('pool_type')!r} (max or avg)")
     if min(kh, kw, sh, sw) <= 0 or min(ph, pw) < 0:
@@ -282,7 +302,7 @@ def _pool_infer(op: Op, ins: list[Shape]) -> Shape:
 
 
 def _pool_count(op: Op, ins: list[Shape]) -> Counts:
-    kh, kw = _pair(op.attrs["kernel"])
+    kh, kw = _pair_of(op, "kernel")
     return Counts(0, numel(op.output_shape) * kh * kw, 0)
 
 
@@ -300,7 +320,7 @@ def _gpool_count(op: Op, ins: list[Shape]) -> Counts:
 
 
 def _concat_infer(op: Op, ins: list[Shape]) -> Shape:
-    axis = int(op.attrs.get("axis", 1))
+    axis = _int_of(op, "axis", 1)
     rank = len(ins[0])
     ax = axis % rank if -rank <= axis < rank else None
     if ax is None or any(len(s) != rank for s in ins):
@@ -313,11 +333,11 @@ def _concat_infer(op: Op, ins: list[Shape]) -> Shape:
 
 def _slice_infer(op: Op, ins: list[Shape]) -> Shape:
     x = ins[0]
-    axis = int(op.attrs.get("axis", 1))
+    axis = _int_of(op, "axis", 1)
     if not -len(x) <= axis < len(x):
         raise _fail(op, f"axis {axis} out of range for rank {len(x)}")
     axis %= len(x)
-    begin, end = int(op.attrs["begin"]), int(op.attrs["end"])
+    begin, end = _int_of(op, "begin"), _int_of(op, "end")
     if not 0 <= begin < end <= x[axis]:
         raise _fail(op, f"slice [{begin}, {end}) outside dimension {axis} of size {x[axis]}")
     return tuple(end - begin if i == axis else d for i, d in enumerate(x))
@@ -333,7 +353,7 @@ def _reshape_infer(op: Op, ins: list[Shape]) -> Shape:
 
 def _flatten_infer(op: Op, ins: list[Shape]) -> Shape:
     x = ins[0]
-    start = int(op.attrs.get("start_dim", 1))
+    start = _int_of(op, "start_dim", 1)
     if not 0 <= start < len(x):
         raise _fail(op, f"start_dim {start} out of range for rank {len(x)}")
     return (*x[:start], numel(x[start:]))
@@ -350,7 +370,7 @@ def _transpose_infer(op: Op, ins: list[Shape]) -> Shape:
 
 
 def _embedding_infer(op: Op, ins: list[Shape]) -> Shape:
-    vocab, dim = int(op.attrs["num_embeddings"]), int(op.attrs["embedding_dim"])
+    vocab, dim = _int_of(op, "num_embeddings"), _int_of(op, "embedding_dim")
     if vocab <= 0 or dim <= 0:
         raise _fail(op, f"num_embeddings {vocab} and embedding_dim {dim} must be positive")
     return (*ins[0], dim)
@@ -358,7 +378,7 @@ def _embedding_infer(op: Op, ins: list[Shape]) -> Shape:
 
 def _embedding_count(op: Op, ins: list[Shape]) -> Counts:
     """A gather: no arithmetic, but the whole table is parameters."""
-    return Counts(0, 0, int(op.attrs["num_embeddings"]) * int(op.attrs["embedding_dim"]))
+    return Counts(0, 0, _int_of(op, "num_embeddings") * _int_of(op, "embedding_dim"))
 
 
 def _input_infer(op: Op, ins: list[Shape]) -> Shape:

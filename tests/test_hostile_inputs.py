@@ -91,3 +91,58 @@ def test_a_gzip_bomb_trace_is_refused(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("SIMGPU_MAX_FILE_MB", "1")
     line = run_error(capsys, "replay", str(bomb))
     assert "decompresses to more than the 1 MiB limit" in line
+
+
+# --- no silent coercion in graph files ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def graph_json(tmp_path_factory) -> dict:
+    from simgpu.models import build_model
+
+    return build_model("squeezenet1_1", image_size=64).to_json()
+
+
+def _mutated(tmp_path: Path, graph: dict, op_index: int, **change) -> str:
+    import copy
+
+    d = copy.deepcopy(graph)
+    op = d["ops"][op_index]
+    for k, v in change.items():
+        if k.startswith("attr_"):
+            op["attrs"][k[5:]] = v
+        else:
+            op[k] = v
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps(d))
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"shape": [1, 3, 64.0, 64]}, "shape must be a list of integers"),
+        ({"shape": [1, 3, 8.9, 64]}, "shape must be a list of integers"),
+        ({"shape": [True, 3, 64, 64]}, "shape must be a list of integers"),
+        ({"name": ["conv"]}, "name must be a string"),
+        ({"kind": {"conv": 1}}, "kind must be a string"),
+        ({"inputs": [["input"]]}, "inputs must be a list of op names"),
+    ],
+)
+def test_op_fields_are_strict(tmp_path, capsys, graph_json, change, why) -> None:
+    i = next(i for i, o in enumerate(graph_json["ops"]) if o["kind"] == "input")
+    line = run_error(capsys, "simulate", _mutated(tmp_path, graph_json, i, **change))
+    assert why in line
+
+
+@pytest.mark.parametrize(
+    "attr, value",
+    [("out_channels", "8"), ("out_channels", 8.0), ("out_channels", True),
+     ("kernel", [3.5, 3.5]), ("kernel", ["3", "3"]), ("groups", 1.0), ("stride", [1, 1, 1])],
+)  # fmt: skip
+def test_conv_attributes_are_strict(tmp_path, capsys, graph_json, attr, value) -> None:
+    i = next(i for i, o in enumerate(graph_json["ops"]) if o["kind"] == "conv")
+    line = run_error(
+        capsys, "simulate", _mutated(tmp_path, graph_json, i, **{f"attr_{attr}": value})
+    )
+    assert f"attribute {attr} must be an integer" in line
