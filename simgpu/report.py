@@ -100,6 +100,14 @@ def load_results(path: str | Path) -> list[Result]:
             raise ReportError(f"{path}: line {n}: a number column does not hold a number") from None
         if combo.batch is None:
             raise ReportError(f"{path}: line {n}: no batch size")
+        if row["status"] == "ok":  # a hand-edited -5 or nan must not become the winner
+            for col in ("latency_ms", "sequential_ms", "speedup"):
+                v = vals.get(col)
+                if v is not None and not (isinstance(v, float) and math.isfinite(v) and v > 0):
+                    raise ReportError(
+                        f"{path}: line {n}: {col} of an ok row must be a positive number, "
+                        f"got {row[col]!r}"
+                    )
         out.append(Result(combo, row["status"], row["error"], vals))
     return out
 

@@ -719,8 +719,8 @@ def run_sweep(
     if path.suffix.lower() == ".parquet":
         raise SweepError(f"{path}: give a .csv name; the Parquet copy is written beside it")
     if timeout_s is not None:
-        if not timeout_s > 0:
-            raise SweepError(f"the timeout must be positive, not {timeout_s}")
+        if not (timeout_s > 0 and math.isfinite(timeout_s)):
+            raise SweepError(f"the timeout must be a positive number of seconds, not {timeout_s}")
         if dask is not None:
             raise SweepError("--timeout applies to local workers, not to --dask")
         if not timeout_supported():

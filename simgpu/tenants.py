@@ -95,6 +95,11 @@ def parse_arrival(spec: str) -> Arrival:
         raise WorkloadError(f"arrival {spec!r}: {arg.strip()!r} is not a number") from None
     if not _positive_finite(value):
         raise WorkloadError(f"arrival {spec!r}: {arg.strip()} must be a positive number")
+    # bounds far outside any serving workload: below them no request ever arrives in a
+    # run, above them the arrival list itself would not fit in memory
+    lo, hi, unit = (1e-3, 1e7, "requests/s") if kind == "poisson" else (1e-4, 1e7, "ms")
+    if not lo <= value <= hi:
+        raise WorkloadError(f"arrival {spec!r}: {kind} takes {lo:g} to {hi:g} {unit}")
     if kind == "poisson":
         return Arrival("poisson", rate_rps=value)
     return Arrival("periodic", period_ms=value)

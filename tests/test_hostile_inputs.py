@@ -146,3 +146,41 @@ def test_conv_attributes_are_strict(tmp_path, capsys, graph_json, attr, value) -
         capsys, "simulate", _mutated(tmp_path, graph_json, i, **{f"attr_{attr}": value})
     )
     assert f"attribute {attr} must be an integer" in line
+
+
+# --- numbers that are not figures ---------------------------------------------------------
+
+
+def test_sweep_timeout_must_be_finite(tmp_path, capsys) -> None:
+    line = run_error(capsys, "sweep", "--model", "squeezenet1_1", "--timeout", "inf",
+                     "-o", str(tmp_path / "r.csv"))  # fmt: skip
+    assert "timeout must be a positive number of seconds" in line
+
+
+@pytest.mark.parametrize("spec", ["poisson:1e-300", "poisson:1e12", "periodic:1e-9"])
+def test_arrival_rates_outside_any_workload_are_refused(capsys, spec) -> None:
+    line = run_error(capsys, "multitenant", "squeezenet1_1", "--arrival", spec,
+                     "--duration", "10")  # fmt: skip
+    assert "takes" in line and spec in line
+
+
+@pytest.mark.parametrize("bad", ["-5.0", "nan", "inf", "0.0"])
+def test_a_report_refuses_a_row_whose_latency_is_not_a_figure(tmp_path, capsys, bad) -> None:
+    from simgpu.cli import main
+    from simgpu.sweep import read_results
+
+    out = tmp_path / "r.csv"
+    assert main(["sweep", "--model", "squeezenet1_1", "--image-size", "64", "--scheduler",
+                 "sequential", "--scheduler", "greedy", "--quiet", "-o", str(out)]) == 0  # fmt: skip
+    capsys.readouterr()
+    rows = read_results(out)
+    header = out.read_text().splitlines()[0]
+    cols = header.split(",")
+    lines = [header]
+    for r in rows:
+        if r["scheduler"] == "greedy":
+            r["latency_ms"] = bad
+        lines.append(",".join(r[c] for c in cols))
+    out.write_text("\n".join(lines) + "\n")
+    line = run_error(capsys, "report", str(out), "--out", str(tmp_path / "rep"))
+    assert "latency_ms of an ok row must be a positive number" in line
