@@ -98,20 +98,26 @@ def resimulate(data: Any, source: str = "<validation>") -> dict[str, Any]:
     m = data.get("model")
     if not isinstance(m, dict) or "name" not in m:
         raise CalibrationError(f'{source}: no "model" object naming the model')
-    graph = build_model(
-        m["name"],
-        batch=int(m.get("batch", 1)),
-        image_size=m.get("image_size"),
-        dtype=m.get("dtype", "fp32"),
-    )
+    batch, size = m.get("batch", 1), m.get("image_size")
+    for key, v in (("batch", batch), ("image_size", size)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise CalibrationError(f"{source}: model {key} must be a positive integer, got {v!r}")
+    if not isinstance(m["name"], str):
+        raise CalibrationError(f"{source}: model name must be a string, got {m['name']!r}")
+    graph = build_model(m["name"], batch=batch, image_size=size, dtype=m.get("dtype", "fp32"))
     rows = []
     entries = data.get("schedules")
     if not isinstance(entries, list) or not entries:
         raise CalibrationError(f'{source}: "schedules" must be a non-empty list')
     for i, e in enumerate(entries):
         try:
-            name = str(e["scheduler"])
-            measured = float(e["measured_ms"])
+            name = e["scheduler"]
+            measured = e["measured_ms"]
+            if not isinstance(name, str):
+                raise ValueError(f"scheduler must be a name, got {name!r}")
+            if (not isinstance(measured, int | float) or isinstance(measured, bool)
+                    or not math.isfinite(measured) or measured <= 0):  # fmt: skip
+                raise ValueError(f"measured_ms must be a positive number, got {measured!r}")
             sched = schedule_from_json(e["schedule"], source=f"{source} schedules[{i}]")
             check_rewrite(graph, sched, f"{source} schedules[{i}]")
             rt = e.get("runtime")

@@ -184,3 +184,33 @@ def test_a_report_refuses_a_row_whose_latency_is_not_a_figure(tmp_path, capsys, 
     out.write_text("\n".join(lines) + "\n")
     line = run_error(capsys, "report", str(out), "--out", str(tmp_path / "rep"))
     assert "latency_ms of an ok row must be a positive number" in line
+
+
+@pytest.mark.parametrize(
+    "model_change, entry_change, why",
+    [
+        ({"batch": 1.9}, {}, "batch must be a positive integer"),
+        ({"batch": True}, {}, "batch must be a positive integer"),
+        ({"name": ["squeezenet1_1"]}, {}, "model name must be a string"),
+        ({}, {"measured_ms": True}, "measured_ms must be a positive number"),
+        ({}, {"measured_ms": "1.5"}, "measured_ms must be a positive number"),
+        ({}, {"scheduler": {"x": 1}}, "scheduler must be a name"),
+    ],
+)
+def test_recorded_validations_are_strict(tmp_path, capsys, model_change, entry_change, why):
+    from schedulers.base import run_scheduler
+    from simgpu.hardware import Machine, preset
+    from simgpu.models import build_model
+    from simgpu.schedule import schedule_to_json
+
+    gpu = preset("v100")
+    r = run_scheduler("sequential", build_model("squeezenet1_1"), Machine.single(gpu))
+    entry = {"scheduler": "sequential", "measured_ms": 1.0, "runtime": r.runtime,
+             "schedule": schedule_to_json(r.schedule), **entry_change}  # fmt: skip
+    data = {"format": "simgpu.validation", "version": 1, "gpu": gpu.to_json(),
+            "model": {"name": "squeezenet1_1", "batch": 1, **model_change},
+            "schedules": [entry]}  # fmt: skip
+    p = tmp_path / "v.json"
+    p.write_text(json.dumps(data))
+    line = run_error(capsys, "calibrate", "validate", "--recorded", str(p))
+    assert why in line

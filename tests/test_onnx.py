@@ -615,3 +615,16 @@ def test_shipped_real_networks_import_with_published_figures() -> None:
     assert {op.kind for op in got["bvlc_alexnet"]} >= {"conv", "eltwise", "pool", "linear"}
     for g in got.values():
         assert run_seq(g) > 0
+
+
+@pytest.mark.parametrize("attr", [{"strides": [0, 1]}, {"dilations": [1, 0]}])
+def test_a_zero_stride_or_dilation_is_a_clear_error(tmp_path: Path, capsys, attr) -> None:
+    """ONNX stride 0 used to raise ZeroDivisionError (issue 20)."""
+    from _cli import run_error
+
+    node = oh.make_node("Conv", ["x", "w1"], ["y"], name="c0", kernel_shape=[3, 3], **attr)
+    m = model([node], [w("w1", 4, 3, 3, 3)], {"x": [1, 3, 16, 16]}, {})
+    p = tmp_path / "z.onnx"
+    p.write_bytes(m.SerializeToString())
+    line = run_error(capsys, "simulate", str(p))
+    assert "c0" in line and "must be at least 1" in line

@@ -155,8 +155,13 @@ def _check(onnx: Any, model: Any, source: str) -> None:
         raise FormatError(f"{source}: not a valid ONNX model ({_first_line(e)})") from None
 
 
-def _pairs(v: Sequence[int], n: int = 2) -> tuple[int, ...]:
-    return tuple(int(x) for x in v[:n])
+def _pairs(v: Sequence[int], n: int = 2, least: int = 1) -> tuple[int, ...]:
+    """The first ``n`` values of an int-list attribute, each at least ``least`` (a kernel,
+    stride or dilation of 0 cannot be run; ``least=0`` for paddings)."""
+    out = tuple(int(x) for x in v[:n])
+    if any(x < least for x in out):
+        raise Unmappable(f"values {list(out)} must be at least {least}")
+    return out
 
 
 class _Importer:
@@ -505,7 +510,7 @@ def _conv_transpose(imp: _Importer, node: Any, name: str) -> None:
     kernel = _pairs(imp.attr(node, "kernel_shape", w[2:]))
     strides = _pairs(imp.attr(node, "strides", [1, 1]))
     dil = _pairs(imp.attr(node, "dilations", [1, 1]))
-    opad = list(_pairs(imp.attr(node, "output_padding", [0, 0])))
+    opad = list(_pairs(imp.attr(node, "output_padding", [0, 0]), least=0))
     pads = list(imp.attr(node, "pads", [0, 0, 0, 0]))
     auto = imp.attr(node, "auto_pad", "NOTSET")
     want_shape = imp.attr(node, "output_shape", None)
