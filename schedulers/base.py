@@ -21,6 +21,7 @@ from simgpu.errors import SimGPUError
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec, Machine
 from simgpu.kernels import Kernel, KernelCache, signature
+from simgpu.limits import check
 from simgpu.program import Copy, Launch, Record, StreamProgram, Synchronize, Wait, lower
 from simgpu.runtimes import Runtime, get_runtime
 from simgpu.schedule import Schedule
@@ -123,6 +124,8 @@ def make_scheduler(name: str, options: Mapping[str, str | Any] | None = None) ->
             known = ", ".join(fields) or "none"
             raise SchedulerError(f"scheduler '{name}' has no option '{key}' (options: {known})")
         kwargs[key] = _convert(name, key, raw, f)
+        if "streams" in key and isinstance(kwargs[key], int):
+            check("streams", kwargs[key], f"option {name}.{key}")
     return cls(**kwargs)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from simgpu.errors import SimGPUError
+from simgpu.limits import check as check_limit
 from simgpu.output import dumps
 
 EXIT_ERROR = 2
@@ -710,6 +711,9 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
             graphs.append(_graph_arg(m, argparse.Namespace(batch=None, dtype=None)))
     duration = args.duration
     requests = None if duration is not None else (args.requests or 10)
+    if requests is not None:
+        check_limit("requests", requests, "--requests")
+    check_limit("budget", args.budget, "--budget")
     workload = Workload(
         make_tenants(graphs, arrivals if len(arrivals) > 1 else arrivals[0], args.slo_ms,
                      args.max_queue),

@@ -17,6 +17,7 @@ from typing import Any
 import networkx as nx
 
 from simgpu.errors import FormatError, GraphError
+from simgpu.limits import check
 from simgpu.ops import DTYPE_BYTES, Counts, Shape, kind_of, numel
 from simgpu.userfiles import parse_json, read_bytes
 
@@ -141,6 +142,9 @@ class OpGraph:
             self.ops[op.name] = op
         if not self.ops:
             raise GraphError(f"graph '{name}' has no ops")
+        check("ops", len(self.ops), f"graph '{name}': the number of ops")
+        for op in self.ops.values():  # before any shape inference or lowering of it
+            check("op_elements", numel(op.output_shape), f"op '{op.name}': its output's elements")
         g = nx.DiGraph()
         g.add_nodes_from(self.ops)
         for op in self.ops.values():

@@ -18,6 +18,7 @@ import networkx as nx
 
 from simgpu.errors import FormatError, ScheduleError
 from simgpu.graph import OpGraph
+from simgpu.limits import check
 
 
 @dataclass
@@ -194,6 +195,8 @@ def schedule_from_json(data: Any, source: str = "<json>") -> Schedule:
     def nonempty(xs: list, what: str) -> list:
         if not xs:
             raise FormatError(f"{source}: a schedule needs at least one {what}")
+        if what == "stream":
+            check("streams", len(xs), f"{source}: the number of streams")
         for i, x in enumerate(xs):
             if not x:
                 raise FormatError(f"{source}: {what} {i} is empty")
@@ -203,6 +206,7 @@ def schedule_from_json(data: Any, source: str = "<json>") -> Schedule:
     if kind == "stages":
         stages = nonempty(names(data.get("stages"), 3), "stage")
         for si, stage in enumerate(stages):
+            check("streams", len(stage), f"{source}: the groups of stage {si}")
             for gi, group in enumerate(stage):
                 if not group:
                     raise FormatError(f"{source}: stage {si} group {gi} is empty")

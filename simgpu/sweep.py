@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from simgpu.errors import SimGPUError
+from simgpu.limits import check as check_limit
 
 if TYPE_CHECKING:
     from simgpu.hardware import Machine
@@ -178,6 +179,10 @@ class Grid:
             targets = [("gpu", _gpu_key("v100"))]
         variants = {s: _option_variants(self.options.get(s, {})) for s in scheds}
         _check_runtimes(self.runtimes)
+        rows = (len(models) * len(_dedupe(self.batches)) * max(1, len(_dedupe(self.image_sizes)))
+                * len(_dedupe(self.dtypes)) * len(targets) * sum(len(v) for v in variants.values())
+                * max(1, len(self.runtimes)))  # fmt: skip
+        check_limit("grid_rows", rows, "the sweep's number of combinations")
         runtimes = {(s, o): _runtimes_of(s, o, self.runtimes) for s in scheds for o in variants[s]}
 
         out: list[Combo] = []

@@ -214,3 +214,53 @@ def test_recorded_validations_are_strict(tmp_path, capsys, model_change, entry_c
     p.write_text(json.dumps(data))
     line = run_error(capsys, "calibrate", "validate", "--recorded", str(p))
     assert why in line
+
+
+# --- sizes: a clear limit before the work, never a hang ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, why",
+    [
+        (["run", "squeezenet1_1", "--batch", "1000000000"], "batch is 1,000,000,000, over"),
+        (["run", "squeezenet1_1", "--image-size", "100000"], "image size is 100,000, over"),
+        (["run", "squeezenet1_1", "--scheduler", "lios", "--option", "lios.streams=100000000"],
+         "option lios.streams is 100,000,000, over"),
+        (["run", "squeezenet1_1", "--scheduler", "heft", "--option", "heft.streams=1000000"],
+         "option heft.streams is 1,000,000, over"),
+        (["multitenant", "squeezenet1_1", "--requests", "100000000"], "--requests is"),
+        (["multitenant", "squeezenet1_1", "--budget", "1000000000"], "--budget is"),
+    ],
+)  # fmt: skip
+def test_sizes_over_a_limit_stop_at_once_with_the_way_to_raise_it(capsys, argv, why) -> None:
+    line = run_error(capsys, *argv)
+    assert why in line and "SIMGPU_MAX_" in line
+
+
+def test_a_huge_op_in_a_graph_file_is_refused(tmp_path, capsys, graph_json) -> None:
+    i = next(i for i, o in enumerate(graph_json["ops"]) if o["kind"] == "conv")
+    op = graph_json["ops"][i]
+    big = _mutated(tmp_path, graph_json, i, attr_out_channels=10**9,
+                   shape=[op["shape"][0], 10**9, *op["shape"][2:]])  # fmt: skip
+    line = run_error(capsys, "simulate", big)
+    assert "its output's elements" in line and "SIMGPU_MAX_OP_ELEMENTS" in line
+
+
+def test_limits_are_raised_by_the_environment(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("SIMGPU_MAX_GRID_ROWS", "2")
+    line = run_error(capsys, "sweep", "--model", "squeezenet1_1", "--scheduler", "sequential",
+                     "--batch", "1", "--batch", "2", "--batch", "3", "-o", str(tmp_path / "r.csv"))  # fmt: skip
+    assert "number of combinations is 3, over the limit of 2" in line
+    monkeypatch.setenv("SIMGPU_MAX_BATCH", "8192")
+    out = run_json(capsys, "run", "squeezenet1_1", "--image-size", "32", "--batch", "5000",
+                   "--scheduler", "sequential", "--runtime", "cudnn", "--json")  # fmt: skip
+    assert out["batch"] == 5000
+
+
+def test_a_schedule_file_with_too_many_streams_is_refused(tmp_path, capsys) -> None:
+    data = {"format": "simgpu.schedule", "version": 1, "graph_mode": False,
+            "kind": "streams", "streams": [[f"op{i}"] for i in range(100_000)]}  # fmt: skip
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(data))
+    line = run_error(capsys, "simulate", "squeezenet1_1", "--schedule", str(p))
+    assert "number of streams is 100,000, over the limit" in line

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from simgpu.errors import GraphError
 from simgpu.graph import OpGraph
+from simgpu.limits import check
 from simgpu.models.builder import GraphBuilder
 
 __all__ = [
@@ -59,7 +60,10 @@ def build_model(
     info = MODELS.get(name)
     if info is None:
         raise GraphError(f"unknown model {name!r} (known: {', '.join(model_names())})")
+    check("batch", batch, f"{name}: batch")
     size = image_size if image_size is not None else info.default_image_size
+    if size is not None:
+        check("image_size", size, f"{name}: image size")
     if size is None:
         return info.builder(batch=batch, dtype=dtype)
     return info.builder(batch=batch, image_size=size, dtype=dtype)
