@@ -21,6 +21,7 @@ from calibrate.errors import CalibrationError, require_cuda
 from simgpu.errors import SimGPUError
 from simgpu.graph import read_json
 from simgpu.hardware import GPUSpec, Machine, gpu_from_json
+from simgpu.output import save_figure
 
 FORMAT = "simgpu.validation"
 VERSION = 1
@@ -193,7 +194,7 @@ def scatter(summary: Mapping[str, Any], path: str | Path, title: str = "") -> Pa
     ax.set_title(title or f"MAPE {summary['mape']:.1f}%")
     p = Path(path)
     try:
-        fig.savefig(p, bbox_inches="tight")
+        save_figure(fig, p, bbox_inches="tight")
     except OSError as e:
         raise CalibrationError(f"cannot write {p}: {e.strerror or e}") from None
     finally:

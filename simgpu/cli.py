@@ -8,6 +8,7 @@ fault, and this module only prints them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from simgpu.errors import SimGPUError
 from simgpu.limits import check as check_limit
-from simgpu.output import dumps
+from simgpu.output import dumps, printable
 
 EXIT_ERROR = 2
 
@@ -1041,16 +1042,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # a full disk or a closed pipe shows here, not at exit
+        return rc
     except SimGPUError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"simgpu: error: {msg}", file=sys.stderr)
+        print(f"simgpu: error: {printable(msg)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("simgpu: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _silence_stdout()
         return 0
+    except OSError as e:  # writing an output: no space, no permission, a read-only file
+        _silence_stdout()
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"simgpu: error: cannot write output: {printable(where + (e.strerror or str(e)))}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what could not be
+    written does not print a traceback after the one-line error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

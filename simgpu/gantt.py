@@ -11,6 +11,7 @@ import zlib
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
+from simgpu.output import save_figure
 from simgpu.timeline import Timeline
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ def plot_gantt(
     head = title or "simgpu"
     note = f", first {drawn} of {len(tl.kernels)} kernels" if drawn < len(tl.kernels) else ""
     ax.set_title(f"{head} — makespan {tl.makespan_us / 1e3:.3f} ms{note}", fontsize=10)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_gantt_compare(
@@ -204,7 +205,7 @@ def plot_gantt_compare(
     end = max(_x_end_ms(tl) for _, tl in items)
     axes[-1].set_xlim(0, end * 1.01)
     axes[-1].set_xlabel("time (ms)")
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 __all__ = ["op_color", "plot_gantt", "plot_gantt_compare"]

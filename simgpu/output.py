@@ -19,3 +19,24 @@ def dumps(obj: Any) -> str:
             "a result is not a finite number (inf or nan): check the GPU file's figures "
             "and the inputs' sizes"
         ) from None
+
+
+def save_figure(fig: Any, path: Any, **kw: Any) -> None:
+    """Save a matplotlib figure to exactly ``path``: the format comes from its suffix,
+    PNG when it has none, and no suffix is ever appended (``--gantt /dev/full`` must
+    fail on /dev/full, not write /dev/full.png)."""
+    from pathlib import Path
+
+    suffix = Path(str(path)).suffix.lower().lstrip(".")
+    fmt = suffix if suffix in ("png", "pdf", "svg", "jpg", "jpeg") else "png"
+    with open(path, "wb") as f:
+        fig.savefig(f, format=fmt, **kw)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: names from a file must not reach the
+    terminal raw (a newline, an escape sequence)."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )

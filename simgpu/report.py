@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from simgpu.errors import SimGPUError
+from simgpu.output import save_figure
 from simgpu.sweep import Combo, read_results, typed_value
 
 
@@ -287,7 +288,7 @@ def plot_speedups(results: Sequence[Result], path: Path) -> None:
         ncols=min(len(variants), 6),
         loc="outside upper center",
     )
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_pareto(results: Sequence[Result], stats: Sequence[VariantStats], path: Path) -> None:
@@ -331,7 +332,7 @@ def plot_pareto(results: Sequence[Result], stats: Sequence[VariantStats], path: 
     ax.set_title("Schedule quality against scheduling cost", fontsize=10)
     ax.grid(linewidth=0.4, alpha=0.5)
     ax.legend(fontsize=7, loc="best")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def resimulate(result: Result, scheduler: str | None = None) -> Any:

@@ -730,10 +730,28 @@ def run_sweep(
             raise SweepError("--timeout applies to local workers, not to --dask")
         if not timeout_supported():
             raise SweepError("--timeout needs a POSIX system (and the main thread)")
-    with _exclusive(path):
+    with _exclusive(path), _term_as_interrupt():
         return _run_locked(
             combos, path, t0, workers, dask, retry_failed, timeout_s, progress, progress_stream
         )
+
+
+@contextlib.contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a sweep as Ctrl-C does: workers stopped, finished rows kept, exit
+    130. By default it would kill this process alone and leave its workers running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
@@ -915,8 +933,12 @@ def _run_processes(
                 lost.append(futures[fut].label())
                 continue
             record(row)
-    finally:
+    except BaseException:  # interrupted (SIGINT, SIGTERM): stop the workers, not wait
+        for proc in list(getattr(ex, "_processes", {}).values()):
+            proc.terminate()
         ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
     return lost
 
 

@@ -264,3 +264,49 @@ def test_a_schedule_file_with_too_many_streams_is_refused(tmp_path, capsys) -> N
     p.write_text(json.dumps(data))
     line = run_error(capsys, "simulate", "squeezenet1_1", "--schedule", str(p))
     assert "number of streams is 100,000, over the limit" in line
+
+
+# --- outputs: written as named or one line -------------------------------------------------
+
+
+def test_a_chart_goes_to_exactly_the_path_named(tmp_path, capsys) -> None:
+    noext = tmp_path / "chart"
+    run_json(capsys, "run", "squeezenet1_1", "--scheduler", "sequential", "--json",
+             "--gantt", str(noext))  # fmt: skip
+    assert noext.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "chart.png").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_a_full_disk_is_one_line(capsys) -> None:
+    import subprocess
+    import sys
+
+    line = run_error(capsys, "run", "squeezenet1_1", "--scheduler", "sequential",
+                     "--gantt", "/dev/full")  # fmt: skip
+    assert "No space left on device" in line
+    assert not Path("/dev/full.png").exists()
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "simgpu.cli", "run", "squeezenet1_1",
+                            "--scheduler", "sequential", "--json"], stdout=full,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "simgpu: error: cannot write output: No space left on device"
+    ]
+
+
+def test_an_unwritable_output_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "f").write_text("a file, not a folder")
+    for argv in (["export", "squeezenet1_1", "-o", str(tmp_path / "f" / "g.json")],
+                 ["run", "squeezenet1_1", "--scheduler", "sequential",
+                  "--schedule-out", str(tmp_path / "f" / "s.json")],
+                 ["run", "squeezenet1_1", "--scheduler", "sequential",
+                  "--trace", str(tmp_path / "f" / "t.json")]):  # fmt: skip
+        line = run_error(capsys, *argv)
+        assert "cannot write" in line and "Not a directory" in line
+
+
+def test_control_characters_in_names_are_escaped(tmp_path, capsys) -> None:
+    line = run_error(capsys, "run", "evil\x1b[31m\nname")
+    assert "\x1b" not in line and "\\x1b" in line and "\\n" in line

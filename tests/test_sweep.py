@@ -729,3 +729,29 @@ def test_a_second_sweep_on_the_same_file_is_refused_and_no_row_is_lost(
     assert main(["sweep", "--model", "squeezenet1_1", "--image-size", "64", "--batch", "4",
                  "--gpu", "v100", "--scheduler", "sequential", "--quiet", "-o", str(out)]) == 0  # fmt: skip
     assert len(read_results(out)) == 3 * 2 * 3 + 1
+
+
+def test_sigterm_stops_the_workers_and_keeps_the_finished_rows(tmp_path: Path) -> None:
+    """SIGTERM used to kill the sweep alone and leave its pool's workers running for over
+    a minute (issue 20); it now ends the sweep as Ctrl-C does."""
+    import signal
+
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "r.csv"
+    argv = [sys.executable, "-m", "simgpu.cli", "sweep", "--model", "squeezenet1_1"]
+    argv += ["--image-size", "64"] + [x for b in range(1, 9) for x in ("--batch", str(b))]
+    argv += ["--gpu", "v100", "--scheduler", "ios", "--scheduler", "lios", "--workers", "2",
+             "--quiet", "-o", str(out)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if out.exists() and len(out.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    _, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, [p.cmdline() for p in alive]
+    assert len(read_results(out)) >= 1  # the finished rows are kept

@@ -15,6 +15,7 @@ import json
 from os import PathLike
 from typing import Any
 
+from simgpu.output import save_figure
 from simgpu.sim.tenants import MultiTenantRun, parse_label
 
 _STREAM_TID = 10  # stream s of a tenant is thread 10 + s (0: requests, 1: host thread)
@@ -265,7 +266,7 @@ def plot_tenant_gantt(
     ax_sm.legend(loc="upper right", fontsize=7)
     ax_sm.set_xlabel("time (ms)")
     ax_sm.set_xlim(0, end * 1.01 if end > 0 else 1.0)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 __all__ = ["plot_tenant_gantt", "to_chrome_trace", "write_chrome_trace"]
