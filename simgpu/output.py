@@ -28,7 +28,9 @@ def save_figure(fig: Any, path: Any, **kw: Any) -> None:
     from pathlib import Path
 
     suffix = Path(str(path)).suffix.lower().lstrip(".")
-    fmt = suffix if suffix in ("png", "pdf", "svg", "jpg", "jpeg") else "png"
+    if suffix and suffix not in ("png", "pdf", "svg", "jpg", "jpeg"):
+        raise ValueError(f"{path}: unsupported chart format '{suffix}' (png, pdf, svg, jpg)")
+    fmt = suffix or "png"
     with open(path, "wb") as f:
         fig.savefig(f, format=fmt, **kw)
 
