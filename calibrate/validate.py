@@ -52,6 +52,10 @@ def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float:
     return (conc - disc) / denom if denom else float("nan")
 
 
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Rows with ``measured_ms`` and ``simulated_ms`` -> error per schedule, MAPE, tau."""
     per = []
@@ -64,8 +68,9 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     sim = [p["simulated_ms"] for p in per]
     return {
         "schedules": len(per),
-        "mape": statistics.fmean(abs(p["error_pct"]) for p in per) if per else float("nan"),
-        "kendall_tau": kendall_tau(meas, sim) if len(per) >= 2 else float("nan"),
+        # None where undefined (no rows, one row, all tied): JSON has no NaN
+        "mape": statistics.fmean(abs(p["error_pct"]) for p in per) if per else None,
+        "kendall_tau": _finite_or_none(kendall_tau(meas, sim)) if len(per) >= 2 else None,
         "per_schedule": per,
     }
 
@@ -101,7 +106,9 @@ def resimulate(data: Any, source: str = "<validation>") -> dict[str, Any]:
         raise CalibrationError(f'{source}: no "model" object naming the model')
     batch, size = m.get("batch", 1), m.get("image_size")
     for key, v in (("batch", batch), ("image_size", size)):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+        if (v is not None or key == "batch") and (
+            not isinstance(v, int) or isinstance(v, bool) or v <= 0
+        ):
             raise CalibrationError(f"{source}: model {key} must be a positive integer, got {v!r}")
     if not isinstance(m["name"], str):
         raise CalibrationError(f"{source}: model name must be a string, got {m['name']!r}")
@@ -163,10 +170,10 @@ def format_table(summary: Mapping[str, Any]) -> str:
         )
 
     lines = [fmt(head), "  ".join("-" * w for w in widths), *(fmt(r) for r in body)]
-    tau = summary["kendall_tau"]
+    tau, mape = summary["kendall_tau"], summary["mape"]
     lines.append(
-        f"{summary['schedules']} schedules  MAPE {summary['mape']:.1f}%  "
-        f"Kendall tau {'n/a' if math.isnan(tau) else f'{tau:.2f}'}"
+        f"{summary['schedules']} schedules  MAPE {'n/a' if mape is None else f'{mape:.1f}%'}  "
+        f"Kendall tau {'n/a' if tau is None or math.isnan(tau) else f'{tau:.2f}'}"
     )
     return "\n".join(lines)
 

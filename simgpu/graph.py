@@ -89,7 +89,7 @@ class Op:
         """An op read from a file, strictly: a name that is a string, inputs that are
         strings, a shape of integers (8.9, true or "8" is an error, not 8, 1 or 8)."""
         if not isinstance(d, Mapping):
-            raise FormatError(f"an op must be an object, got {type(d).__name__}")
+            raise FormatError(f"op '?': an op must be an object, got {type(d).__name__}")
         name = d.get("name", "?")
         if not isinstance(name, str):
             raise FormatError(f"an op's name must be a string, got {name!r}")

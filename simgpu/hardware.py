@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -78,6 +79,13 @@ class GPUSpec:
     library_costs: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError(f"a GPU's name must be a non-empty string, got {self.name!r}")
+        cc = self.compute_capability
+        if not isinstance(cc, str) or not re.fullmatch(r"\d{1,2}\.\d{1,2}", cc):
+            raise SpecError(
+                f"GPU '{self.name}': compute_capability must look like \"8.0\", got {cc!r}"
+            )
         if not isinstance(self.peak_tflops, Mapping):
             raise SpecError(f"GPU '{self.name}': peak_tflops must be an object")
         object.__setattr__(self, "peak_tflops", dict(self.peak_tflops))

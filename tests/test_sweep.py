@@ -387,7 +387,7 @@ def test_timeout_with_worker_processes(tmp_path: Path) -> None:
 
 def test_bad_timeouts(tmp_path: Path, capsys) -> None:
     argv = ["sweep", "--model", "squeezenet1_1", "--quiet", "-o", str(tmp_path / "r.csv")]
-    assert "must be positive" in run_error(capsys, *argv, "--timeout", "0")
+    assert "must be a positive number" in run_error(capsys, *argv, "--timeout", "0")
     assert "not to --dask" in run_error(capsys, *argv, "--timeout", "5", "--dask", "local:1")
 
 

@@ -375,7 +375,7 @@ def test_embedding_infer_and_count() -> None:
         ({"num_embeddings": 0, "embedding_dim": 4}, "must be positive"),
         ({"num_embeddings": 10, "embedding_dim": -1}, "must be positive"),
         ({"embedding_dim": 4}, "missing attribute 'num_embeddings'"),
-        ({"num_embeddings": "many", "embedding_dim": 4}, "bad attribute"),
+        ({"num_embeddings": "many", "embedding_dim": 4}, "must be an integer"),
     ],
 )
 def test_embedding_bad_attrs_name_the_op(attrs: dict, match: str) -> None:

@@ -60,6 +60,11 @@ def build_model(
     info = MODELS.get(name)
     if info is None:
         raise GraphError(f"unknown model {name!r} (known: {', '.join(model_names())})")
+    for what, v in (("batch", batch), ("image size", image_size)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise GraphError(f"{name}: {what} must be a positive integer, got {v!r}")
+    if batch is None:
+        raise GraphError(f"{name}: batch must be a positive integer, got None")
     check("batch", batch, f"{name}: batch")
     size = image_size if image_size is not None else info.default_image_size
     if size is not None:

@@ -135,7 +135,10 @@ class _Reader:
     # -- structure ----------------------------------------------------------------------
 
     def read(self, data: Mapping[str, Any]) -> tuple[OpGraph, StageSchedule | None]:
-        self.b = GraphBuilder(str(data.get("name", "ios_graph")), self.dtype)
+        gname = data.get("name", "ios_graph")
+        if not isinstance(gname, str):
+            raise FormatError(f"{self.source}: the graph's name must be a string, got {gname!r}")
+        self.b = GraphBuilder(gname, self.dtype)
         inp = data["input"]
         name = inp.get("name")
         if not isinstance(name, str) or not name:
@@ -157,6 +160,8 @@ class _Reader:
             enter = block.get("enter_name")
             if enter is None and isinstance(block.get("enter_node"), dict):
                 enter = block["enter_node"].get("name")
+            if enter is not None and not isinstance(enter, str):
+                raise FormatError(f"{self.source}: block {bi}: enter_name must be a string")
             if enter is not None and enter not in self.ops_of and enter != self.input_name:
                 raise FormatError(f"{self.source}: block {bi} enters at unknown node {enter!r}")
             inner, exit_node = block.get("inner_nodes", []), block.get("exit_node")

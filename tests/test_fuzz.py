@@ -1,0 +1,184 @@
+"""Fuzzing: single-value mutations of valid files of every format, through the CLI.
+
+Each mutation must end in success (exit 0) or one clean ``simgpu: error:`` line (exit 2),
+never a traceback, within a time bound. A few examples per format run in CI; for long
+runs::
+
+    python -m pytest tests/test_fuzz.py --hypothesis-profile=fuzz
+
+(``fuzz``: 2,000 examples per format, no deadline but a per-run limit.)
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simgpu.cli import main
+
+# the loaded profile decides (pytest loads --hypothesis-profile before collecting): a
+# handful per format in CI, the fuzz profile's count for long runs
+LONG = settings.default.max_examples >= 1000
+CI = settings(
+    max_examples=settings.default.max_examples if LONG else 12,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+LIMIT_S = 60.0  # one command on one mutated file
+
+HOSTILE: list[Any] = [
+    None, True, False, 0, -1, 1, 8.9, -0.5, 1e308, -1e308, 2**63, 10**12, "", "x", "8",
+    "false", "NaN", [], [0], [1.5, 2.5], {}, {"a": 1}, [[[[[]]]]], "\x1b[31m\n",
+]  # fmt: skip
+
+
+def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every path to a value in a JSON document (capped per list, so big files stay fast)."""
+    out = [prefix]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc[:6]):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@st.composite
+def mutations(draw: st.DrawFn, doc: Any) -> Any:
+    """``doc`` with one value replaced by a hostile one, or one key or item removed."""
+    new = copy.deepcopy(doc)
+    paths = [p for p in _paths(new) if p]
+    path = draw(st.sampled_from(paths))
+    parent = new
+    for k in path[:-1]:
+        parent = parent[k]
+    if draw(st.booleans()) and isinstance(parent, dict | list):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw(st.sampled_from(HOSTILE))
+    return new
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    t0 = time.perf_counter()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        rc = main(argv)
+    assert time.perf_counter() - t0 < LIMIT_S, f"{argv}: took too long"
+    return rc, err.getvalue()
+
+
+def check_outcome(rc: int, err: str, doc: Any) -> None:
+    if rc == 0:
+        return
+    lines = err.strip().splitlines()
+    assert rc == 2, (rc, err, doc)
+    assert len(lines) == 1 and lines[0].startswith("simgpu: error: "), (err, doc)
+    assert "Traceback" not in err
+
+
+# --- the valid files ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, tuple[Path, Any]]:
+    from schedulers.base import run_scheduler
+    from simgpu.hardware import Machine, load_machine, preset
+    from simgpu.models import build_model
+    from simgpu.models.ios import write_ios
+    from simgpu.schedule import schedule_to_json
+
+    d = tmp_path_factory.mktemp("fuzz")
+    g = build_model("squeezenet1_1", image_size=64)
+    gpu = preset("v100")
+    r = run_scheduler("greedy", g, Machine.single(gpu))
+    docs: dict[str, Any] = {
+        "graph": g.to_json(),
+        "schedule": schedule_to_json(r.schedule),
+        "gpu": {"base": "v100", "name": "mine", "launch_api_us": 6.0, "hw_queues": 4,
+                "peak_tflops": {"fp32": 15.7, "fp16_tensor": 125.0}},
+        "machine": load_machine("2xv100-nvlink").to_json(),
+        "ios": write_ios(_ios_block()),
+        "validation": {"format": "simgpu.validation", "version": 1, "gpu": gpu.to_json(),
+                       "model": {"name": "squeezenet1_1", "batch": 1, "image_size": 64},
+                       "schedules": [{"scheduler": "greedy", "measured_ms": 0.5,
+                                      "runtime": r.runtime,
+                                      "schedule": schedule_to_json(r.schedule)}]},
+        "trace": {"traceEvents": [
+            {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1,
+             "ts": 0.0, "dur": 5.0, "args": {"correlation": 1}},
+            {"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 10.0,
+             "dur": 20.0, "args": {"correlation": 1, "stream": 7, "device": 0,
+                                   "grid": [80, 1, 1], "block": [128, 1, 1],
+                                   "registers per thread": 32, "shared memory": 0}}],
+            "deviceProperties": [{"id": 0, "name": "Tesla V100-SXM2-32GB", "numSms": 80,
+                                  "computeMajor": 7, "computeMinor": 0}]},
+    }  # fmt: skip
+    out = {}
+    for name, doc in docs.items():
+        p = d / f"{name}.json"
+        p.write_text(json.dumps(doc))
+        out[name] = (p, doc)
+    return out
+
+
+def _ios_block() -> Any:
+    """A small Inception-style block IOS's format can hold (NCHW, no flatten or ceil)."""
+    from simgpu.models.builder import GraphBuilder
+
+    b = GraphBuilder("block")
+    x = b.input((1, 16, 16, 16))
+    s = b.conv(x, 32, 1, name="stem")
+    a = b.conv(s, 16, 1, name="a")
+    c = b.conv(s, 16, 3, padding=1, name="c")
+    p = b.pool(s, "max", 3, 1, 1, name="p")
+    b.concat([a, c, p], name="cat")
+    return b.build()
+
+
+def _argv(kind: str, path: str) -> list[str]:
+    return {
+        "graph": ["simulate", path, "--json"],
+        "schedule": ["simulate", str(Path(path).with_name("graph.json")), "--schedule", path,
+                     "--json"],
+        "gpu": ["run", "squeezenet1_1", "--image-size", "64", "--scheduler", "sequential",
+                "--gpu", path, "--json"],
+        "machine": ["run", "squeezenet1_1", "--image-size", "64", "--scheduler", "hios",
+                    "--machine", path, "--json"],
+        "ios": ["simulate", path, "--json"],
+        "validation": ["calibrate", "validate", "--recorded", path, "--json"],
+        "trace": ["replay", path, "--json"],
+    }[kind]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kind", ["graph", "schedule", "gpu", "machine", "ios", "validation", "trace"]
+)
+def test_the_valid_files_run(files, kind: str) -> None:
+    path, _ = files[kind]
+    rc, err = run_cli(_argv(kind, str(path)))
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    "kind", ["graph", "schedule", "gpu", "machine", "ios", "validation", "trace"]
+)
+@CI
+@given(data=st.data())
+def test_every_mutation_succeeds_or_is_one_clean_line(files, kind: str, data) -> None:
+    path, doc = files[kind]
+    bad = data.draw(mutations(doc))
+    p = path.with_name(f"mut-{kind}.json")
+    p.write_text(json.dumps(bad, allow_nan=True))
+    rc, err = run_cli(_argv(kind, str(p)))
+    check_outcome(rc, err, bad)
