@@ -41,6 +41,7 @@ from calibrate.errors import TraceError
 from simgpu.errors import LoweringError, SimGPUError
 from simgpu.hardware import GPUSpec, Machine, gpu_from_json
 from simgpu.kernels import Kernel, Occupancy, occupancy, timed_kernel, waves
+from simgpu.limits import check as check_limit
 from simgpu.program import Command, Launch, Record, StreamProgram, Synchronize, Wait
 from simgpu.timeline import Timeline
 from simgpu.userfiles import max_file_bytes, parse_json, read_bytes
@@ -168,7 +169,7 @@ class KinetoTrace:
 
     def props(self, device: int = 0) -> dict[str, Any] | None:
         for p in self.device_properties:
-            if int(p.get("id", -1)) == device:
+            if isinstance(p, dict) and _is_int(p.get("id")) and p["id"] == device:
                 return p
         return None
 
@@ -220,6 +221,16 @@ def load_trace(path: str | Path) -> KinetoTrace:
     return parse_trace(read_trace_json(path), source=str(path))
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_or(v: Any, default: int) -> int:
+    """An optional integer field of an event's args: its value if it is one, else the
+    default (profilers omit fields, or write null)."""
+    return v if _is_int(v) else default
+
+
 def _num(v: Any, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         raise ValueError(f"{what} is {v!r}")
@@ -244,6 +255,9 @@ def _dim3(v: Any, what: str) -> tuple[int, int, int]:
     dims = [_int(x, what) for x in v] + [1] * (3 - len(v))
     if any(d < 1 for d in dims):
         raise ValueError(f"{what} is {v!r}: dimensions must be positive")
+    # CUDA's own limits on a grid (x < 2^31, y and z < 2^16); a block's are lower still
+    if dims[0] > 2**31 - 1 or dims[1] > 65535 or dims[2] > 65535:
+        raise ValueError(f"{what} is {v!r}: beyond what CUDA launches")
     return (dims[0], dims[1], dims[2])
 
 
@@ -304,6 +318,8 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
                 }
                 if kind == "kernel":
                     fields["grid"] = _dim3(args.get("grid"), "args.grid")
+                    blocks = math.prod(fields["grid"])
+                    check_limit("kernel_blocks", blocks, f"kernel '{name}': its blocks")
                     fields["block"] = _dim3(args.get("block"), "args.block")
                     fields["regs"] = _int(args.get("registers per thread", 0), "registers")
                     fields["smem"] = _int(args.get("shared memory", 0), "shared memory")
@@ -331,7 +347,7 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
         except (TypeError, ValueError):
             continue
         if rc >= 0 and ws not in NO_STREAM:
-            rec_stream.setdefault(rc, (ws, int(a.get("device", 0) or 0)))
+            rec_stream.setdefault(rc, (ws, _int_or(a.get("device"), 0)))
     records, waits, syncs = [], [], []
     for c in calls:
         if c.name in RECORD_CALLS:
@@ -342,7 +358,7 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
             st = _opt_stream(a.get("stream"))
             rc = a.get("wait_on_cuda_event_record_corr_id")
             rc = int(rc) if isinstance(rc, int) and rc >= 0 else None
-            waits.append(StreamWaitCall(c, st, rc, int(a.get("device", 0) or 0)))
+            waits.append(StreamWaitCall(c, st, rc, _int_or(a.get("device"), 0)))
         elif c.name in SYNC_CALLS:
             a = sync_args.get(c.correlation, {})
             dev = a.get("device", 0)
@@ -494,6 +510,10 @@ def gpu_for_trace(trace: KinetoTrace, device: int | None = None) -> GPUSpec:
         return gpu_from_json(spec_from_facts(props), source=trace.source)
     except SimGPUError as e:
         raise TraceError(f"{trace.source}: deviceProperties of device {dev}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # a field of the wrong type
+        raise TraceError(
+            f"{trace.source}: deviceProperties of device {dev} malformed ({type(e).__name__}: {e})"
+        ) from None
 
 
 _COPY_OCC: dict[int, Occupancy] = {}

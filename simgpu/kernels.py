@@ -35,6 +35,7 @@ from simgpu.libraries import (
     stream_spec,
     tensor_unit,
 )
+from simgpu.limits import check as check_limit
 from simgpu.ops import kind_of, numel
 from simgpu.sharing import INF, Demand, demand, dram_capacity, lone_kernel_us, warp_cap
 
@@ -343,16 +344,30 @@ def _measured(graph: OpGraph, name: str, entries: Any, gpu: GPUSpec) -> list[Ker
     total_bytes = st.bytes_read + st.bytes_written
     if not isinstance(entries, list):
         raise LoweringError(f"op '{name}': kernel table value must be a list of kernels")
+
+    def whole(e: Any, key: str, default: Any = None) -> int:
+        v = e.get(key, default) if default is not None else e[key]
+        if not isinstance(v, int) or isinstance(v, bool):  # true or 8.9 is no grid
+            raise ValueError(f"{key} must be an integer, got {v!r}")
+        return v
+
     for e in entries:
         try:
-            grid, threads = int(e["grid"]), int(e["threads"])
-            regs, smem = int(e.get("regs", 32)), int(e.get("smem", 0))
-            duration = float(e["duration_us"])
-            kname = str(e.get("name", "measured"))
+            if not isinstance(e, dict):
+                raise TypeError("an entry must be an object")
+            grid, threads = whole(e, "grid"), whole(e, "threads")
+            regs, smem = whole(e, "regs", 32), whole(e, "smem", 0)
+            duration = e["duration_us"]
+            if not isinstance(duration, int | float) or isinstance(duration, bool):
+                raise ValueError(f"duration_us must be a number, got {duration!r}")
+            kname = e.get("name", "measured")
+            if not isinstance(kname, str):
+                raise ValueError(f"name must be a string, got {kname!r}")
         except (KeyError, TypeError, ValueError) as err:
             raise LoweringError(f"op '{name}': bad kernel table entry {e!r} ({err})") from None
         if grid < 1 or not (math.isfinite(duration) and duration > 0):
             raise LoweringError(f"op '{name}': kernel table entry needs grid >= 1, duration > 0")
+        check_limit("kernel_blocks", grid, f"op '{name}': a kernel table entry's grid")
         occ = occupancy(threads, regs, smem, gpu, what=f"op '{name}' (measured)")
         k = Kernel(
             kname,

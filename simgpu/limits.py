@@ -22,6 +22,7 @@ DEFAULTS: dict[str, int] = {
     "requests": 1_000_000,  # requests per tenant of a multi-tenant run
     "budget": 100_000,  # candidates a multi-tenant search simulates
     "grid_rows": 100_000,  # combinations of one sweep
+    "kernel_blocks": 2**27,  # blocks of one recorded or measured kernel
 }
 
 

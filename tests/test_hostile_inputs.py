@@ -310,3 +310,36 @@ def test_an_unwritable_output_is_one_line(tmp_path, capsys) -> None:
 def test_control_characters_in_names_are_escaped(tmp_path, capsys) -> None:
     line = run_error(capsys, "run", "evil\x1b[31m\nname")
     assert "\x1b" not in line and "\\x1b" in line and "\\n" in line
+
+
+@pytest.mark.parametrize(
+    "entry, why",
+    [
+        ({"grid": True, "threads": 128, "duration_us": 5.0}, "grid must be an integer"),
+        ({"grid": 8.9, "threads": 128, "duration_us": 5.0}, "grid must be an integer"),
+        ({"grid": 80, "threads": 128, "duration_us": "5"}, "duration_us must be a number"),
+        ({"grid": 10**12, "threads": 128, "duration_us": 5.0}, "SIMGPU_MAX_KERNEL_BLOCKS"),
+    ],
+)
+def test_kernel_table_entries_are_strict(tmp_path, capsys, entry, why) -> None:
+    from simgpu.kernels import signature
+    from simgpu.models import build_model
+
+    g = build_model("squeezenet1_1", image_size=64)
+    op = next(n for n in g.ops if g[n].kind == "conv")
+    line = run_error(capsys, "run", "squeezenet1_1", "--image-size", "64", "--scheduler",
+                     "sequential", "--gpu",
+                     _gpu(tmp_path, kernel_table={signature(g, op): [entry]}))  # fmt: skip
+    assert why in line
+
+
+def test_a_trace_kernel_beyond_cuda_s_grid_limits_is_refused(tmp_path, capsys) -> None:
+    ev = [{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1,
+           "ts": 0.0, "dur": 5.0, "args": {"correlation": 1}},
+          {"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 10.0, "dur": 20.0,
+           "args": {"correlation": 1, "stream": 7, "device": 0, "grid": [10**12, 1, 1],
+                    "block": [128, 1, 1]}}]  # fmt: skip
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"traceEvents": ev}))
+    line = run_error(capsys, "replay", str(p), "--gpu", "v100")
+    assert "beyond what CUDA launches" in line
