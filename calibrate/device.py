@@ -295,20 +295,9 @@ class TorchDevice:
         return self._ops[key]
 
     def time_op(self, graph: OpGraph, op: str, warmup: int, repeats: int) -> list[float]:
-        torch = self.torch
-        fn = self._op_fn(graph, op)
-        for _ in range(warmup):
-            fn()
-        self.sync()
-        samples = []
-        for _ in range(repeats):
-            e0, e1 = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-            e0.record()
-            fn()
-            e1.record()
-            self.sync()
-            samples.append(e0.elapsed_time(e1) * 1e3)
-        return samples
+        from calibrate.profile import event_samples
+
+        return event_samples(self.torch, self._op_fn(graph, op), self.sync, warmup, repeats)
 
     def op_kernels(self, graph: OpGraph, ops: Sequence[str]) -> dict[str, list[KernelConfig]]:
         return self._profile_calls({op: self._op_fn(graph, op) for op in ops})

@@ -348,17 +348,23 @@ def profile_graph(
         if progress:
             progress(name, i, len(seen))
         fn = build(op_call(graph, name), torch, dev)  # type: ignore[arg-type]
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize(dev)
-        samples = []
-        for _ in range(repeats):
-            e0, e1 = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-            e0.record()
-            fn()
-            e1.record()
-            torch.cuda.synchronize(dev)
-            samples.append(e0.elapsed_time(e1) * 1e3)
+        samples = event_samples(torch, fn, lambda: torch.cuda.synchronize(dev), warmup, repeats)
         kernels = _kernels_of_one_run(torch, fn, dev)
         out.append(OpProfile(sig, name, float(statistics.median(samples)), repeats, tuple(kernels)))
     return out
+
+
+def event_samples(torch: Any, fn: Any, sync: Any, warmup: int, repeats: int) -> list[float]:
+    """Microseconds of ``fn`` per call, CUDA-event timed, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        e0, e1 = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+        e0.record()
+        fn()
+        e1.record()
+        sync()
+        samples.append(e0.elapsed_time(e1) * 1e3)
+    return samples

@@ -10,6 +10,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from _gpu import gpu_only, has_cuda
 
 from calibrate.errors import CalibrationError, NoGPUError
 from calibrate.executor import plan
@@ -34,17 +35,6 @@ from simgpu.kernels import lower_op, signature, standalone_time_us
 from simgpu.models import MODELS, build_model
 from simgpu.program import Launch, Record, StreamProgram, Synchronize, Wait
 from simgpu.schedule import schedule_to_json
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
-gpu_only = pytest.mark.skipif(not _cuda(), reason="needs torch with a CUDA GPU")
 
 V100_PROPS = {
     "name": "Tesla V100-SXM2-32GB",
@@ -137,7 +127,7 @@ def test_probe_from_fake_torch_properties_and_presets_by_name():
 
 
 def test_gpu_steps_refuse_clearly_without_cuda(capsys, tmp_path):
-    if _cuda():
+    if has_cuda():
         pytest.skip("a CUDA GPU is present")
     for argv in (
         ["calibrate", "probe"],

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from _gpu import gpu_only, has_cuda
 
 from calibrate.corun import (
     CLASSES,
@@ -35,17 +36,6 @@ from simgpu.hardware import PRESETS, load_gpu
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--profile", "squeezenet1_1", "--validate", "squeezenet1_1",
          "--scheduler", "sequential", "--scheduler", "nimble", "--scheduler", "greedy"]  # fmt: skip
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
-gpu_only = pytest.mark.skipif(not _cuda(), reason="needs torch with a CUDA GPU")
 
 
 def dry(out: Path, *args: str, device: FakeDevice | None = None) -> int:
@@ -366,7 +356,7 @@ def test_command_line_errors(tmp_path, capsys):
 
 
 def test_without_cuda_the_real_plan_refuses_in_one_line(tmp_path, capsys):
-    if _cuda():
+    if has_cuda():
         pytest.skip("a CUDA GPU is present")
     assert main(["--out", str(tmp_path / "o")]) == 2
     (err,) = errors(capsys)
