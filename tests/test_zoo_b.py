@@ -366,7 +366,6 @@ def test_fp16(graphs: dict[str, OpGraph], name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "size", "op"),
     [
-        *((name, 0, "input") for name in ZOO_B),
         ("nasnet_a_large", 2, "conv0"),  # unpadded 3x3 stem conv
         ("nasnet_a_mobile", 2, "conv0"),
     ],
@@ -375,6 +374,12 @@ def test_bad_image_size_names_the_op(name: str, size: int, op: str) -> None:
     with pytest.raises(GraphError, match=f"op '{op}'") as e:
         build_model(name, image_size=size)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ZOO_B)
+def test_a_non_positive_image_size_is_refused_before_building(name: str) -> None:
+    with pytest.raises(GraphError, match=f"{name}: image size must be a positive integer, got 0"):
+        build_model(name, image_size=0)
 
 
 @pytest.mark.parametrize("name", ["randwire_small", "randwire_large"])
