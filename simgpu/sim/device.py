@@ -163,7 +163,7 @@ class Device:
         self.gpu = gpu
         self.queues = [HwQueue(q, self) for q in range(gpu.hw_queues)]
         self.streams: dict[int, Stream] = {}
-        self.pool = SMPool(gpu)
+        self.pool = SMPool(gpu, merge_twins=not record_batches)
         self.fifo: deque[Entry] = deque()  # LAUNCH entries with blocks to place
         self.wake_t = INF  # the earliest wake-up pending for a batch end
         self._at = sim.env.at

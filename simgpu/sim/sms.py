@@ -112,8 +112,13 @@ class Group:
 class SMPool:
     """Block placement and release over the SMs of one GPU."""
 
-    def __init__(self, gpu: GPUSpec) -> None:
+    def __init__(self, gpu: GPUSpec, merge_twins: bool = True) -> None:
         self.cap = (gpu.max_warps_per_sm, gpu.regs_per_sm, gpu.smem_per_sm, gpu.max_blocks_per_sm)
+        # Twin groups (same residents at the same progress) merge back into one, so a wave
+        # stays one event. It changes no time; but a merged batch has one SM list for its
+        # whole life, so when batches are recorded (for the invariant tests) twins stay
+        # apart and every recorded batch's SMs are the ones its whole history ran on.
+        self.merge_twins = merge_twins
         self.n = gpu.sm_count
         self.all_sms = list(range(self.n))  # never mutated: groups get new lists
         self.groups: list[Group] = []  # spelled out while two placements are resident
@@ -392,7 +397,7 @@ class SMPool:
         g.fs += k * need.smem_alloc
         g.fb += k
         if g.bs:
-            twin = self._twin(g)
+            twin = self._twin(g) if self.merge_twins else None
             if twin is not None:  # g is now another group's twin: one group again
                 self._absorb(twin, g)
             elif g.mark != self.stamp:
