@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from calibrate.corun import FMA_CHAINS, THREADS, CoKernel
 from calibrate.errors import CalibrationError, NoGPUError, require_cuda
+from calibrate.profile import kernel_config
 from simgpu.graph import OpGraph
 from simgpu.program import StreamProgram
 
@@ -391,20 +392,9 @@ def kernels_by_range(data: Mapping[str, Any], names: Sequence[str]) -> dict[str,
         t = call.ts if call is not None else a.ts
         for t0, t1, i in ranges:
             if t0 <= t <= t1:
-                out[names[i]].append(_config(a))
+                out[names[i]].append(kernel_config(a))
                 break
     return out
-
-
-def _config(a: Any) -> KernelConfig:
-    return {
-        "name": a.name[:200],
-        "grid": a.blocks,
-        "threads": a.threads,
-        "regs": a.regs,
-        "smem": a.smem,
-        "duration_us": a.dur,
-    }
 
 
 def gzip_file(src: Path, dst: Path) -> Path:

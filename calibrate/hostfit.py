@@ -272,12 +272,21 @@ def sha256(path: Path) -> str:
 # --- simulated speedups ----------------------------------------------------------------
 
 
-def eager_vs_graph(
-    model: str, gpu: GPUSpec, trace: TraceHost, scales: Sequence[float]
-) -> tuple[float, list[float]]:
-    """Simulated latency (µs) of ``nimble`` under ``cuda-graph``, and of ``sequential``
-    under ``pytorch-eager`` at each scale: one speedup curve of the fit."""
+def nimble_us(model: str, gpu: GPUSpec) -> float:
+    """Simulated latency (µs) of ``nimble`` under ``cuda-graph``: the denominator of every
+    speedup of the fit (it does not depend on eager PyTorch's costs)."""
     from schedulers.base import run_scheduler
+    from simgpu.hardware import Machine
+    from simgpu.models import build_model
+
+    graph = build_model(model)
+    return run_scheduler(
+        "nimble", graph, Machine.single(gpu), runtime="cuda-graph"
+    ).timeline.makespan_us
+
+
+def eager_us(model: str, gpu: GPUSpec, trace: TraceHost, scales: Sequence[float]) -> list[float]:
+    """Simulated latency (µs) of ``sequential`` under ``pytorch-eager`` at each scale."""
     from simgpu.hardware import Machine
     from simgpu.kernels import KernelCache
     from simgpu.models import build_model
@@ -288,7 +297,6 @@ def eager_vs_graph(
 
     graph = build_model(model)
     machine = Machine.single(gpu)
-    nimble = run_scheduler("nimble", graph, machine, runtime="cuda-graph").timeline.makespan_us
     seq = StreamSchedule([list(graph.topo_order)])
     cache = KernelCache(gpu)
     eager = type(get_runtime("pytorch-eager"))
@@ -296,7 +304,7 @@ def eager_vs_graph(
     for s in scales:
         prog = lower(seq, graph, gpu, cache=cache, runtime=eager(eager_costs(trace, s)))
         out.append(simulate(prog, machine).makespan_us)
-    return nimble, out
+    return out
 
 
 def interpolated(scales: Sequence[float], values: Sequence[float]) -> Callable[[float], float]:
@@ -344,18 +352,19 @@ def fit_host(
     models = [m for m in speedups if m in MODELS]
     missing = [m for m in speedups if m not in MODELS]
     curves: dict[str, Callable[[float], float]] = {}
+    nimble: dict[str, float] = {}
     sims: dict[str, Any] = {}
     for i, m in enumerate(models):
         if progress is not None:
             progress(m, i, len(models))
-        nimble, eager = eager_vs_graph(m, gpu, trace, SCALES)
-        curves[m] = interpolated(SCALES, [e / nimble for e in eager])
-        sims[m] = {"nimble_ms": round(nimble / 1e3, 4)}
+        nimble[m] = nimble_us(m, gpu)
+        curves[m] = interpolated(SCALES, [e / nimble[m] for e in eager_us(m, gpu, trace, SCALES)])
+        sims[m] = {"nimble_ms": round(nimble[m] / 1e3, 4)}
     fit = fit_scale(curves, speedups, SCALES[0], SCALES[-1])
     # the figures reported are simulated at the fitted scale, not interpolated
     for m in models:
-        nimble, (eager,) = eager_vs_graph(m, gpu, trace, [fit.scale])
-        fit.predicted[m] = eager / nimble
+        (eager,) = eager_us(m, gpu, trace, [fit.scale])
+        fit.predicted[m] = eager / nimble[m]
         sims[m]["eager_ms"] = round(eager / 1e3, 4)
     source = (f"{kineto.name} (sha256 {sha256(kineto)[:12]}): per-op medians; speed factor "
               f"fitted to {published.name}")  # fmt: skip

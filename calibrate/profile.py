@@ -314,18 +314,19 @@ def _kernels_of_one_run(torch: Any, fn: Callable[[], Any], device: Any) -> list[
             return []
         except Exception as e:  # a trace Kineto wrote but we cannot read is a bug to report
             raise CalibrationError(f"cannot read the profiler trace: {e}") from None
-    return [
-        {
-            "name": a.name[:200],
-            "grid": a.blocks,
-            "threads": a.threads,
-            "regs": a.regs,
-            "smem": a.smem,
-            "duration_us": a.dur,
-        }
-        for a in trace.activities
-        if a.kind == "kernel"
-    ]
+    return [kernel_config(a) for a in trace.activities if a.kind == "kernel"]
+
+
+def kernel_config(a: Any) -> dict[str, Any]:
+    """A kernel table entry from a profiled kernel activity (:mod:`calibrate.kineto`)."""
+    return {
+        "name": a.name[:200],
+        "grid": a.blocks,
+        "threads": a.threads,
+        "regs": a.regs,
+        "smem": a.smem,
+        "duration_us": a.dur,
+    }
 
 
 def profile_graph(
