@@ -112,7 +112,45 @@ def _conv_infer(op: Op, ins: list[Shape]) -> Shape:
         raise _fail(op, "kernel, stride, dilation, groups and out_channels must be positive")
     if c % groups or cout % groups:
         raise _fail(op, f"channels in {c} / out {cout} not divisible by groups {groups}")
-    return (n, cout, _window_out(op, h, kh, sh, ph, dh), _window_out(op, w, kw, sw, pw, dw))
+    out = (n, cout, _window_out(op, h, kh, sh, ph, dh), _window_out(op, w, kw, sw, pw, dw))
+    _check_epilogue(op, out, ins[1:])
+    return out
+
+
+#: elementwise ops a conv may run in its kernel's epilogue (attribute ``epilogue``, in
+#: order, after bias and activation), with their FLOPs per element as the ops count
+#: them; a binary one takes the conv's next extra input as its other operand
+EPILOGUE_FLOPS: dict[str, int] = {
+    "relu": 1, "sigmoid": 4, "tanh": 4, "gelu": 8, "silu": 5, "clip": 2, "add": 1, "mul": 1,
+}  # fmt: skip
+EPILOGUE_BINARY = frozenset({"add", "mul"})
+
+
+def _epilogue(op: Op) -> tuple[str, ...]:
+    steps = op.attrs.get("epilogue", ())
+    if not isinstance(steps, tuple) or not all(isinstance(s, str) for s in steps):
+        raise _fail(op, f"epilogue must be a list of op kinds, got {steps!r}")
+    bad = [s for s in steps if s not in EPILOGUE_FLOPS]
+    if bad:
+        raise _fail(op, f"epilogue step {bad[0]!r} is not one of {', '.join(EPILOGUE_FLOPS)}")
+    return steps
+
+
+def _check_epilogue(op: Op, out: Shape, operands: list[Shape]) -> None:
+    """A conv's inputs past the first are the operands of its binary epilogue steps, one
+    each, broadcasting to its output without changing it (a fused residual add)."""
+    need = sum(s in EPILOGUE_BINARY for s in _epilogue(op))
+    if len(operands) != need:
+        raise _fail(
+            op, f"takes 1 + {need} inputs (its epilogue's operands), got {1 + len(operands)}"
+        )
+    for s in operands:
+        try:
+            ok = _broadcast(out, s) == tuple(out)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise _fail(op, f"epilogue operand {list(s)} does not broadcast to {list(out)}")
 
 
 def _conv_count(op: Op, ins: list[Shape]) -> Counts:
@@ -124,8 +162,9 @@ def _conv_count(op: Op, ins: list[Shape]) -> Counts:
     macs = n * cout * ho * wo * per_out
     has_bias = bool(op.attrs.get("bias", False)) or bool(op.attrs.get("folded_bn", False))
     params = cout * per_out + (cout if has_bias else 0)
-    epilogue = numel(op.output_shape) * (int(has_bias) + int(bool(op.attrs.get("activation"))))
-    return Counts(macs, 2 * macs + epilogue, params)
+    per_elem = int(has_bias) + int(bool(op.attrs.get("activation")))
+    per_elem += sum(EPILOGUE_FLOPS[s] for s in _epilogue(op))
+    return Counts(macs, 2 * macs + numel(op.output_shape) * per_elem, params)
 
 
 def _conv_transpose_infer(op: Op, ins: list[Shape]) -> Shape:
@@ -399,7 +438,7 @@ def register_kind(kind: OpKind) -> OpKind:
 
 for _k in (
     OpKind("input", (0, 0), _input_infer, _zero, view=True),
-    OpKind("conv", (1, 1), _conv_infer, _conv_count),
+    OpKind("conv", (1, None), _conv_infer, _conv_count),
     OpKind("conv_transpose", (1, 1), _conv_transpose_infer, _conv_transpose_count),
     OpKind("linear", (1, 1), _linear_infer, _linear_count),
     OpKind("matmul", (2, 2), _matmul_infer, _matmul_count),

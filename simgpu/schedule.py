@@ -135,7 +135,8 @@ def schedule_to_json(schedule: Schedule) -> dict[str, Any]:
 def check_rewrite(given: OpGraph, schedule: Schedule, source: str = "<schedule>") -> None:
     """A schedule that carries its own graph must carry a rewrite of ``given`` (merged
     convs, as IOS makes), not another graph: same name, every op of ``given`` present
-    with its output shape (a merged op's originals stay, as slices of it), the same
+    with its output shape (a merged op's originals stay, as slices of it; an op fused
+    into its consumer's kernel is named by the fused op's ``replaces``), the same
     inputs and the same outputs. Otherwise the run would silently simulate another
     model than the one named."""
     g = schedule.graph
@@ -145,8 +146,13 @@ def check_rewrite(given: OpGraph, schedule: Schedule, source: str = "<schedule>"
         raise ScheduleError(
             f"{source}: the schedule's embedded graph is '{g.name}', not the '{given.name}' given"
         )
+    # an op fused away (computed inside a fused op's kernel, which keeps the name of the
+    # last op it replaces) is named by that op's ``replaces``, as are all its consumers
+    by = {r: o.name for o in g for r in o.attrs.get("replaces", ()) if r not in g}
     for op in given.ops:
         if op not in g:
+            if op in by and all(s in by or s == by[op] for s in given.successors(op)):
+                continue
             raise ScheduleError(f"{source}: the schedule's embedded graph lacks op '{op}'")
         if g[op].output_shape != given[op].output_shape:
             raise ScheduleError(
