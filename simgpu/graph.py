@@ -18,10 +18,14 @@ import networkx as nx
 
 from simgpu.errors import FormatError, GraphError
 from simgpu.limits import check
-from simgpu.ops import DTYPE_BYTES, Counts, Shape, kind_of, numel
+from simgpu.ops import COMMON_ATTRS, DTYPE_BYTES, KINDS, Counts, Shape, kind_of, numel
+from simgpu.output import printable
+from simgpu.schema import Checker, shown
 from simgpu.userfiles import parse_json, read_bytes
 
 FORMAT = "simgpu.opgraph"
+#: an op attribute named ``x_<anything>`` is the user's note: kept, never read
+NOTE = "x_"
 VERSION = 1
 
 
@@ -85,38 +89,45 @@ class Op:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Op:
-        """An op read from a file, strictly: a name that is a string, inputs that are
-        strings, a shape of integers (8.9, true or "8" is an error, not 8, 1 or 8)."""
-        if not isinstance(d, Mapping):
-            raise FormatError(f"op '?': an op must be an object, got {type(d).__name__}")
-        name = d.get("name", "?")
-        if not isinstance(name, str):
-            raise FormatError(f"an op's name must be a string, got {name!r}")
-        for key, ok in (("kind", isinstance(d.get("kind"), str)),
-                        ("inputs", isinstance(d.get("inputs", []), list)
-                         and all(isinstance(x, str) for x in d.get("inputs", []))),
-                        ("shape", isinstance(d.get("shape"), list)
-                         and all(isinstance(x, int) and not isinstance(x, bool)
-                                 for x in d.get("shape", [])))):  # fmt: skip
-            if not ok:
-                want = {"kind": "a string", "inputs": "a list of op names",
-                        "shape": "a list of integers"}[key]  # fmt: skip
-                raise FormatError(f"op '{name}': {key} must be {want}, got {d.get(key)!r}")
-        if "attrs" in d and not isinstance(d["attrs"], Mapping):
-            raise FormatError(f"op '{name}': attrs must be an object, got {d['attrs']!r}")
+    def from_dict(cls, d: Any, checker: Checker | None = None, path: str = "op") -> Op:
+        """An op read from a file, strictly: a name and kind that are strings, inputs that
+        are op names, a shape of integers (8.9, true or "8" is an error, not 8, 1 or 8),
+        and only the fields and attributes its kind knows (a misspelt ``strid`` is an
+        error, not the default stride)."""
+        checker = checker or Checker("op graph")
+        f = checker.fields(d, path)
+        name = f.string("name")
+        at = f"{path} ('{printable(name)}')"
+        f.path = at
+        kind = f.string("kind")
+        inputs = tuple(f.strings("inputs", []))
+        shape = f.integers("shape", min_len=1, max_len=8, lo=1)
+        dtype = f.string("dtype", "fp32", DTYPE_BYTES)
+        attrs = f.fields("attrs", None)
+        f.done()
+        info = KINDS.get(kind)  # an unknown kind is reported, with the known ones, later
+        if attrs is not None and info is not None:
+            known = info.attrs | COMMON_ATTRS
+            unknown = [
+                shown(k, 30) for k in attrs.data if k not in known and not k.startswith(NOTE)
+            ]
+            if unknown:
+                raise checker.fail(
+                    attrs.path,
+                    f"unknown attribute(s) {', '.join(unknown)} of a {kind} op "
+                    f"(known: {', '.join(sorted(known)) or 'none'}; {NOTE}<name> for notes)",
+                )
         try:
             return cls(
-                name=d["name"],
-                kind=d["kind"],
-                inputs=tuple(d.get("inputs", ())),
-                output_shape=tuple(d["shape"]),
-                dtype=d.get("dtype", "fp32"),
-                attrs=dict(d.get("attrs", {})),
+                name=name,
+                kind=kind,
+                inputs=inputs,
+                output_shape=tuple(shape),
+                dtype=dtype,
+                attrs=dict(attrs.data) if attrs is not None else {},
             )
-        except (KeyError, TypeError, ValueError) as e:
-            name = d.get("name", "?") if isinstance(d, Mapping) else "?"
-            raise FormatError(f"op '{name}': malformed entry ({type(e).__name__}: {e})") from None
+        except GraphError as e:
+            raise checker.fail(at, str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -278,15 +289,18 @@ class OpGraph:
     def from_json(cls, data: Any, source: str = "<json>") -> OpGraph:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise FormatError(f'{source}: not a simgpu op graph (missing "format": "{FORMAT}")')
-        if data.get("version") != VERSION:
+        if data.get("version") != VERSION or isinstance(data.get("version"), bool):
             raise FormatError(
-                f"{source}: op graph version {data.get('version')!r} not supported "
+                f"{source}: op graph version {shown(data.get('version'))} not supported "
                 f"(this simgpu reads version {VERSION})"
             )
-        ops = data.get("ops")
-        if not isinstance(ops, list):
-            raise FormatError(f'{source}: "ops" must be a list')
-        return cls((Op.from_dict(o) for o in ops), name=str(data.get("name", "graph")))
+        checker = Checker(source)
+        f = checker.fields(data)
+        f.raw("format"), f.raw("version")
+        name = f.string("name", "graph")
+        ops = [Op.from_dict(o, checker, at) for at, o in f.items("ops")]
+        f.done()
+        return cls(ops, name=name)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")

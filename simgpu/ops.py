@@ -44,6 +44,9 @@ class OpKind:
     infer: Callable[[Op, list[Shape]], Shape]
     count: Callable[[Op, list[Shape]], Counts]
     view: bool = False  # no device work: a reshape of the same bytes
+    #: attributes a file may give an op of this kind; another is a misspelling, refused
+    #: when a graph is read (:meth:`simgpu.graph.Op.from_dict`)
+    attrs: frozenset[str] = frozenset()
 
 
 def _is_int(v: object) -> bool:
@@ -278,7 +281,9 @@ def _per_element(cost: int) -> Callable[[Op, list[Shape]], Counts]:
 
 def _eltwise_infer(op: Op, ins: list[Shape]) -> Shape:
     """One tensor input, optionally against a constant operand of ``const_shape``."""
-    const = tuple(int(d) for d in op.attrs.get("const_shape", ()))
+    const = op.attrs.get("const_shape", ())
+    if not isinstance(const, list | tuple) or not all(_is_int(d) for d in const):
+        raise _fail(op, f"const_shape must be a list of integers, got {const!r}")
     if any(d <= 0 for d in const):
         raise _fail(op, f"const_shape {list(const)} must be positive")
     if _int_of(op, "cost", 1) < 0:
@@ -399,7 +404,9 @@ def _flatten_infer(op: Op, ins: list[Shape]) -> Shape:
 
 
 def _transpose_infer(op: Op, ins: list[Shape]) -> Shape:
-    perm = tuple(op.attrs["perm"])
+    perm = op.attrs.get("perm")
+    if not isinstance(perm, list | tuple) or not all(_is_int(p) for p in perm):
+        raise _fail(op, f"perm must be a list of integers, got {perm!r}")
     if sorted(perm) != list(range(len(ins[0]))):
         raise _fail(op, f"perm {list(perm)} is not a permutation of {len(ins[0])} axes")
     return tuple(ins[0][p] for p in perm)
@@ -431,37 +438,86 @@ def _zero(op: Op, ins: list[Shape]) -> Counts:
 KINDS: dict[str, OpKind] = {}
 
 
+#: attributes any op may carry: where an imported op came from (IOS's format)
+COMMON_ATTRS = frozenset({"ios_term", "ios_seq"})
+
+
+def _attrs(*names: str) -> frozenset[str]:
+    return frozenset(names) | COMMON_ATTRS
+
+
 def register_kind(kind: OpKind) -> OpKind:
     KINDS[kind.name] = kind
     return kind
 
 
+_CONV = ("kernel", "stride", "padding", "dilation", "groups", "out_channels", "bias",
+         "folded_bn", "activation", "replaces")  # fmt: skip
+_POOL = ("pool_type", "kernel", "stride", "padding", "ceil_mode", "count_include_pad", "offset")
+_UNARY = ("fn", "op")  # provenance: the ONNX operator a kind was imported from
+
 for _k in (
     OpKind("input", (0, 0), _input_infer, _zero, view=True),
-    OpKind("conv", (1, None), _conv_infer, _conv_count),
-    OpKind("conv_transpose", (1, 1), _conv_transpose_infer, _conv_transpose_count),
-    OpKind("linear", (1, 1), _linear_infer, _linear_count),
-    OpKind("matmul", (2, 2), _matmul_infer, _matmul_count),
-    OpKind("embedding", (1, 1), _embedding_infer, _embedding_count),
-    OpKind("pool", (1, 1), _pool_infer, _pool_count),
-    OpKind("global_pool", (1, 1), _gpool_infer, _gpool_count),
-    OpKind("concat", (1, None), _concat_infer, _zero),
-    OpKind("slice", (1, 1), _slice_infer, _zero),
-    OpKind("add", (2, None), _same_infer, _per_element(1)),
-    OpKind("mul", (2, None), _same_infer, _per_element(1)),
-    OpKind("relu", (1, 1), _same_infer, _per_element(1)),
-    OpKind("sigmoid", (1, 1), _same_infer, _per_element(4)),
-    OpKind("tanh", (1, 1), _same_infer, _per_element(4)),
-    OpKind("gelu", (1, 1), _same_infer, _per_element(8)),
-    OpKind("silu", (1, 1), _same_infer, _per_element(5)),
-    OpKind("clip", (1, 1), _same_infer, _per_element(2)),
-    OpKind("eltwise", (1, 1), _eltwise_infer, _eltwise_count),
-    OpKind("batchnorm", (1, 1), _norm_infer, _norm_count(2)),
-    OpKind("layernorm", (1, 1), _norm_infer, _norm_count(8)),
-    OpKind("softmax", (1, 1), _same_infer, _per_element(5)),
-    OpKind("transpose", (1, 1), _transpose_infer, _zero),
+    OpKind("conv", (1, None), _conv_infer, _conv_count, attrs=_attrs(*_CONV, "epilogue")),
+    OpKind(
+        "conv_transpose",
+        (1, 1),
+        _conv_transpose_infer,
+        _conv_transpose_count,
+        attrs=_attrs(*_CONV, "output_padding"),
+    ),
+    OpKind(
+        "linear",
+        (1, 1),
+        _linear_infer,
+        _linear_count,
+        attrs=_attrs("out_features", "bias", "activation"),
+    ),
+    OpKind("matmul", (2, 2), _matmul_infer, _matmul_count, attrs=_attrs(*_UNARY)),
+    OpKind(
+        "embedding",
+        (1, 1),
+        _embedding_infer,
+        _embedding_count,
+        attrs=_attrs("num_embeddings", "embedding_dim"),
+    ),
+    OpKind("pool", (1, 1), _pool_infer, _pool_count, attrs=_attrs(*_POOL)),
+    OpKind(
+        "global_pool",
+        (1, 1),
+        _gpool_infer,
+        _gpool_count,
+        attrs=_attrs("pool_type", "onnx_window", "onnx_pads"),
+    ),
+    OpKind("concat", (1, None), _concat_infer, _zero, attrs=_attrs("axis")),
+    OpKind("slice", (1, 1), _slice_infer, _zero, attrs=_attrs("axis", "begin", "end", "view")),
+    OpKind(
+        "add",
+        (2, None),
+        _same_infer,
+        _per_element(1),
+        attrs=_attrs("average", "scale", "weighted", *_UNARY),
+    ),
+    OpKind("mul", (2, None), _same_infer, _per_element(1), attrs=_attrs(*_UNARY)),
+    OpKind("relu", (1, 1), _same_infer, _per_element(1), attrs=_attrs(*_UNARY)),
+    OpKind("sigmoid", (1, 1), _same_infer, _per_element(4), attrs=_attrs(*_UNARY)),
+    OpKind("tanh", (1, 1), _same_infer, _per_element(4), attrs=_attrs(*_UNARY)),
+    OpKind("gelu", (1, 1), _same_infer, _per_element(8), attrs=_attrs("approximate", *_UNARY)),
+    OpKind("silu", (1, 1), _same_infer, _per_element(5), attrs=_attrs(*_UNARY)),
+    OpKind("clip", (1, 1), _same_infer, _per_element(2), attrs=_attrs("min", "max", *_UNARY)),
+    OpKind(
+        "eltwise",
+        (1, 1),
+        _eltwise_infer,
+        _eltwise_count,
+        attrs=_attrs("cost", "const_shape", "const_operand", "size", "log", *_UNARY),
+    ),
+    OpKind("batchnorm", (1, 1), _norm_infer, _norm_count(2), attrs=_attrs("axis", "eps")),
+    OpKind("layernorm", (1, 1), _norm_infer, _norm_count(8), attrs=_attrs("axis", "eps")),
+    OpKind("softmax", (1, 1), _same_infer, _per_element(5), attrs=_attrs("axis", "scale", "log")),
+    OpKind("transpose", (1, 1), _transpose_infer, _zero, attrs=_attrs("perm")),
     OpKind("reshape", (1, 1), _reshape_infer, _zero, view=True),
-    OpKind("flatten", (1, 1), _flatten_infer, _zero, view=True),
+    OpKind("flatten", (1, 1), _flatten_infer, _zero, view=True, attrs=_attrs("start_dim")),
     OpKind("identity", (1, 1), _same_infer, _zero, view=True),
 ):
     register_kind(_k)

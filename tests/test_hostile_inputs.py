@@ -121,17 +121,24 @@ def _mutated(tmp_path: Path, graph: dict, op_index: int, **change) -> str:
 @pytest.mark.parametrize(
     "change, why",
     [
-        ({"shape": [1, 3, 64.0, 64]}, "shape must be a list of integers"),
-        ({"shape": [1, 3, 8.9, 64]}, "shape must be a list of integers"),
-        ({"shape": [True, 3, 64, 64]}, "shape must be a list of integers"),
-        ({"name": ["conv"]}, "name must be a string"),
-        ({"kind": {"conv": 1}}, "kind must be a string"),
-        ({"inputs": [["input"]]}, "inputs must be a list of op names"),
+        ({"shape": [1, 3, 64.0, 64]}, "shape[2]: expected a positive integer, got 64.0"),
+        ({"shape": [1, 3, 8.9, 64]}, "shape[2]: expected a positive integer, got 8.9"),
+        ({"shape": [True, 3, 64, 64]}, "shape[0]: expected a positive integer, got True"),
+        ({"name": ["conv"]}, "ops[0].name: expected a non-empty string"),
+        ({"kind": {"conv": 1}}, "kind: expected a non-empty string"),
+        ({"inputs": [["input"]]}, "inputs[0]: expected a non-empty string"),
+        ({"strid": 2}, "ops[0] ('input'): unknown field 'strid'"),
+        ({"attrs": {"stride": 2}}, "unknown attribute(s) 'stride' of a input op"),
+        ({"attrs": {"x_mine": [1, {"a": 2}]}}, None),  # a note: kept, never read
     ],
 )
 def test_op_fields_are_strict(tmp_path, capsys, graph_json, change, why) -> None:
     i = next(i for i, o in enumerate(graph_json["ops"]) if o["kind"] == "input")
-    line = run_error(capsys, "simulate", _mutated(tmp_path, graph_json, i, **change))
+    path = _mutated(tmp_path, graph_json, i, **change)
+    if why is None:
+        run_json(capsys, "simulate", str(path), "--json")
+        return
+    line = run_error(capsys, "simulate", path)
     assert why in line
 
 

@@ -628,3 +628,33 @@ def test_a_zero_stride_or_dilation_is_a_clear_error(tmp_path: Path, capsys, attr
     p.write_bytes(m.SerializeToString())
     line = run_error(capsys, "simulate", str(p))
     assert "c0" in line and "must be at least 1" in line
+
+
+@pytest.mark.parametrize("axis", [10, 4, -5])
+def test_an_axis_outside_the_rank_is_an_error_not_wrapped(tmp_path: Path, capsys, axis) -> None:
+    """Concat axis 10 of rank-4 tensors used to wrap to axis 2 (issue 20): the model is
+    invalid, and simulating another one silently is worse than saying so."""
+    from _cli import run_error
+
+    node = oh.make_node("Concat", ["x", "x"], ["y"], name="cat", axis=axis)
+    m = model([node], [], {"x": [1, 3, 8, 8]}, {})
+    p = tmp_path / "a.onnx"
+    p.write_bytes(m.SerializeToString())
+    line = run_error(capsys, "simulate", str(p))
+    assert "cat" in line and f"axis {axis} is outside [-4, 4)" in line
+
+
+def test_a_zero_batch_dimension_is_an_error_a_symbolic_one_is_one(tmp_path: Path, capsys) -> None:
+    """A batch dimension of 0 used to become 1 (issue 20); a symbolic one still is 1."""
+    from _cli import run_error, run_json
+
+    node = oh.make_node("Relu", ["x"], ["y"], name="r")
+    zero = model([node], [], {"x": [0, 3, 8, 8]}, {"y": [0, 3, 8, 8]})
+    p = tmp_path / "z.onnx"
+    p.write_bytes(zero.SerializeToString())
+    line = run_error(capsys, "simulate", str(p))
+    assert "graph input 'x' (dimension 0 is 0)" in line
+    sym = model([node], [], {"x": ["N", 3, 8, 8]}, {"y": ["N", 3, 8, 8]})
+    p.write_bytes(sym.SerializeToString())
+    out = run_json(capsys, "simulate", str(p), "--json")
+    assert out["latency_ms"] > 0

@@ -224,7 +224,11 @@ class _Importer:
                     dims.append(d.dim_value)
                     if i == 0 and self.orig_batch is None:
                         self.orig_batch = d.dim_value
-                elif i == 0:
+                elif d.HasField("dim_value"):  # 0 or negative: no tensor, not batch 1
+                    self.problems.append(f"{label} (dimension {i} is {d.dim_value})")
+                    self.failed.add(vi.name)
+                    break
+                elif i == 0:  # a symbolic batch: 1, or --batch
                     dims.append(1)
                 else:
                     self.problems.append(
@@ -610,8 +614,8 @@ def _batchnorm(imp: _Importer, node: Any, name: str) -> None:
 def _layernorm(imp: _Importer, node: Any, name: str) -> None:
     x = imp.x(node.input[0])
     rank = len(imp.shape(node.input[0]))
-    axis = int(imp.attr(node, "axis", -1))
-    if axis % rank != rank - 1:
+    axis = _axis(imp.attr(node, "axis", -1), rank)
+    if axis != rank - 1:
         raise Unmappable(f"normalising over axes {axis}.. (not only the last) is not supported")
     imp.weight(node, 1)
     attrs = {"axis": -1, "eps": float(imp.attr(node, "epsilon", 1e-5))}
@@ -622,7 +626,7 @@ def _softmax(imp: _Importer, node: Any, name: str) -> None:
     x = imp.x(node.input[0])
     shape = imp.shape(node.input[0])
     rank = len(shape)
-    axis = int(imp.attr(node, "axis", -1 if imp.opset >= 13 else 1)) % rank
+    axis = _axis(imp.attr(node, "axis", -1 if imp.opset >= 13 else 1), rank)
     if imp.opset < 13 and math.prod(shape[axis + 1 :]) > 1:
         raise Unmappable("opset < 13 softmax over several flattened axes is not supported")
     attrs: dict[str, Any] = {"axis": axis - rank}
@@ -631,16 +635,27 @@ def _softmax(imp: _Importer, node: Any, name: str) -> None:
     imp.emit(node, "softmax", [x], attrs, name)
 
 
+def _axis(a: Any, rank: int) -> int:
+    """An ONNX axis in ``[-rank, rank)`` as a non-negative one; outside it the model is
+    invalid, and wrapping it (axis 10 of a rank-4 tensor as axis 2) would simulate
+    another model."""
+    if not -rank <= int(a) < rank:
+        raise Unmappable(f"axis {a} is outside [{-rank}, {rank}) for a rank-{rank} tensor")
+    return int(a) % rank
+
+
 def _concat(imp: _Importer, node: Any, name: str) -> None:
     ins = [imp.x(i) for i in node.input]
     rank = len(imp.shape(node.input[0]))
-    imp.emit(node, "concat", ins, {"axis": int(imp.attr(node, "axis")) % rank}, name)
+    if imp.attr(node, "axis") is None:
+        raise Unmappable("Concat needs an axis")
+    imp.emit(node, "concat", ins, {"axis": _axis(imp.attr(node, "axis"), rank)}, name)
 
 
 def _split(imp: _Importer, node: Any, name: str) -> None:
     x = imp.x(node.input[0])
     shape = imp.shape(node.input[0])
-    axis = int(imp.attr(node, "axis", 0)) % len(shape)
+    axis = _axis(imp.attr(node, "axis", 0), len(shape))
     n_out = len(node.output)
     if len(node.input) > 1 and node.input[1]:
         if not imp.is_const(node.input[1]):
@@ -678,7 +693,7 @@ def _slice(imp: _Importer, node: Any, name: str) -> None:
         steps = imp.const_ints(node.input[4]) if has[1] else [1] * len(starts)
     cut = []
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-        a %= len(shape)
+        a = _axis(a, len(shape))
         dim = shape[a]
         s = min(max(s + dim if s < 0 else s, 0), dim)
         e = min(max(e + dim if e < 0 else e, 0), dim)
@@ -739,8 +754,10 @@ def _reshape_target(imp: _Importer, node: Any) -> list[int]:
 
 
 def _flatten_axis(imp: _Importer, node: Any) -> int:
-    axis = int(imp.attr(node, "axis", 1))
-    return axis + len(imp.shape(node.input[0])) if axis < 0 else axis
+    axis, rank = int(imp.attr(node, "axis", 1)), len(imp.shape(node.input[0]))
+    if not -rank <= axis <= rank:
+        raise Unmappable(f"axis {axis} is outside [{-rank}, {rank}] for a rank-{rank} tensor")
+    return axis + rank if axis < 0 else axis
 
 
 def _flatten_target(imp: _Importer, node: Any) -> list[int]:
@@ -772,7 +789,7 @@ def _squeeze_target(imp: _Importer, node: Any) -> list[int]:
     shape = list(imp.shape(node.input[0]))
     axes = _axes(imp, node)
     drop = (
-        {a % len(shape) for a in axes}
+        {_axis(a, len(shape)) for a in axes}
         if axes is not None
         else {i for i, d in enumerate(shape) if d == 1}
     )
@@ -792,7 +809,7 @@ def _unsqueeze_target(imp: _Importer, node: Any) -> list[int]:
         raise Unmappable("Unsqueeze needs axes")
     rank = len(shape) + len(axes)
     out = iter(shape)
-    put = {a % rank for a in axes}
+    put = {_axis(a, rank) for a in axes}
     return [1 if i in put else next(out) for i in range(rank)]
 
 
