@@ -344,7 +344,8 @@ def _issue_order(
     schedule: StreamSchedule, g: OpGraph, where: dict[str, tuple[int, int]]
 ) -> list[str]:
     """Kahn's algorithm over dependencies plus stream order, smallest (position, stream)
-    first: deterministic, and it interleaves streams as a round-robin launcher would."""
+    first: deterministic, and it interleaves streams as a round-robin launcher would.
+    A schedule's own ``order`` replaces that key, so a valid one is followed exactly."""
     import heapq
 
     indeg = {op: 0 for op in where}
@@ -357,7 +358,12 @@ def _issue_order(
         for a, b in itertools.pairwise(ops):
             succ[a].append(b)
             indeg[b] += 1
-    heap = [(where[op][1], where[op][0], op) for op, d in indeg.items() if d == 0]
+    if schedule.order is not None:
+        at = {op: i for i, op in enumerate(schedule.order)}
+        key = {op: (at.get(op, len(at)), 0) for op in where}
+    else:
+        key = {op: (where[op][1], where[op][0]) for op in where}
+    heap = [(*key[op], op) for op, d in indeg.items() if d == 0]
     heapq.heapify(heap)
     out = []
     while heap:
@@ -366,7 +372,7 @@ def _issue_order(
         for v in succ[op]:
             indeg[v] -= 1
             if indeg[v] == 0:
-                heapq.heappush(heap, (where[v][1], where[v][0], v))
+                heapq.heappush(heap, (*key[v], v))
     if len(out) != len(where):
         raise ProgramError("stream order contradicts dependencies (no issue order exists)")
     return out

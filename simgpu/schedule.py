@@ -3,8 +3,9 @@
 *Stages* (IOS, HIOS, greedy): a list of stages, a stage a list of groups, a group an
 ordered list of ops on one stream; a barrier after each stage. *Stream assignment*
 (Nimble, LIOS): each stream an ordered list of ops; dependencies across streams become
-events when lowered. A scheduler that rewrites the graph (IOS's conv merge) returns the
-rewritten graph with the schedule; its merged ops name the ops they replace.
+events when lowered; an optional ``order`` fixes the launch order across streams
+(Opara). A scheduler that rewrites the graph (IOS's conv merge) returns the rewritten
+graph with the schedule; its merged ops name the ops they replace.
 """
 
 from __future__ import annotations
@@ -42,13 +43,17 @@ class StageSchedule:
 
 @dataclass
 class StreamSchedule:
-    """Per stream, its ops in order. ``devices[i]`` is stream i's GPU (default all 0)."""
+    """Per stream, its ops in order. ``devices[i]`` is stream i's GPU (default all 0).
+    ``order``: every op once, the host's launch order across streams (a topological
+    order that keeps each stream's order); None lets lowering interleave the streams
+    by position. Under left-over block dispatch the launch order moves latency."""
 
     streams: list[list[str]]
     graph: OpGraph | None = None
     graph_mode: bool = False
     devices: list[int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    order: list[str] | None = None
 
     def ops(self) -> list[str]:
         return [op for s in self.streams for op in s]
@@ -108,10 +113,23 @@ def validate_schedule(schedule: Schedule, graph: OpGraph) -> None:
     try:
         cycle = nx.find_cycle(order)
     except nx.NetworkXNoCycle:
+        if schedule.order is not None:
+            _check_launch_order(schedule.order, schedule.ops(), order)
         return
     ops = [u for u, _ in cycle]
     desc = ", ".join(f"'{o}' (stream {stream_of[o]})" for o in ops[:6])
     raise ScheduleError(f"stream order contradicts dependencies around {desc}")
+
+
+def _check_launch_order(launch: list[str], ops: list[str], deps: nx.DiGraph) -> None:
+    """A launch order names every op of the schedule once and launches no op before an
+    input or an earlier op of its stream."""
+    if sorted(launch) != sorted(ops):
+        raise ScheduleError("stream schedule: order must name every op of the schedule once")
+    at = {op: i for i, op in enumerate(launch)}
+    for u, v in deps.edges():
+        if at[u] > at[v]:
+            raise ScheduleError(f"stream schedule: order launches '{v}' before '{u}'")
 
 
 # --- JSON -------------------------------------------------------------------------------
@@ -127,6 +145,8 @@ def schedule_to_json(schedule: Schedule) -> dict[str, Any]:
         d.update(kind="streams", streams=schedule.streams)
         if schedule.devices is not None:
             d["devices"] = schedule.devices
+        if schedule.order is not None:
+            d["order"] = schedule.order
     if schedule.graph is not None:
         d["graph"] = schedule.graph.to_json()
     return d
@@ -178,7 +198,7 @@ def schedule_from_json(data: Any, source: str = "<json>") -> Schedule:
             f'{source}: not a simgpu schedule (missing "format": "{SCHEDULE_FORMAT}")'
         )
     known = {"format", "version", "kind", "graph_mode", "stages", "barrier", "streams",
-             "devices", "graph"}  # fmt: skip
+             "devices", "graph", "order"}  # fmt: skip
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         raise FormatError(f"{source}: unknown schedule field(s) {', '.join(unknown)}")
@@ -227,5 +247,7 @@ def schedule_from_json(data: Any, source: str = "<json>") -> Schedule:
             or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in devs)
         ):
             raise FormatError(f"{source}: devices must be a list of device indices, got {devs!r}")
-        return StreamSchedule(nonempty(names(data.get("streams"), 2), "stream"), graph, mode, devs)
+        streams = nonempty(names(data.get("streams"), 2), "stream")
+        launch = names(data["order"], 1) if "order" in data else None
+        return StreamSchedule(streams, graph, mode, devs, order=launch)
     raise FormatError(f'{source}: schedule kind must be "stages" or "streams", got {kind!r}')
