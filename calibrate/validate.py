@@ -22,9 +22,16 @@ from simgpu.errors import SimGPUError
 from simgpu.graph import read_json
 from simgpu.hardware import GPUSpec, Machine, gpu_from_json
 from simgpu.output import save_figure
+from simgpu.schema import Checker, shown
 
 FORMAT = "simgpu.validation"
 VERSION = 1
+#: top-level fields a validation run writes about itself (who, when, how long, what
+#: failed); a reader keeps them but needs none of them
+_RECORD_NOTES = frozenset(
+    {"date", "device", "torch", "cuda", "fake", "warmup", "repeats", "runtimes", "failures",
+     "trace", "trace_error", "trace_scheduler", "complete"}
+)  # fmt: skip
 
 
 def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -96,50 +103,52 @@ def resimulate(data: Any, source: str = "<validation>") -> dict[str, Any]:
 
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CalibrationError(f'{source}: not a validation file (missing "format": "{FORMAT}")')
-    if data.get("version") != VERSION:
+    if data.get("version") != VERSION or isinstance(data.get("version"), bool):
         raise CalibrationError(
-            f"{source}: validation version {data.get('version')!r} not supported"
+            f"{source}: validation version {shown(data.get('version'))} not supported"
         )
+    check = Checker(source, CalibrationError)
+    top = check.fields(data)
+    top.raw("format"), top.raw("version")
     gpu = _gpu_of(data, source)
-    m = data.get("model")
-    if not isinstance(m, dict) or "name" not in m:
-        raise CalibrationError(f'{source}: no "model" object naming the model')
-    batch, size = m.get("batch", 1), m.get("image_size")
-    for key, v in (("batch", batch), ("image_size", size)):
-        if (v is not None or key == "batch") and (
-            not isinstance(v, int) or isinstance(v, bool) or v <= 0
-        ):
-            raise CalibrationError(f"{source}: model {key} must be a positive integer, got {v!r}")
-    if not isinstance(m["name"], str):
-        raise CalibrationError(f"{source}: model name must be a string, got {m['name']!r}")
-    graph = build_model(m["name"], batch=batch, image_size=size, dtype=m.get("dtype", "fp32"))
+    m = top.fields("model")
+    model = m.string("name")
+    batch = m.integer("batch", 1, lo=1)
+    size = m.integer("image_size", None, lo=1)
+    dtype = m.string("dtype", "fp32")
+    m.done()
+    graph = build_model(model, batch=batch, image_size=size, dtype=dtype)
     rows = []
-    entries = data.get("schedules")
-    if not isinstance(entries, list) or not entries:
+    entries = list(top.items("schedules"))
+    if not entries:
         raise CalibrationError(f'{source}: "schedules" must be a non-empty list')
-    for i, e in enumerate(entries):
+    for at, e in entries:
+        f = check.fields(e, at)
+        name = f.string("scheduler")
+        measured = f.number("measured_ms", lo=0, lo_open=True)
+        f.number("simulated_ms", None, lo=0)  # as simulated then: recomputed here
+        f.number("native_simulated_ms", None, lo=0)
+        f.string("native_runtime", None)
+        f.string("mode", None, {"graph", "eager"})
+        f.integer("streams", None, lo=0)
+        f.integer("kernels", None, lo=0)
+        f.array("samples_ms", None)
+        rt = f.string("runtime", None)  # files without one predate runtimes
+        sched = schedule_from_json(f.raw("schedule"), source=f"{source} {at}")
+        f.done()
+        check_rewrite(graph, sched, f"{source} {at}")
         try:
-            name = e["scheduler"]
-            measured = e["measured_ms"]
-            if not isinstance(name, str):
-                raise ValueError(f"scheduler must be a name, got {name!r}")
-            if (not isinstance(measured, int | float) or isinstance(measured, bool)
-                    or not math.isfinite(measured) or measured <= 0):  # fmt: skip
-                raise ValueError(f"measured_ms must be a positive number, got {measured!r}")
-            sched = schedule_from_json(e["schedule"], source=f"{source} schedules[{i}]")
-            check_rewrite(graph, sched, f"{source} schedules[{i}]")
-            rt = e.get("runtime")
-            # the runtime it was simulated under; files without one predate runtimes
-            runtime = None if rt is None else get_runtime(str(rt))
-        except (KeyError, TypeError, ValueError) as err:
-            raise CalibrationError(f"{source}: schedules[{i}] malformed ({err!r})") from None
+            runtime = None if rt is None else get_runtime(rt)
         except UnknownRuntime as err:
-            raise CalibrationError(f"{source}: schedules[{i}]: {err}") from None
+            raise CalibrationError(f"{source}: {at}.runtime: {err}") from None
         program = lower(sched, graph, gpu, name=name, runtime=runtime)
         sim = simulate(program, Machine.single(gpu)).latency_ms
         rows.append({"scheduler": name, "measured_ms": measured, "simulated_ms": sim, "mode": "graph" if program.graph_mode else "eager"})  # fmt: skip
+    # what the run recorded about itself: kept with the file, not needed to re-simulate
+    top.raw("gpu")
+    top.done(ignore=_RECORD_NOTES)
     out = summarise(rows)
-    out["model"] = m["name"]
+    out["model"] = model
     out["gpu"] = gpu.name
     return out
 

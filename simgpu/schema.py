@@ -198,8 +198,10 @@ class Fields:
         return default
 
     def _get(self, key: str, default: Any) -> tuple[bool, Any]:
+        """(whether the default applies, the value): a field given as null counts as
+        absent where the default is None, so ``"image_size": null`` means no size."""
         v = self.raw(key, default)
-        return key not in self.data, v
+        return key not in self.data or (v is None and default is None), v
 
     def integer(
         self, key: str, default: Any = _MISSING, lo: int | None = None, hi: int | None = None
@@ -259,7 +261,7 @@ class Fields:
         """Refuse fields no getter read (a misspelt one would otherwise mean its default)."""
         extra = [k for k in self.data if k not in self._read and k not in ignore]
         if extra:
-            known = ", ".join(sorted(self._read)) or "none"
+            known = ", ".join(sorted({*self._read, *ignore})) or "none"
             names = ", ".join(shown(k, 30) for k in extra)
             raise self.check.fail(
                 self.path, f"unknown field{'s' if len(extra) > 1 else ''} {names} (known: {known})"

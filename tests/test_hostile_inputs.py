@@ -196,12 +196,15 @@ def test_a_report_refuses_a_row_whose_latency_is_not_a_figure(tmp_path, capsys, 
 @pytest.mark.parametrize(
     "model_change, entry_change, why",
     [
-        ({"batch": 1.9}, {}, "batch must be a positive integer"),
-        ({"batch": True}, {}, "batch must be a positive integer"),
-        ({"name": ["squeezenet1_1"]}, {}, "model name must be a string"),
-        ({}, {"measured_ms": True}, "measured_ms must be a positive number"),
-        ({}, {"measured_ms": "1.5"}, "measured_ms must be a positive number"),
-        ({}, {"scheduler": {"x": 1}}, "scheduler must be a name"),
+        ({"batch": 1.9}, {}, "model.batch: expected a positive integer, got 1.9"),
+        ({"batch": True}, {}, "model.batch: expected a positive integer, got True"),
+        ({"name": ["squeezenet1_1"]}, {}, "model.name: expected a non-empty string"),
+        ({}, {"measured_ms": True}, "schedules[0].measured_ms: expected a positive number"),
+        ({}, {"measured_ms": "1.5"}, "schedules[0].measured_ms: expected a positive number"),
+        ({}, {"scheduler": {"x": 1}}, "schedules[0].scheduler: expected a non-empty string"),
+        ({"batsh": 2}, {}, "model: unknown field 'batsh'"),
+        ({}, {"runtme": "cudnn"}, "schedules[0]: unknown field 'runtme'"),
+        ({}, {"runtime": 3}, "schedules[0].runtime: expected a non-empty string"),
     ],
 )
 def test_recorded_validations_are_strict(tmp_path, capsys, model_change, entry_change, why):
