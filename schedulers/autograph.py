@@ -39,15 +39,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from schedulers._merge import (
-    MERGED_ATTR,
-    apply_merges,
-    merge_candidates,
-    merged_name,
-    merged_ops,
+from schedulers._merge import merge_candidates, merged_name, merged_ops
+from schedulers._rewrites import (
+    apply_rewrites,
+    can_split,
+    fuse_candidates,
+    fused_op,
+    split_ops,
+    tiny_graph,
 )
 from schedulers.base import Profiler, SchedulerError, register
-from simgpu.graph import Op, OpGraph
+from simgpu.graph import OpGraph
 from simgpu.schedule import StageSchedule, StreamSchedule
 
 Merges = tuple[tuple[str, ...], ...]  # disjoint merge groups, each in definition order
@@ -73,19 +75,44 @@ def mixed_cost(graph: OpGraph, cost: dict[str, float], alpha: float) -> float:
     return total + alpha * max(finish.values())
 
 
-class _Rewrites:
-    """The merge search space of one graph: merge classes, the cost of any merged conv,
-    and the mixed cost of any set of merges evaluated on the original DAG."""
+Local = tuple[int, ...]  # sorted indices into _Rewrites.local (fusions and splits)
+State = tuple[Merges, Local]
+REWRITES = ("merge", "fuse", "split")
 
-    def __init__(self, graph: OpGraph, profiler: Profiler, alpha: float) -> None:
+
+class _Rewrites:
+    """The search space of one graph: merge classes (:mod:`schedulers._merge`), fusions
+    and splits (:mod:`schedulers._rewrites`), each new op's profiled cost, and the mixed
+    cost of any disjoint set of rewrites evaluated on the original DAG."""
+
+    def __init__(
+        self,
+        graph: OpGraph,
+        profiler: Profiler,
+        alpha: float,
+        kinds: Sequence[str] = REWRITES,
+        split_top: int = 8,
+    ) -> None:
         self.graph = graph
         self.profiler = profiler
         self.alpha = alpha
         self.cost = op_costs(graph, profiler)
-        self.classes = merge_candidates(graph)
-        self.class_of = {m: i for i, cls in enumerate(self.classes) for m in cls}
         self.pos = graph.index
+        self.classes = merge_candidates(graph) if "merge" in kinds else []
+        self.class_of = {m: i for i, cls in enumerate(self.classes) for m in cls}
+        # fusions and splits: (kind, ops), each touching ``ops`` of the original graph
+        self.local: list[tuple[str, tuple[str, ...]]] = []
+        if "fuse" in kinds:
+            self.local += [("fuse", ops) for ops in fuse_candidates(graph)]
+        if "split" in kinds and split_top > 0:
+            big = sorted(
+                (n for n in graph.ops if can_split(graph, n)),
+                key=lambda n: (-self.cost[n], self.pos[n]),
+            )[:split_top]
+            self.local += [("split", (n,)) for n in sorted(big, key=self.pos.__getitem__)]
         self._merged_cost: dict[tuple[str, ...], float] = {}
+        self._local_cost: dict[int, tuple[float, ...]] = {}
+        self._fuse_in: dict[int, list[int]] = {}  # a fused conv's inputs, as positions
         # the DAG as index arrays (definition positions), walked in topological order
         self._base = [self.cost[n] for n in graph.ops]
         self._total = sum(self._base)
@@ -99,14 +126,29 @@ class _Rewrites:
         hit = self._merged_cost.get(members)
         if hit is None:
             conv, _ = merged_ops(self.graph, members)
-            src = self.graph[conv.inputs[0]]
-            tiny = OpGraph([Op(src.name, "input", (), src.output_shape, src.dtype), conv])
+            tiny = tiny_graph(self.graph, [conv])
             hit = self._merged_cost[members] = self.profiler.op_latency_us(tiny, conv.name)
         return hit
 
-    def evaluate(self, merges: Merges) -> float:
-        """Mixed cost of the graph with ``merges`` applied: each merged conv runs after
-        the members' common input, each member becomes a free view of it."""
+    def local_cost(self, i: int) -> tuple[float, ...]:
+        """Profiled costs of a fusion's fused conv, or of a split's two halves and concat."""
+        hit = self._local_cost.get(i)
+        if hit is None:
+            kind, ops = self.local[i]
+            new = [fused_op(self.graph, ops)] if kind == "fuse" else split_ops(self.graph, ops[0])
+            tiny = tiny_graph(self.graph, new)
+            hit = tuple(self.profiler.op_latency_us(tiny, o.name) for o in new)
+            self._local_cost[i] = hit
+            if kind == "fuse":
+                self._fuse_in[i] = [self.pos[u] for u in new[0].inputs]
+        return hit
+
+    def evaluate(self, merges: Merges, local: Local = ()) -> float:
+        """Mixed cost of the graph with ``merges`` and ``local`` rewrites applied: each
+        merged conv runs after the members' common input, each member becomes a free
+        view of it; a fused conv runs where the chain's last op ran, after the conv's
+        input and the chain's other operands, its other ops gone; a split conv's halves
+        run side by side, then the concat."""
         cost = list(self._base)
         total = self._total
         for members in merges:
@@ -114,24 +156,46 @@ class _Rewrites:
             total += c - sum(self.cost[m] for m in members)
             for m in members:
                 cost[self.pos[m]] = c
+        preds_of: dict[int, list[int]] = {}
+        split_at: dict[int, tuple[float, ...]] = {}
+        for i in local:
+            kind, ops = self.local[i]
+            cs = self.local_cost(i)
+            total += sum(cs) - sum(self.cost[o] for o in ops)
+            if kind == "fuse":
+                for o in ops[:-1]:
+                    cost[self.pos[o]] = 0.0  # nobody but the chain reads them
+                last = self.pos[ops[-1]]
+                cost[last] = cs[0]
+                preds_of[last] = self._fuse_in[i]
+            else:
+                split_at[self.pos[ops[0]]] = cs
         finish = [0.0] * len(cost)
         for i, preds in self._order:
             start = 0.0
-            for u in preds:
+            for u in preds_of.get(i, preds):
                 if finish[u] > start:
                     start = finish[u]
-            finish[i] = start + cost[i]
+            sp = split_at.get(i)
+            finish[i] = start + (cost[i] if sp is None else max(sp[0], sp[1]) + sp[2])
         return total + self.alpha * max(finish)
 
-    def moves(self, merges: Merges) -> Iterator[Merges]:
-        """Every state one merge away: join two groups (singletons included) of a class."""
+    def moves(self, state: State) -> Iterator[tuple[tuple, State]]:
+        """Every state one rewrite away, with a key naming the rewrite: join two groups
+        (singletons included) of a merge class, or add a fusion or split that touches no
+        op another rewrite of the state touches."""
+        merges, local = state
+        used = {o for i in local for o in self.local[i][1]}
         group_of: dict[str, tuple[str, ...]] = {}
         for members in merges:
             for m in members:
                 group_of[m] = members
+                used.add(m)
         for cls in self.classes:
             units: list[tuple[str, ...]] = []
             for m in cls:
+                if m in used and m not in group_of:
+                    continue  # fused or split
                 u = group_of.get(m, (m,))
                 if u not in units:
                     units.append(u)
@@ -139,42 +203,73 @@ class _Rewrites:
                 for j in range(i + 1, len(units)):
                     joined = tuple(sorted(units[i] + units[j], key=self.pos.__getitem__))
                     rest = [x for x in merges if x not in (units[i], units[j])]
-                    yield tuple(sorted([*rest, joined], key=lambda x: self.pos[x[0]]))
+                    nxt = tuple(sorted([*rest, joined], key=lambda x: self.pos[x[0]]))
+                    yield ("merge", joined), (nxt, local)
+        for i, (_, ops) in enumerate(self.local):
+            if i not in local and used.isdisjoint(ops):
+                yield ("local", i), (merges, tuple(sorted((*local, i))))
 
-    def apply(self, merges: Merges) -> OpGraph:
-        return apply_merges(self.graph, merges) if merges else self.graph
+    def apply(self, merges: Merges, local: Local = ()) -> OpGraph:
+        if not merges and not local:
+            return self.graph
+        fuses = [self.local[i][1] for i in local if self.local[i][0] == "fuse"]
+        splits = [self.local[i][1][0] for i in local if self.local[i][0] == "split"]
+        return apply_rewrites(self.graph, merges, fuses, splits)
+
+    def describe(self, state: State) -> dict[str, list[str]]:
+        merges, local = state
+        return {
+            "merged": [merged_name(m) for m in merges],
+            "fused": ["+".join(self.local[i][1]) for i in local if self.local[i][0] == "fuse"],
+            "split": [self.local[i][1][0] for i in local if self.local[i][0] == "split"],
+        }
 
 
 @dataclass
 class _SearchResult:
-    states: list[tuple[float, Merges]] = field(default_factory=list)
+    states: list[tuple[float, State]] = field(default_factory=list)
     nodes: int = 0
 
 
-def backtracking_search(rw: _Rewrites, max_nodes: int, relax: float) -> _SearchResult:
-    """Depth-first over merge sets from the original graph, children best-cost first,
-    descending while the cost rises by at most ``relax``; every state evaluated is kept."""
-    out = _SearchResult()
-    seen: dict[Merges, float] = {(): rw.evaluate(())}
-    out.nodes = 1
+def backtracking_search(
+    rw: _Rewrites, max_nodes: int, relax: float, branch: int = 0
+) -> _SearchResult:
+    """Depth-first over rewrite sets from the original graph, children best-cost first,
+    descending while the cost rises by at most ``relax``; every state evaluated is kept.
 
-    def dfs(state: Merges, cost: float) -> None:
+    All rewrites one step from the original graph are evaluated; deeper, ``branch``
+    (0: all) children are evaluated per state, the rewrites whose last evaluation
+    lowered the cost most first, so that a graph with a hundred independent fusions is
+    searched to depth a hundred within ``max_nodes``."""
+    out = _SearchResult()
+    root: State = ((), ())
+    seen: dict[State, float] = {root: rw.evaluate(*root)}
+    out.nodes = 1
+    gain: dict[tuple, float] = {}  # a rewrite's cost change when last evaluated
+
+    def dfs(state: State, cost: float, top: bool) -> None:
+        moves = [(k, s) for k, s in rw.moves(state) if s not in seen]
+        if not top:
+            moves.sort(key=lambda m: gain.get(m[0], 0.0))  # stable: ties keep order
+            if branch:
+                moves = moves[:branch]
         children = []
-        for nxt in rw.moves(state):
-            if nxt in seen:
-                continue
+        for key, nxt in moves:
             if out.nodes >= max_nodes:
                 break
             out.nodes += 1
-            c = seen[nxt] = rw.evaluate(nxt)
+            c = seen[nxt] = rw.evaluate(*nxt)
+            gain[key] = c - cost
             children.append((c, nxt))
         children.sort(key=lambda x: x[0])  # stable: ties keep generation order
         for c, nxt in children:
             if c <= cost * (1.0 + relax) and out.nodes < max_nodes:
-                dfs(nxt, c)
+                dfs(nxt, c, False)
 
-    dfs((), seen[()])
-    out.states = sorted(((c, s) for s, c in seen.items()), key=lambda x: (x[0], len(x[1])))
+    dfs(root, seen[root], True)
+    out.states = sorted(
+        ((c, s) for s, c in seen.items()), key=lambda x: (x[0], len(x[1][0]) + len(x[1][1]))
+    )
     return out
 
 
@@ -295,23 +390,37 @@ def _groups(graph: OpGraph, ops: Sequence[str]) -> list[list[str]]:
 @register("autograph", runtime="cuda-graph")
 @dataclass
 class AutoGraph:
-    """AutoGraph: mixed-critical-path-guided conv merges + stage DP, CUDA Graph runs to converge."""
+    """AutoGraph: mixed-critical-path-guided rewrites (merge, fuse, split) + stage DP, CUDA Graph runs to converge."""
 
     alpha: float = 1.0
     relax: float = 0.02
-    max_nodes: int = 1000
+    max_nodes: int = 3000
+    branch: int = 4
     window: int = 32
     budget: int = 8
     tolerance: float = 0.005
+    rewrites: str = "merge,fuse,split"  # any of merge, fuse, split, comma-separated; "" none
+    split_top: int = 8  # the convs a split is tried on: the most expensive ones
+
+    def _kinds(self) -> tuple[str, ...]:
+        kinds = tuple(k.strip() for k in self.rewrites.split(",") if k.strip())
+        bad = [k for k in kinds if k not in REWRITES]
+        if bad:
+            raise SchedulerError(
+                f"option autograph.rewrites: unknown rewrite {bad[0]!r} (known: {', '.join(REWRITES)})"
+            )
+        return kinds
 
     def _check(self) -> None:
         for key, ok, want in (
             ("alpha", self.alpha >= 0, ">= 0"),
             ("relax", self.relax >= 0, ">= 0"),
             ("max_nodes", self.max_nodes >= 1, ">= 1"),
+            ("branch", self.branch >= 0, ">= 0"),
             ("window", self.window >= 1, ">= 1"),
             ("budget", self.budget >= 1, ">= 1"),
             ("tolerance", self.tolerance >= 0, ">= 0"),
+            ("split_top", self.split_top >= 0, ">= 0"),
         ):
             if not ok:
                 raise SchedulerError(
@@ -320,48 +429,52 @@ class AutoGraph:
 
     def schedule(self, graph: OpGraph, profiler: Profiler) -> StageSchedule | StreamSchedule:
         self._check()
-        rw = _Rewrites(graph, profiler, self.alpha)
-        found = backtracking_search(rw, self.max_nodes, self.relax)
+        rw = _Rewrites(graph, profiler, self.alpha, self._kinds(), self.split_top)
+        found = backtracking_search(rw, self.max_nodes, self.relax, self.branch)
         barrier = profiler.gpu.event_latency_us
         # the fallback every candidate must beat: the original graph on one stream
         best_sched: StageSchedule | StreamSchedule = StreamSchedule(
             [list(graph.topo_order)], graph_mode=True
         )
         best_lat = profiler.measure(best_sched, graph)
+        best_state: State = ((), ())
         history: list[dict] = []
-        rewritten = [(c, m) for c, m in found.states if m]
-        start = next(c for c, m in found.states if not m)
+        root: State = ((), ())
+        rewritten = [(c, st) for c, st in found.states if st != root]
+        start = next(c for c, st in found.states if st == root)
         run_best = float("inf")
-        for mc, merges in [(start, ()), *rewritten][: self.budget]:
-            g = rw.apply(merges)
-            cost = rw.cost if not merges else op_costs(g, profiler)
+        for mc, state in [(start, root), *rewritten][: self.budget]:
+            g = rw.apply(*state)
+            cost = rw.cost if g is graph else op_costs(g, profiler)
             _, stages = stage_dp(g, cost, self.alpha, self.window, barrier)
             sched = StageSchedule(
-                stages, graph=g if merges else None, barrier="events", graph_mode=True
+                stages, graph=None if g is graph else g, barrier="events", graph_mode=True
             )
             lat = profiler.measure(sched, graph)
             history.append(
-                {"merges": len(merges), "cost": mc, "stages": len(stages), "latency_us": lat}
+                {
+                    "merges": len(state[0]),
+                    "fusions": sum(rw.local[i][0] == "fuse" for i in state[1]),
+                    "splits": sum(rw.local[i][0] == "split" for i in state[1]),
+                    "cost": mc,
+                    "stages": len(stages),
+                    "latency_us": lat,
+                }
             )
             if lat < best_lat:
-                best_sched, best_lat = sched, lat
-            if merges and not lat < run_best * (1.0 - self.tolerance):
+                best_sched, best_lat, best_state = sched, lat, state
+            if state != root and not lat < run_best * (1.0 - self.tolerance):
                 break  # converged: the next-best rewrite no longer pays in a real run
             run_best = min(run_best, lat)
+        if best_sched.graph is None:
+            best_state = root
         best_sched.meta.update(
             {
                 "search_nodes": found.nodes,
                 "iterations": len(history),
                 "history": history,
-                "merged": [merged_name(m) for m in _merges_of(best_sched)],
+                **rw.describe(best_state),
                 "latency_us": best_lat,
             }
         )
         return best_sched
-
-
-def _merges_of(sched: StageSchedule | StreamSchedule) -> list[tuple[str, ...]]:
-    g = sched.graph
-    if g is None:
-        return []
-    return [tuple(op.attrs[MERGED_ATTR]) for op in g if MERGED_ATTR in op.attrs]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schedulers._merge import merge_candidates
+from schedulers._rewrites import (
+    RewriteError,
+    apply_rewrites,
+    fuse_candidates,
+    fused_op,
+    split_ops,
+)
 from schedulers.autograph import (
     AutoGraph,
     _Rewrites,
@@ -25,12 +33,14 @@ from schedulers.autograph import (
 )
 from schedulers.base import Profiler, SchedulerError, make_scheduler, run_scheduler
 from simgpu.cli import main
+from simgpu.errors import ScheduleError
 from simgpu.graph import Op, OpGraph
 from simgpu.hardware import Machine, preset
 from simgpu.models import build_model
 from simgpu.models.builder import GraphBuilder
 from simgpu.program import validate_program
-from simgpu.schedule import StageSchedule, StreamSchedule, validate_schedule
+from simgpu.runtimes import get_runtime
+from simgpu.schedule import StageSchedule, StreamSchedule, check_rewrite, validate_schedule
 
 V100 = preset("v100")
 MACHINE = Machine.single(V100)
@@ -118,13 +128,13 @@ def test_backtracking_search_reaches_the_best_merge_set() -> None:
     """With room to climb (relax) and budget, the search visits every merge set of a
     block; its best equals a brute force over all partitions of the merge class."""
     g = block(channels=(64, 48, 64, 32), kernels=(1, 1, 3, 3))
-    rw = _Rewrites(g, Profiler(MACHINE), alpha=1.0)
+    rw = _Rewrites(g, Profiler(MACHINE), alpha=1.0, kinds=("merge",))
     (cls,) = rw.classes
     brute = {}
     for part in strategies.set_partitions(list(cls)):
         merges = tuple(sorted(tuple(sorted(p, key=g.index.get)) for p in part if len(p) > 1))
         merges = tuple(sorted(merges, key=lambda m: g.index[m[0]]))
-        brute[merges] = rw.evaluate(merges)
+        brute[(merges, ())] = rw.evaluate(merges)
     found = backtracking_search(rw, max_nodes=10_000, relax=10.0)
     assert len(found.states) == len(brute) == 15  # Bell(4)
     assert found.states[0][0] == pytest.approx(min(brute.values()))
@@ -152,8 +162,8 @@ def test_rewrites_keep_every_output_and_account_for_padding(
     """Whatever merges the search may pick: every original op still exists under its
     name with its shape (slices of the merged conv), every consumer reads the same
     inputs, and the MACs are the original ones with merged kernels zero-padded."""
-    rw = _Rewrites(g, Profiler(MACHINE), alpha=1.0)
-    states = [m for _, m in backtracking_search(rw, 200, 10.0).states]
+    rw = _Rewrites(g, Profiler(MACHINE), alpha=1.0, kinds=("merge",))
+    states = [m for _, (m, _) in backtracking_search(rw, 200, 10.0).states]
     merges = data.draw(st.sampled_from(states))
     new = rw.apply(merges)
     for op in g:
@@ -225,7 +235,7 @@ def test_merges_are_kept_only_when_a_run_says_so() -> None:
     its run beat the unrewritten one (A100, high alpha: the search does propose merges)."""
     g = build_model("inception_v3")
     m = Machine.single(preset("a100"))
-    r = run_scheduler("autograph", g, m, {"alpha": 3.0})
+    r = run_scheduler("autograph", g, m, {"alpha": 3.0, "rewrites": "merge"})
     s = r.schedule
     hist = s.meta["history"]
     assert hist[0]["merges"] == 0 and any(h["merges"] for h in hist[1:])
@@ -323,3 +333,214 @@ def test_alpha_changes_the_search() -> None:
     low = make_scheduler("autograph", {"alpha": 0.0}).schedule(g, Profiler(MACHINE))
     high = make_scheduler("autograph", {"alpha": 4.0}).schedule(g, Profiler(MACHINE))
     assert low.meta["history"][0]["cost"] < high.meta["history"][0]["cost"]
+
+
+# --- fusion, splitting, zero-padded merges ---------------------------------------------------
+
+
+def chain_graph() -> OpGraph:
+    """conv -> relu -> add(., y) -> relu: a chain the conv's epilogue can run."""
+    b = GraphBuilder("chain")
+    x = b.input((1, 64, 28, 28), name="x")
+    y = b.input((1, 64, 28, 28), name="y")
+    c = b.conv(x, 64, 3, padding=1, name="c", act=None, folded_bn=False)
+    b.relu(b.add(b.relu(c, name="r"), y, name="a"), name="out")
+    return b.build()
+
+
+def late_residual_graph() -> OpGraph:
+    """A conv added to the end of a six-conv branch: fusing the add into the conv makes
+    the conv wait for the branch instead of running beside it."""
+    b = GraphBuilder("late")
+    x = b.input((1, 256, 14, 14), name="x")
+    c = b.conv(x, 256, 3, padding=1, name="c", act=None, folded_bn=False)
+    h = x
+    for i in range(6):
+        h = b.conv(h, 256, 3, padding=1, name=f"l{i}", act=None, folded_bn=False)
+    b.add(c, h, name="a")
+    return b.build()
+
+
+def split_graph() -> OpGraph:
+    """A large 1x1 conv beside a pool (on a V100 its two halves beat it, concat included)."""
+    b = GraphBuilder("split")
+    x = b.input((1, 1024, 14, 14), name="x")
+    big = b.conv(x, 768, 1, name="big", act=None, folded_bn=False)
+    b.concat([big, b.pool(x, "max", 3, stride=1, padding=1, name="side")], name="cat")
+    return b.build()
+
+
+def pad_graph(c: int, hw: int, cout: int) -> OpGraph:
+    """A 1x1 and a 3x3 conv reading one input: mergeable by zero-padding the 1x1."""
+    b = GraphBuilder("pad")
+    x = b.input((1, c, hw, hw), name="x")
+    b.concat([b.conv(x, cout, 1, name="a"), b.conv(x, cout, 3, padding=1, name="d")], name="cat")
+    return b.build()
+
+
+def _sinks(g: OpGraph) -> set[str]:
+    return {n for n in g.ops if not g.successors(n)}
+
+
+def _assert_rewrite_of(new: OpGraph, g: OpGraph) -> None:
+    """``new`` computes ``g``'s outputs: every op of ``g`` is there with its shape or is
+    fused away into an op that names it, inputs and outputs are the same, and a
+    schedule carrying ``new`` validates against ``g``."""
+    check_rewrite(g, StageSchedule([[list(new.topo_order)]], graph=new))
+    fused = {r: o.name for o in new for r in o.attrs.get("replaces", ()) if r not in new}
+    for op in g:
+        if op.name in new:
+            assert new[op.name].output_shape == op.output_shape
+        else:
+            assert op.name in fused
+    assert _sinks(new) == _sinks(g)
+    assert {o.name for o in new.inputs} == {o.name for o in g.inputs}
+
+
+def test_fusion_candidates_and_the_fused_conv() -> None:
+    g = chain_graph()
+    assert fuse_candidates(g) == [("c", "r"), ("c", "r", "a"), ("c", "r", "a", "out")]
+    f = fused_op(g, ("c", "r", "a", "out"))
+    assert (f.name, f.kind, f.inputs) == ("out", "conv", ("x", "y"))
+    assert f.attrs["epilogue"] == ("relu", "add", "relu") and f.attrs["activation"] is None
+    new = apply_rewrites(g, fuses=[("c", "r", "a", "out")])
+    _assert_rewrite_of(new, g)
+    assert [o.name for o in new] == ["x", "y", "out"]
+    # the same work in one kernel: FLOPs of the four ops, bytes without the three
+    # intermediate tensors (written and read back) but with y read by the epilogue
+    assert new.stats("out").flops == sum(g.stats(n).flops for n in ("c", "r", "a", "out"))
+    tensor = 64 * 28 * 28 * 4
+    assert new.stats("out").bytes_read == 2 * tensor + g.stats("c").params * 4
+    # a conv's own BatchNorm and activation fold too (chain of length 0)
+    b = GraphBuilder("own")
+    b.conv(b.input((1, 16, 8, 8), name="x"), 16, 3, padding=1, name="c")
+    own = b.build()
+    assert fuse_candidates(own) == [("c",)]
+    fc = fused_op(own, ("c",))
+    assert fc.attrs["bias"] and not fc.attrs["folded_bn"] and fc.attrs["epilogue"] == ("relu",)
+    assert apply_rewrites(own, fuses=[("c",)]).stats("c").flops == own.stats("c").flops
+
+
+def test_fusion_stops_where_a_value_has_another_reader() -> None:
+    b = GraphBuilder("fork")
+    x = b.input((1, 16, 8, 8), name="x")
+    c = b.conv(x, 16, 3, padding=1, name="c", act=None, folded_bn=False)
+    r = b.relu(c, name="r")
+    b.add(r, b.relu(r, name="r2"), name="a")  # r has two readers: the chain ends at r
+    g = b.build()
+    assert fuse_candidates(g) == [("c", "r")]
+    with pytest.raises(RewriteError):
+        fused_op(g, ("c", "r", "a"))
+    ok = OpGraph([g["x"], fused_op(g, ("c", "r")), g["r2"], g["a"]], name=g.name)
+    check_rewrite(g, StageSchedule([[list(ok.topo_order)]], graph=ok))
+    # a graph that drops c and r while naming them, though r2 read r, is no rewrite
+    forged = OpGraph(
+        [g["x"], Op("r2", "relu", ("x",), (1, 16, 8, 8)), Op("a", "add", ("x", "r2"), (1, 16, 8, 8),
+         attrs={"replaces": ("c", "r")})], name=g.name)  # fmt: skip
+    with pytest.raises(ScheduleError, match="lacks op"):
+        check_rewrite(g, StageSchedule([[list(forged.topo_order)]], graph=forged))
+
+
+def test_split_is_exact() -> None:
+    g = split_graph()
+    half0, half1, cat = split_ops(g, "big")
+    assert (half0.attrs["out_channels"], half1.attrs["out_channels"]) == (384, 384)
+    assert cat.name == "big" and cat.kind == "concat" and cat.inputs == (half0.name, half1.name)
+    new = apply_rewrites(g, splits=["big"])
+    _assert_rewrite_of(new, g)
+    assert new.macs == g.macs and new.flops == g.flops  # the same MACs, in two launches
+    b = GraphBuilder("odd")
+    b.conv(b.input((1, 8, 8, 8), name="x"), 20, 1, name="c")
+    h0, h1, _ = split_ops(b.build(), "c")
+    assert (h0.attrs["out_channels"], h1.attrs["out_channels"]) == (8, 12)
+
+
+def test_zero_padded_merge_of_a_1x1_and_a_3x3() -> None:
+    g = pad_graph(256, 7, 64)
+    (cls,) = merge_candidates(g)
+    new = apply_rewrites(g, merges=[cls])
+    _assert_rewrite_of(new, g)
+    merged = new["a+d"]
+    assert merged.attrs["kernel"] == (3, 3) and merged.attrs["padding"] == (1, 1)
+    assert merged.attrs["out_channels"] == 128
+    assert new.macs == 2 * 64 * 7 * 7 * 256 * 9  # the 1x1 now costs a 3x3's MACs
+    assert new.macs > g.macs
+
+
+def _measured(g: OpGraph, gpu: str, rewrites: str, state) -> float:
+    """What autograph's measured step gives one rewrite set on ``g``."""
+    p = Profiler(Machine.single(preset(gpu)), runtime=get_runtime("cuda-graph"))
+    rw = _Rewrites(g, p, 1.0, tuple(rewrites.split(",")))
+    new = rw.apply(*state)
+    _, stages = stage_dp(new, op_costs(new, p), 1.0, 32, p.gpu.event_latency_us)
+    sched = StageSchedule(stages, graph=None if new is g else new, barrier="events",
+                          graph_mode=True)  # fmt: skip
+    return p.measure(sched, g)
+
+
+def _autograph(g: OpGraph, gpu: str, rewrites: str) -> StageSchedule | StreamSchedule:
+    return make_scheduler("autograph", {"rewrites": rewrites}).schedule(
+        g, Profiler(Machine.single(preset(gpu)), runtime=get_runtime("cuda-graph"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "make", "gpu", "key", "want"),
+    [
+        ("fuse", chain_graph, "v100", "fused", ["c+r+a+out"]),
+        ("fuse", chain_graph, "a100", "fused", ["c+r+a+out"]),
+        ("split", split_graph, "v100", "split", ["big"]),
+        ("merge", lambda: pad_graph(1024, 7, 64), "v100", "merged", ["a+d"]),
+    ],
+)
+def test_a_rewrite_that_pays_is_chosen(
+    kind: str, make: Callable[[], OpGraph], gpu: str, key: str, want: list[str]
+) -> None:
+    g = make()
+    none = _autograph(g, gpu, "")
+    got = _autograph(g, gpu, kind)
+    assert got.meta[key] == want
+    assert got.meta["latency_us"] < none.meta["latency_us"] * 0.97
+    validate_schedule(got, got.graph)
+    _assert_rewrite_of(got.graph, g)
+
+
+def test_a_rewrite_that_does_not_pay_is_not_chosen() -> None:
+    # fusing the add into c: c waits for the six-conv branch (measured slower)
+    g = late_residual_graph()
+    rw = _Rewrites(g, Profiler(MACHINE), 1.0, ("fuse",))
+    i = rw.local.index(("fuse", ("c", "a")))
+    assert _measured(g, "v100", "fuse", ((), (i,))) > _measured(g, "v100", "fuse", ((), ()))
+    assert "c+a" not in _autograph(g, "v100", "fuse").meta["fused"]
+    # the split that pays on a V100 does not on an A100: not taken there
+    s = split_graph()
+    assert _measured(s, "a100", "split", ((), (0,))) > _measured(s, "a100", "split", ((), ()))
+    got = _autograph(s, "a100", "split")
+    assert got.meta["split"] == [] and got.graph is None
+    # padding a 1x1 to a 3x3 at 56x56 costs nine times its MACs: not taken
+    big = pad_graph(256, 56, 256)
+    assert _measured(big, "v100", "merge", ((("a", "d"),), ())) > _measured(
+        big, "v100", "merge", ((), ())
+    )
+    assert _autograph(big, "v100", "merge").meta["merged"] == []
+
+
+@pytest.mark.parametrize("gpu", ["v100", "a100"])
+def test_never_slower_than_without_rewrites(gpu: str) -> None:
+    g = build_model("googlenet")
+    m = Machine.single(preset(gpu))
+    full = run_scheduler("autograph", g, m)
+    plain = run_scheduler("autograph", g, m, {"rewrites": ""})
+    assert full.timeline.makespan_us <= plain.timeline.makespan_us
+    assert plain.schedule.graph is None and plain.schedule.meta["iterations"] == 1
+    s = full.schedule
+    if s.graph is not None:
+        _assert_rewrite_of(s.graph, g)
+        validate_program(full.program, s.graph)
+
+
+def test_unknown_rewrite_is_a_one_line_error() -> None:
+    with pytest.raises(
+        SchedulerError, match=r"^option autograph\.rewrites: unknown rewrite 'fold'"
+    ):
+        make_scheduler("autograph", {"rewrites": "merge,fold"}).schedule(block(), Profiler(MACHINE))
