@@ -4,20 +4,29 @@ the mixed critical path cost, and let simulated CUDA Graph runs decide when to s
 Our concrete reading of the paper, in four steps:
 
 1. **Cost.** Every op gets a cost from the Profiler (``op_latency_us``: the op alone,
-   eager, one stream); ops without device work (views, inputs, the slices a merge
-   leaves) cost nothing. A graph's *mixed critical path cost* is
+   one stream, every kernel the runtime launches for it); ops without device work
+   (views, inputs, the slices a merge leaves) cost nothing. A graph's *mixed critical path cost* is
    ``(1 + alpha) * sum(cost on the critical path) + sum(cost of the other ops)``,
    i.e. total work plus ``alpha`` times the longest path: ``alpha`` says how much the
    GPU is latency-bound (large: parallel branches are nearly free) rather than
    throughput-bound (0: only total work counts).
-2. **Backtracking search over rewrites.** The substitution is IOS's sibling
-   convolution merge (``schedulers._merge``): two convs of one merge class — or a
-   conv already merged and another member — become one wider conv. From the original
-   graph, a depth-first search tries every such merge, children best-cost first,
-   descends into those that do not raise the cost by more than ``relax`` (so it can
-   climb out of a local minimum), and backtracks; ``max_nodes`` bounds the cost
-   evaluations. States are sets of merges (merge order does not matter), visited once;
-   their cost is computed on the original DAG without building a graph.
+2. **Backtracking search over rewrites.** Three exact substitutions, each new op
+   priced by the simulator's kernel-cost model (the Profiler runs it alone):
+   *merge* — sibling convs of one merge class become one wider conv, kernels of
+   different sizes zero-padded, centred, to the largest (a 1x1 beside a 3x3 becomes a
+   3x3: its MACs grow ninefold) (``schedulers._merge``); *fuse* — a conv, its folded
+   BatchNorm and activation and the chain of elementwise ops after it become one conv
+   whose kernel runs the chain in its epilogue (``schedulers._rewrites``); *split* — one
+   of the ``split_top`` most expensive convs becomes two convs over halves of its output
+   channels and a channel concat, so the halves can run beside each other and other
+   work. A state is a set of disjoint rewrites (merge order does not matter), visited
+   once; its cost is computed on the original DAG without building a graph. From the
+   original graph a depth-first search evaluates every rewrite one step away, then, per
+   state, the ``branch`` rewrites whose last evaluation lowered the cost most; it
+   descends, children best-cost first, into those that do not raise the cost by more
+   than ``relax`` (so it can climb out of a local minimum), and backtracks;
+   ``max_nodes`` bounds the cost evaluations. ``rewrites`` names the substitutions
+   searched (``""``: none, the DP alone).
 3. **DP for the schedule (stream/stage partition).** For a rewritten graph, a dynamic
    program over a topological order cuts it into stages of at most ``window`` ops;
    the weakly connected components of a stage are its groups, one stream each (so no
@@ -32,6 +41,20 @@ Our concrete reading of the paper, in four steps:
    than ``tolerance`` (relative) — the cost model's next idea no longer pays — or after
    ``budget`` runs. The fastest run wins; one-stream CUDA Graph execution of the
    original graph is measured too, so the result is never slower than that.
+
+Still narrower than the paper: the substitutions are these three, not a general rule
+set (no TASO-style algebraic rewrites, no fusion into pools, GEMMs or across a
+merge — a merged conv keeps its BatchNorm and activation kernels, and a merged or split
+conv is not fused); a split is only along output channels, in two, of the
+``split_top`` most expensive convs; the search is a bounded depth-first search whose
+deeper levels evaluate only ``branch`` children; the final schedule is a stage
+partition by a DP over three fixed topological orders, not a search over all stage
+partitions; and "real runtime measurements" are simulated CUDA Graph runs. A fused
+conv's kernel is priced as the library's implicit-GEMM conv with the chain's FLOPs and
+operand bytes in its epilogue (as a CUTLASS epilogue or cuDNN's conv-bias-add-
+activation call would run it); the original graph's convs run as eager PyTorch runs
+them under CUDA Graph capture (conv, BatchNorm and activation kernels), so most of
+what fusion gains is kernels removed.
 """
 
 from __future__ import annotations
