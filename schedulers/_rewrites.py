@@ -22,7 +22,8 @@ never assumed.
   priced as any concat.
 
 The third substitution, merging sibling convs of different kernel sizes by centred
-zero-padding, is :mod:`schedulers._merge`.
+zero-padding, is :mod:`schedulers._merge`; with fusion on, a merged conv folds its
+own BatchNorm and activation too (``fold_merged``).
 """
 
 from __future__ import annotations
@@ -112,15 +113,33 @@ def fused_op(graph: OpGraph, ops: Sequence[str]) -> Op:
             operands.append(op.inputs[1] if op.inputs[0] == prev else op.inputs[0])
     if len(names) == 1 and not steps and not p.attrs.get("folded_bn"):
         raise RewriteError(f"cannot fuse {names}: nothing to fuse")
-    attrs = {k: v for k, v in p.attrs.items() if k != MERGED_ATTR}
-    attrs.update(
-        bias=bool(p.attrs.get("bias")) or bool(p.attrs.get("folded_bn")),
-        folded_bn=False,  # folded into the weights and the bias, as inference engines do
-        activation=None,
-        epilogue=tuple(steps),
-        **{MERGED_ATTR: tuple(names)},
-    )
+    folded = fold_epilogue(p)
+    attrs = {**folded.attrs, "epilogue": tuple(steps), MERGED_ATTR: tuple(names)}
     return Op(names[-1], "conv", (p.inputs[0], *operands), p.output_shape, p.dtype, attrs)
+
+
+def fold_epilogue(conv: Op) -> Op:
+    """``conv`` running its own BatchNorm and activation in its kernel: the BatchNorm
+    folded into the weights and a bias (as inference engines do), the activation the
+    first epilogue step. The same values, one kernel instead of three."""
+    act = conv.attrs.get("activation")
+    if act is not None and (act not in EPILOGUE_FLOPS or act in EPILOGUE_BINARY):
+        raise RewriteError(f"cannot fold '{conv.name}': activation {act!r} has no epilogue form")
+    attrs = {
+        **conv.attrs,
+        "bias": bool(conv.attrs.get("bias")) or bool(conv.attrs.get("folded_bn")),
+        "folded_bn": False,
+        "activation": None,
+        "epilogue": (*([act] if act else []), *conv.attrs.get("epilogue", ())),
+    }
+    return Op(conv.name, conv.kind, conv.inputs, conv.output_shape, conv.dtype, attrs)
+
+
+def can_fold(conv: Op) -> bool:
+    act = conv.attrs.get("activation")
+    return (act is None or (act in EPILOGUE_FLOPS and act not in EPILOGUE_BINARY)) and bool(
+        act or conv.attrs.get("folded_bn")
+    )
 
 
 def can_split(graph: OpGraph, name: str) -> bool:
@@ -158,9 +177,12 @@ def apply_rewrites(
     merges: Sequence[Sequence[str]] = (),
     fuses: Sequence[Sequence[str]] = (),
     splits: Sequence[str] = (),
+    fold_merged: bool = False,
 ) -> OpGraph:
     """``graph`` with disjoint merges, fusions and splits applied at once (each checked
-    against ``graph``); every rewrite's ops take the place of one of its originals."""
+    against ``graph``); every rewrite's ops take the place of one of its originals.
+    ``fold_merged``: each merged conv also runs its BatchNorm and activation in its
+    kernel (:func:`fold_epilogue`)."""
     placed: dict[str, list[Op]] = {}
     dropped: set[str] = set()
 
@@ -173,6 +195,8 @@ def apply_rewrites(
     for members in merges:
         claim(members)
         conv, slices = merged_ops(graph, list(members))
+        if fold_merged and can_fold(conv):
+            conv = fold_epilogue(conv)
         placed[members[0]] = [conv, *slices]
     for ops in fuses:
         claim(ops)

@@ -16,7 +16,8 @@ Our concrete reading of the paper, in four steps:
    different sizes zero-padded, centred, to the largest (a 1x1 beside a 3x3 becomes a
    3x3: its MACs grow ninefold) (``schedulers._merge``); *fuse* — a conv, its folded
    BatchNorm and activation and the chain of elementwise ops after it become one conv
-   whose kernel runs the chain in its epilogue (``schedulers._rewrites``); *split* — one
+   whose kernel runs the chain in its epilogue, and a merged conv folds its own
+   BatchNorm and activation likewise (``schedulers._rewrites``); *split* — one
    of the ``split_top`` most expensive convs becomes two convs over halves of its output
    channels and a channel concat, so the halves can run beside each other and other
    work. A state is a set of disjoint rewrites (merge order does not matter), visited
@@ -42,19 +43,19 @@ Our concrete reading of the paper, in four steps:
    ``budget`` runs. The fastest run wins; one-stream CUDA Graph execution of the
    original graph is measured too, so the result is never slower than that.
 
-Still narrower than the paper: the substitutions are these three, not a general rule
-set (no TASO-style algebraic rewrites, no fusion into pools, GEMMs or across a
-merge — a merged conv keeps its BatchNorm and activation kernels, and a merged or split
-conv is not fused); a split is only along output channels, in two, of the
-``split_top`` most expensive convs; the search is a bounded depth-first search whose
-deeper levels evaluate only ``branch`` children; the final schedule is a stage
-partition by a DP over three fixed topological orders, not a search over all stage
-partitions; and "real runtime measurements" are simulated CUDA Graph runs. A fused
-conv's kernel is priced as the library's implicit-GEMM conv with the chain's FLOPs and
-operand bytes in its epilogue (as a CUTLASS epilogue or cuDNN's conv-bias-add-
-activation call would run it); the original graph's convs run as eager PyTorch runs
-them under CUDA Graph capture (conv, BatchNorm and activation kernels), so most of
-what fusion gains is kernels removed.
+Still narrower than the paper: the substitutions are these three, not a general rule set
+(no TASO-style algebraic rewrites, no fusion into pools or GEMMs; a merged conv folds
+only its own BatchNorm and activation, not the ops after it; a split conv is not fused,
+and whether a merged conv folds is not searched separately); a split is only along
+output channels, in two, of the ``split_top`` most expensive convs; the search is a
+bounded depth-first search whose deeper levels evaluate only ``branch`` children; the
+final schedule is a stage partition by a DP over three fixed topological orders, not a
+search over all stage partitions; and "real runtime measurements" are simulated CUDA
+Graph runs. A fused conv's kernel is priced as the library's implicit-GEMM conv with the
+chain's FLOPs and operand bytes in its epilogue (as a CUTLASS epilogue or cuDNN's
+conv-bias-add-activation call would run it); the original graph's convs run as eager
+PyTorch runs them under CUDA Graph capture (conv, BatchNorm and activation kernels), so
+most of what fusion gains is kernels removed.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ from dataclasses import dataclass, field
 from schedulers._merge import merge_candidates, merged_name, merged_ops
 from schedulers._rewrites import (
     apply_rewrites,
+    can_fold,
     can_split,
+    fold_epilogue,
     fuse_candidates,
     fused_op,
     split_ops,
@@ -123,6 +126,8 @@ class _Rewrites:
         self.pos = graph.index
         self.classes = merge_candidates(graph) if "merge" in kinds else []
         self.class_of = {m: i for i, cls in enumerate(self.classes) for m in cls}
+        # with fusion on, a merged conv runs its BatchNorm and activation in its kernel
+        self.fold_merged = "fuse" in kinds
         # fusions and splits: (kind, ops), each touching ``ops`` of the original graph
         self.local: list[tuple[str, tuple[str, ...]]] = []
         if "fuse" in kinds:
@@ -149,6 +154,8 @@ class _Rewrites:
         hit = self._merged_cost.get(members)
         if hit is None:
             conv, _ = merged_ops(self.graph, members)
+            if self.fold_merged and can_fold(conv):
+                conv = fold_epilogue(conv)
             tiny = tiny_graph(self.graph, [conv])
             hit = self._merged_cost[members] = self.profiler.op_latency_us(tiny, conv.name)
         return hit
@@ -237,7 +244,7 @@ class _Rewrites:
             return self.graph
         fuses = [self.local[i][1] for i in local if self.local[i][0] == "fuse"]
         splits = [self.local[i][1][0] for i in local if self.local[i][0] == "split"]
-        return apply_rewrites(self.graph, merges, fuses, splits)
+        return apply_rewrites(self.graph, merges, fuses, splits, self.fold_merged)
 
     def describe(self, state: State) -> dict[str, list[str]]:
         merges, local = state
