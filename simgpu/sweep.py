@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from simgpu.errors import SimGPUError
 from simgpu.limits import check as check_limit
+from simgpu.output import printable
 
 if TYPE_CHECKING:
     from simgpu.hardware import Machine
@@ -179,6 +180,7 @@ class Grid:
             targets = [("gpu", _gpu_key("v100"))]
         variants = {s: _option_variants(self.options.get(s, {})) for s in scheds}
         _check_runtimes(self.runtimes)
+        _check_known(models, targets, variants)
         rows = (len(models) * len(_dedupe(self.batches)) * max(1, len(_dedupe(self.image_sizes)))
                 * len(_dedupe(self.dtypes)) * len(targets) * sum(len(v) for v in variants.values())
                 * max(1, len(self.runtimes)))  # fmt: skip
@@ -500,14 +502,40 @@ def _sequential_ms(
     return run_scheduler("sequential", graph, machine_for(gpu, machine), runtime=runtime).latency_ms
 
 
+def _check_known(
+    models: Sequence[str],
+    targets: Sequence[tuple[str, str]],
+    variants: Mapping[str, Sequence[tuple[tuple[str, str], ...]]],
+) -> None:
+    """Every model, GPU, machine, scheduler and option of the grid exists, before the
+    first row runs: a typo is one error now, not a column of failed rows and exit 0.
+    (A combination that fails for what it is, a model too large for a GPU, say, is
+    still a row.)"""
+    from schedulers.base import SchedulerError, make_scheduler
+    from simgpu import hardware
+    from simgpu.models import MODELS
+
+    for m in models:
+        if m not in MODELS:
+            raise SweepError(f"unknown model '{printable(m)}' (see `simgpu models`)")
+    for kind, name in targets:
+        try:
+            (hardware.load_gpu if kind == "gpu" else hardware.load_machine)(name)
+        except SimGPUError as e:
+            raise SweepError(str(e).strip().splitlines()[0]) from None
+    for sched, opts in variants.items():
+        for o in opts:
+            try:
+                make_scheduler(sched, dict(o))
+            except SchedulerError as e:
+                raise SweepError(str(e).strip().splitlines()[0]) from None
+
+
 def _runtimes_of(sched: str, opts: tuple[tuple[str, str], ...], asked: list[str]) -> list[str]:
     """The runtimes one scheduler variant runs under: each asked for, else its own."""
-    from schedulers.base import SchedulerError, make_scheduler, runtime_of
+    from schedulers.base import make_scheduler, runtime_of
 
-    try:
-        s = make_scheduler(sched, dict(opts))
-    except SchedulerError:  # reported on its row, like any failure of the combination
-        return _dedupe(list(asked)) or [""]
+    s = make_scheduler(sched, dict(opts))  # checked by _check_known
     return _dedupe([runtime_of(s, a).name for a in asked or [None]])
 
 
@@ -717,12 +745,12 @@ def run_sweep(
     or timeouts. ``timeout_s`` limits each combination (local runs only).
     """
     t0 = time.perf_counter()
-    combos = grid.combos() if isinstance(grid, Grid) else _dedupe(grid)
     path = Path(out)
     if path.is_dir():
         raise SweepError(f"{path} is a directory; give a CSV file name")
     if path.suffix.lower() == ".parquet":
         raise SweepError(f"{path}: give a .csv name; the Parquet copy is written beside it")
+    combos = grid.combos() if isinstance(grid, Grid) else _dedupe(grid)
     if timeout_s is not None:
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
             raise SweepError(f"the timeout must be a positive number of seconds, not {timeout_s}")

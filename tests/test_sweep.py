@@ -49,6 +49,11 @@ SMALL = dict(models=["squeezenet1_1"], image_sizes=[64])
 SCHEDS = ["sequential", "sequential-graph"]
 
 
+# a combination that fails when it runs (an option out of range): its row says so
+FAILING = {"schedulers": ["sequential", "optimal"], "options": {"optimal": {"max_ops": ["0"]}}}
+FAILS = ["--option", "optimal.max_ops=0"]
+
+
 def small_grid(**kw) -> Grid:
     args = dict(SMALL, batches=[1, 2], gpus=["v100", "a100"], schedulers=list(SCHEDS))
     args.update(kw)
@@ -316,28 +321,19 @@ class Boom:
 def test_failing_combinations_are_rows_not_crashes(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(REGISTRY, "boom", SchedulerInfo("boom", Boom, "raises", False))
     grid = small_grid(
-        models=["squeezenet1_1", "no_such_model"],
+        models=["squeezenet1_1"],
         batches=[1],
-        gpus=["v100", "no_such_gpu"],
-        schedulers=["sequential", "boom", "no_such_scheduler"],
+        image_sizes=[224, 8],  # 8 px is too small for squeezenet: a failure of the model
+        gpus=["v100"],
+        schedulers=["sequential", "boom"],
     )
     res = sweep(grid, tmp_path / "r.csv", workers=1)
-    rows = {(r["model"], r["gpu"], r["scheduler"]): r for r in res.rows}
-    assert len(rows) == res.total == 2 * 2 * 3
-    ok = rows[("squeezenet1_1", "v100-sxm2", "sequential")]
+    rows = {(r["image_size"], r["scheduler"]): r for r in res.rows}
+    assert len(rows) == res.total == 2 * 2
+    ok = rows[("224", "sequential")]
     assert ok["status"] == "ok"
-    assert rows[("squeezenet1_1", "v100-sxm2", "boom")]["error"] == "KeyError: 'internal bug'"
-    assert (
-        "unknown scheduler 'no_such_scheduler'"
-        in rows[("squeezenet1_1", "v100-sxm2", "no_such_scheduler")]["error"]
-    )
-    assert (
-        "unknown GPU 'no_such_gpu'" in rows[("squeezenet1_1", "no_such_gpu", "sequential")]["error"]
-    )
-    assert (
-        "unknown model 'no_such_model'"
-        in rows[("no_such_model", "v100-sxm2", "sequential")]["error"]
-    )
+    assert rows[("224", "boom")]["error"] == "KeyError: 'internal bug'"
+    assert "larger than padded input" in rows[("8", "sequential")]["error"]
     assert res.failed == len(rows) - 1
     for r in rows.values():
         assert (r["status"] == "ok") == (r["error"] == "")
@@ -391,13 +387,34 @@ def test_bad_timeouts(tmp_path: Path, capsys) -> None:
     assert "not to --dask" in run_error(capsys, *argv, "--timeout", "5", "--dask", "local:1")
 
 
-def test_bad_option_is_a_failed_row(tmp_path: Path) -> None:
-    grid = small_grid(batches=[1], gpus=["v100"], options={"sequential": {"nosuch": ["1"]}})
-    rows = sweep(grid, tmp_path / "r.csv", workers=1).rows
-    bad = [r for r in rows if r["scheduler"] == "sequential"]
-    assert len(bad) == 1 and bad[0]["options"] == "nosuch=1"
-    assert "has no option 'nosuch'" in bad[0]["error"]
-    assert [r["status"] for r in rows if r["scheduler"] != "sequential"] == ["ok"]
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"models": ["no_such_model"]}, "unknown model 'no_such_model'"),
+        ({"gpus": ["no_such_gpu"]}, "unknown GPU 'no_such_gpu'"),
+        ({"schedulers": ["no_such_scheduler"]}, "unknown scheduler 'no_such_scheduler'"),
+        ({"options": {"sequential": {"nosuch": ["1"]}}}, "has no option 'nosuch'"),
+        ({"options": {"lios": {"strems": ["2"]}}}, "has no option 'strems'"),
+    ],
+)
+def test_typos_in_the_grid_stop_it_before_the_first_row(tmp_path: Path, change, why) -> None:
+    """A misspelt model, GPU, scheduler or option used to fill the CSV with error rows
+    and exit 0 (issue 20): it is one error, and nothing is written."""
+    grid = small_grid(
+        **{"batches": [1], "gpus": ["v100"], "schedulers": ["sequential", "lios"], **change}
+    )
+    with pytest.raises(SimGPUError, match=why):
+        sweep(grid, tmp_path / "r.csv", workers=1)
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_typo_is_exit_2_through_the_cli(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r.csv"
+    for argv in (["--model", "squeezenet1_x"], ["--model", "squeezenet1_1", "--gpu", "v1000"],
+                 ["--model", "squeezenet1_1", "--scheduler", "lios", "--option", "lios.strems=2"]):  # fmt: skip
+        line = run_error(capsys, "sweep", *argv, "-o", str(out), "--quiet")
+        assert line.startswith("simgpu: error: ") and "\n" not in line
+    assert not out.exists()
 
 
 def test_option_variants_give_their_own_results(tmp_path: Path) -> None:
@@ -454,13 +471,13 @@ def test_dask_local_n_from_the_cli(tmp_path: Path, capsys) -> None:
     pytest.importorskip("distributed")
     out = tmp_path / "r.csv"
     argv = ["sweep", "--model", "squeezenet1_1", "--image-size", "64", "--gpu", "v100"]
-    argv += ["--scheduler", "sequential", "--scheduler", "nope", "--quiet", "--json"]
+    argv += ["--scheduler", "sequential", "--scheduler", "optimal", *FAILS, "--quiet", "--json"]
     rc = main([*argv, "--dask", "local:1", "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     assert (summary["combinations"], summary["ran"], summary["failed"]) == (2, 2, 1)
     ref = sweep(
-        small_grid(batches=[1], gpus=["v100"], schedulers=["sequential", "nope"]),
+        small_grid(batches=[1], gpus=["v100"], **FAILING),
         tmp_path / "ref.csv",
         workers=1,
     )
@@ -554,7 +571,7 @@ def test_resume_after_a_killed_sweep(tmp_path: Path) -> None:
 
 def test_failed_rows_are_done_unless_retried(tmp_path: Path) -> None:
     out = tmp_path / "r.csv"
-    grid = small_grid(batches=[1], gpus=["v100"], schedulers=["sequential", "nope"])
+    grid = small_grid(batches=[1], gpus=["v100"], **FAILING)
     assert sweep(grid, out, workers=1).failed == 1
     assert sweep(grid, out, workers=1).ran == 0
     retry = sweep(grid, out, workers=1, retry_failed=True)
@@ -618,7 +635,7 @@ def test_any_truncation_reads_back_as_a_prefix(errors: list[str], cut: float) ->
 
 def test_parquet_has_the_same_typed_rows(tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
-    res = sweep(small_grid(schedulers=["sequential", "nope"]), tmp_path / "r.csv", workers=1)
+    res = sweep(small_grid(**FAILING), tmp_path / "r.csv", workers=1)
     assert res.parquet == tmp_path / "r.parquet"
     table = pq.read_table(res.parquet).to_pylist()
     assert len(table) == len(res.rows)
@@ -654,7 +671,8 @@ def test_cli_sweep_end_to_end(tmp_path: Path) -> None:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "simgpu.cli"]
     out = tmp_path / "r.csv"
     argv = ["sweep", "--model", "squeezenet1_1", "--image-size", "64", "--gpu", "v100"]
-    argv += ["--scheduler", "sequential", "--scheduler", "nope", "--workers", "2", "-o", str(out)]
+    argv += ["--scheduler", "sequential", "--scheduler", "optimal", *FAILS]
+    argv += ["--workers", "2", "-o", str(out)]
     p = subprocess.run(cmd + argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
