@@ -5,29 +5,31 @@ Our concrete reading of the paper, in four steps:
 
 1. **Cost.** Every op gets a cost from the Profiler (``op_latency_us``: the op alone,
    one stream, every kernel the runtime launches for it); ops without device work
-   (views, inputs, the slices a merge leaves) cost nothing. A graph's *mixed critical path cost* is
-   ``(1 + alpha) * sum(cost on the critical path) + sum(cost of the other ops)``,
+   (views, inputs, the slices a merge leaves) cost nothing. A graph's *mixed critical
+   path cost* is ``(1 + alpha) * sum(cost on the critical path) + sum(cost of the
+   other ops)``,
    i.e. total work plus ``alpha`` times the longest path: ``alpha`` says how much the
    GPU is latency-bound (large: parallel branches are nearly free) rather than
    throughput-bound (0: only total work counts).
-2. **Backtracking search over rewrites.** Three exact substitutions, each new op
-   priced by the simulator's kernel-cost model (the Profiler runs it alone):
-   *merge* — sibling convs of one merge class become one wider conv, kernels of
-   different sizes zero-padded, centred, to the largest (a 1x1 beside a 3x3 becomes a
-   3x3: its MACs grow ninefold) (``schedulers._merge``); *fuse* — a conv, its folded
-   BatchNorm and activation and the chain of elementwise ops after it become one conv
-   whose kernel runs the chain in its epilogue, and a merged conv folds its own
-   BatchNorm and activation likewise (``schedulers._rewrites``); *split* — one
-   of the ``split_top`` most expensive convs becomes two convs over halves of its output
-   channels and a channel concat, so the halves can run beside each other and other
-   work. A state is a set of disjoint rewrites (merge order does not matter), visited
-   once; its cost is computed on the original DAG without building a graph. From the
-   original graph a depth-first search evaluates every rewrite one step away, then, per
-   state, the ``branch`` rewrites whose last evaluation lowered the cost most; it
-   descends, children best-cost first, into those that do not raise the cost by more
-   than ``relax`` (so it can climb out of a local minimum), and backtracks;
-   ``max_nodes`` bounds the cost evaluations. ``rewrites`` names the substitutions
-   searched (``""``: none, the DP alone).
+2. **Backtracking search over rewrites.** Three exact substitutions, each new op priced
+   by the simulator's kernel-cost model (the Profiler runs it alone): *merge* — sibling
+   convs of one merge class become one wider conv, kernels of different sizes
+   zero-padded, centred, to the largest (a 1x1 beside a 3x3 becomes a 3x3: its MACs grow
+   ninefold) (``schedulers._merge``); *fuse* — a conv, its folded BatchNorm and
+   activation and the chain of elementwise ops after it become one conv whose kernel
+   runs the chain in its epilogue, and a merged conv folds its own BatchNorm and
+   activation likewise (``schedulers._rewrites``); *split* — one of the ``split_top``
+   most expensive convs becomes two convs over halves of its output channels and a
+   channel concat, so the halves can run beside each other and other work. A state is a
+   set of disjoint rewrites (merge order does not matter), visited once; its cost is
+   computed on the original DAG without building a graph. From the original graph a
+   depth-first search evaluates every rewrite one step away, then, per state, the
+   ``branch`` rewrites whose last evaluation lowered the cost most; it descends,
+   children best-cost first, into those that do not raise the cost by more than
+   ``relax`` (so it can climb out of a local minimum) but change it (a rewrite the cost
+   cannot see, as fusing a conv whose runtime fuses it anyway, is not built on), and
+   backtracks; ``max_nodes`` bounds the cost evaluations. ``rewrites`` names the
+   substitutions searched (``""``: none, the DP alone).
 3. **DP for the schedule (stream/stage partition).** For a rewritten graph, a dynamic
    program over a topological order cuts it into stages of at most ``window`` ops;
    the weakly connected components of a stage are its groups, one stream each (so no
@@ -36,12 +38,13 @@ Our concrete reading of the paper, in four steps:
    of the staged graph, summed stage by stage. Three topological orders (definition,
    as-soon-as-possible and as-late-as-possible levels) are tried; the cheapest wins.
 4. **Measured convergence.** The unrewritten graph runs first, then the rewritten
-   candidates best-cost first; each candidate's schedule runs as one multi-stream CUDA
-   Graph in the simulator (``Profiler.measure``, stage barriers as events). The loop
-   stops at the first rewrite whose run fails to improve the best run so far by more
-   than ``tolerance`` (relative) — the cost model's next idea no longer pays — or after
-   ``budget`` runs. The fastest run wins; one-stream CUDA Graph execution of the
-   original graph is measured too, so the result is never slower than that.
+   candidates best-cost first (of equal costs, the fewest rewrites); each candidate's
+   schedule runs as one multi-stream CUDA Graph in the simulator (``Profiler.measure``,
+   stage barriers as events). The loop stops at the first rewrite whose run fails to
+   improve the best run so far by more than ``tolerance`` (relative) — the cost model's
+   next idea no longer pays — or after ``budget`` runs. The fastest run wins; one-stream
+   CUDA Graph execution of the original graph is measured too, so the result is never
+   slower than that.
 
 Still narrower than the paper: the substitutions are these three, not a general rule set
 (no TASO-style algebraic rewrites, no fusion into pools or GEMMs; a merged conv folds
@@ -293,6 +296,8 @@ def backtracking_search(
             children.append((c, nxt))
         children.sort(key=lambda x: x[0])  # stable: ties keep generation order
         for c, nxt in children:
+            if c == cost:
+                continue  # neutral: a rewrite the cost cannot see (k of them: 2^k states)
             if c <= cost * (1.0 + relax) and out.nodes < max_nodes:
                 dfs(nxt, c, False)
 
@@ -470,8 +475,13 @@ class AutoGraph:
         best_state: State = ((), ())
         history: list[dict] = []
         root: State = ((), ())
-        rewritten = [(c, st) for c, st in found.states if st != root]
         start = next(c for c, st in found.states if st == root)
+        # of states of equal cost, only the one with fewest rewrites: the others differ
+        # by rewrites the cost cannot see, which would stop the loop without a reason
+        rewritten: list[tuple[float, State]] = []
+        for c, st in found.states:
+            if st != root and c != start and (not rewritten or c != rewritten[-1][0]):
+                rewritten.append((c, st))
         run_best = float("inf")
         for mc, state in [(start, root), *rewritten][: self.budget]:
             g = rw.apply(*state)

@@ -33,6 +33,7 @@ from schedulers.autograph import (
     stage_dp,
 )
 from schedulers.base import Profiler, SchedulerError, make_scheduler, run_scheduler
+from schedulers.optimal import cut_out
 from simgpu.cli import main
 from simgpu.errors import ScheduleError
 from simgpu.graph import Op, OpGraph
@@ -653,3 +654,18 @@ def test_rewritten_graphs_compute_the_same_outputs() -> None:
             if n in g:
                 np.testing.assert_allclose(got[n], want[n], rtol=1e-9, atol=1e-9)
     assert fuse_candidates(g)[:2] == [("a",), ("d",)]
+
+
+def test_rewrites_the_cost_cannot_see_do_not_stop_the_search(inception: OpGraph) -> None:
+    """Under ``cudnn`` a conv's BatchNorm and ReLU already run in its kernel, so fusing
+    them changes nothing: such states tie with their parents. They must neither eat the
+    search (2^k orderings) nor end the measured loop before the second merge of
+    Mixed_7b, which the merge-only search finds."""
+    block = cut_out(inception, [n for n in inception.topo_order if n.startswith("Mixed_7b.")])
+    m = Machine.single(V100)
+    full = run_scheduler("autograph", block, m, runtime="cudnn")
+    merge = run_scheduler("autograph", block, m, {"rewrites": "merge"}, runtime="cudnn")
+    assert len(merge.schedule.meta["merged"]) == 2
+    assert full.schedule.meta["merged"] == merge.schedule.meta["merged"]
+    assert full.timeline.makespan_us <= merge.timeline.makespan_us
+    assert full.schedule.meta["search_nodes"] < AutoGraph().max_nodes
