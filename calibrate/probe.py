@@ -16,6 +16,9 @@ from typing import Any
 
 from calibrate.errors import CalibrationError, NoGPUError, require_cuda
 from simgpu.hardware import PRESETS, GPUSpec, gpu_from_json
+from simgpu.schema import Checker
+
+_UPPER_SMS = 4096  # far above any GPU's SM count; simgpu.hardware bounds the spec itself
 
 KB = 1024
 
@@ -172,14 +175,16 @@ def spec_from_facts(
     from properties). The result always loads with ``gpu_from_json``.
     """
     nvml = dict(nvml or {})
-    try:
-        major, minor = int(props["computeMajor"]), int(props["computeMinor"])
-        sms = int(props["numSms"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CalibrationError(f"device properties lack or garble {e}") from None
+    # properties come from a device or from a trace a user gives: checked, not coerced
+    # (int("80"), int(8.9) or int(True) would make another GPU); other fields are kept
+    check = Checker("device properties", CalibrationError)
+    f = check.fields(props)
+    major = f.integer("computeMajor", lo=1, hi=99)
+    minor = f.integer("computeMinor", lo=0, hi=99)
+    sms = f.integer("numSms", lo=1, hi=_UPPER_SMS)
     cc = f"{major}.{minor}"
-    name = str(props.get("name") or nvml.get("name") or f"gpu-sm{major}{minor}")
-    mem_bytes = props.get("totalGlobalMem") or nvml.get("memory_bytes")
+    name = f.string("name", None) or str(nvml.get("name") or f"gpu-sm{major}{minor}")
+    mem_bytes = f.number("totalGlobalMem", None, lo=0, lo_open=True) or nvml.get("memory_bytes")
     facts: dict[str, Any] = {
         "name": name,
         "sm_count": sms,
@@ -195,18 +200,20 @@ def spec_from_facts(
         "max_blocks_per_sm": "maxBlocksPerMultiProcessor",
     }
     for field, key in limits.items():
-        v = props.get(key)
+        v = f.integer(key, None, lo=1)  # the spec bounds each field
         if v is not None:
-            facts[field] = int(v)
-    if "max_smem_per_block" not in facts and props.get("sharedMemPerBlock") is not None:
-        facts["max_smem_per_block"] = int(props["sharedMemPerBlock"])
+            facts[field] = v
+    smem_block = f.integer("sharedMemPerBlock", None, lo=1)
+    if "max_smem_per_block" not in facts and smem_block is not None:
+        facts["max_smem_per_block"] = smem_block
+    l2 = f.number("l2CacheSize", None, lo=0)
     if "max_blocks_per_sm" not in facts and cc in MAX_BLOCKS_PER_SM:
         facts["max_blocks_per_sm"] = MAX_BLOCKS_PER_SM[cc]
     facts["smem_reserved_per_block"] = 1 * KB if major >= 8 else 0
     if mem_bytes:
         facts["memory_gb"] = round(float(mem_bytes) / 1e9, 3)
-    if props.get("l2CacheSize"):
-        facts["l2_mb"] = round(float(props["l2CacheSize"]) / 2**20, 3)
+    if l2:
+        facts["l2_mb"] = round(l2 / 2**20, 3)
     if nvml.get("sm_clock_max_mhz"):
         facts["clock_mhz"] = float(nvml["sm_clock_max_mhz"])
     if nvml.get("bus_width_bits") and nvml.get("mem_clock_max_mhz"):

@@ -353,3 +353,31 @@ def test_a_trace_kernel_beyond_cuda_s_grid_limits_is_refused(tmp_path, capsys) -
     p.write_text(json.dumps({"traceEvents": ev}))
     line = run_error(capsys, "replay", str(p), "--gpu", "v100")
     assert "beyond what CUDA launches" in line
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"numSms": "80"}, "numSms: expected an integer in [1, 4096], got '80'"),
+        ({"numSms": 80.5}, "numSms: expected an integer in [1, 4096], got 80.5"),
+        ({"computeMajor": True}, "computeMajor: expected an integer in [1, 99], got True"),
+        (
+            {"maxThreadsPerMultiprocessor": 2048.0},
+            "maxThreadsPerMultiprocessor: expected a positive integer",
+        ),
+        ({"totalGlobalMem": "32GB"}, "totalGlobalMem: expected a positive number"),
+        ({"name": ["V100"]}, "name: expected a non-empty string"),
+    ],
+)
+def test_a_trace_s_device_properties_are_not_coerced(tmp_path, capsys, change, why) -> None:
+    """int("80"), int(80.5) or int(True) on a trace's deviceProperties made another GPU
+    or a traceback (issue 20)."""
+    ev = [{"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 10.0, "dur": 20.0,
+           "args": {"correlation": 1, "stream": 7, "device": 0, "grid": [80, 1, 1],
+                    "block": [128, 1, 1]}}]  # fmt: skip
+    props = {"id": 0, "name": "Tesla V100-SXM2-32GB", "numSms": 80, "computeMajor": 7,
+             "computeMinor": 0, "totalGlobalMem": 34089730048, **change}  # fmt: skip
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"traceEvents": ev, "deviceProperties": [props]}))
+    line = run_error(capsys, "replay", str(p))
+    assert why in line
