@@ -42,7 +42,14 @@ from simgpu.models import build_model
 from simgpu.models.builder import GraphBuilder
 from simgpu.program import validate_program
 from simgpu.runtimes import get_runtime
-from simgpu.schedule import StageSchedule, StreamSchedule, check_rewrite, validate_schedule
+from simgpu.schedule import (
+    StageSchedule,
+    StreamSchedule,
+    check_rewrite,
+    schedule_from_json,
+    schedule_to_json,
+    validate_schedule,
+)
 
 V100 = preset("v100")
 MACHINE = Machine.single(V100)
@@ -669,3 +676,17 @@ def test_rewrites_the_cost_cannot_see_do_not_stop_the_search(inception: OpGraph)
     assert full.schedule.meta["merged"] == merge.schedule.meta["merged"]
     assert full.timeline.makespan_us <= merge.timeline.makespan_us
     assert full.schedule.meta["search_nodes"] < AutoGraph().max_nodes
+
+
+def test_a_rewritten_schedule_survives_its_json_file() -> None:
+    """A schedule carrying a fused, split and merged graph is written and read back
+    (the strict reader knows ``epilogue``), still validates against the graph given,
+    and runs to the same latency."""
+    g = chain_graph()
+    p = Profiler(MACHINE, runtime=get_runtime("cuda-graph"))
+    new = apply_rewrites(g, fuses=[("c", "r", "a", "out")])
+    sched = StageSchedule([[list(new.topo_order)]], graph=new, barrier="events", graph_mode=True)
+    back = schedule_from_json(json.loads(json.dumps(schedule_to_json(sched))))
+    assert back.graph == new
+    check_rewrite(g, back)
+    assert p.measure(back, g) == p.measure(sched, g)
