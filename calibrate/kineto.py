@@ -225,10 +225,14 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _int_or(v: Any, default: int) -> int:
-    """An optional integer field of an event's args: its value if it is one, else the
-    default (profilers omit fields, or write null)."""
-    return v if _is_int(v) else default
+def _opt_int(v: Any, what: str) -> int | None:
+    """An optional integer field of an event's args: None where the profiler omitted it
+    or wrote null; a value of another type is an error, not a default (issue 20)."""
+    if v is None:
+        return None
+    if not _is_int(v):
+        raise ValueError(f"{what} is {v!r}, not an integer")
+    return v
 
 
 def _num(v: Any, what: str) -> float:
@@ -295,11 +299,15 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
             if dur < 0:
                 raise ValueError(f"dur is {dur}")
             corr = _int(args.get("correlation"), "args.correlation")
-            if cat == "cuda_sync":
-                sync_args[corr] = args
+            if cat == "cuda_sync":  # checked here, where a bad field can be named
+                sync_args[corr] = {
+                    k: _opt_int(args.get(k), f"args.{k}")
+                    for k in ("wait_on_cuda_event_record_corr_id", "wait_on_stream", "device",
+                              "stream")
+                }  # fmt: skip
             elif cat in CALL_CATEGORIES:
-                tid = e.get("tid", 0)
-                c = RuntimeCall(name, ts, dur, corr, tid if isinstance(tid, int) else 0)
+                tid = e.get("tid", 0)  # a thread id may be a name: it only groups calls
+                c = RuntimeCall(name, ts, dur, corr, tid if _is_int(tid) else 0)
                 calls.append(c)
                 prev = call_cat.get(corr)
                 # a runtime call and the driver call beneath it may share an id: runtime wins
@@ -341,13 +349,9 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
     # a record's stream comes from the cuda_sync events that wait on it
     rec_stream: dict[int, tuple[int, int]] = {}
     for a in sync_args.values():
-        try:
-            rc = int(a.get("wait_on_cuda_event_record_corr_id", -1))
-            ws = int(a.get("wait_on_stream", -1))
-        except (TypeError, ValueError):
-            continue
-        if rc >= 0 and ws not in NO_STREAM:
-            rec_stream.setdefault(rc, (ws, _int_or(a.get("device"), 0)))
+        rc, ws = a["wait_on_cuda_event_record_corr_id"], a["wait_on_stream"]
+        if rc is not None and rc >= 0 and ws is not None and ws not in NO_STREAM:
+            rec_stream.setdefault(rc, (ws, a["device"] or 0))
     records, waits, syncs = [], [], []
     for c in calls:
         if c.name in RECORD_CALLS:
@@ -357,18 +361,12 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
             a = sync_args.get(c.correlation, {})
             st = _opt_stream(a.get("stream"))
             rc = a.get("wait_on_cuda_event_record_corr_id")
-            rc = int(rc) if isinstance(rc, int) and rc >= 0 else None
-            waits.append(StreamWaitCall(c, st, rc, _int_or(a.get("device"), 0)))
+            rc = rc if rc is not None and rc >= 0 else None
+            waits.append(StreamWaitCall(c, st, rc, a.get("device") or 0))
         elif c.name in SYNC_CALLS:
             a = sync_args.get(c.correlation, {})
-            dev = a.get("device", 0)
             syncs.append(
-                SyncCall(
-                    c,
-                    SYNC_CALLS[c.name],
-                    _opt_stream(a.get("stream")),
-                    int(dev) if isinstance(dev, int) else 0,
-                )
+                SyncCall(c, SYNC_CALLS[c.name], _opt_stream(a.get("stream")), a.get("device") or 0)
             )
     return KinetoTrace(source, props, acts, calls, launches, records, waits, syncs)
 
