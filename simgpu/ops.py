@@ -404,7 +404,7 @@ def _flatten_infer(op: Op, ins: list[Shape]) -> Shape:
 
 
 def _transpose_infer(op: Op, ins: list[Shape]) -> Shape:
-    perm = op.attrs.get("perm")
+    perm = op.attrs["perm"]  # a KeyError is reported as the missing attribute
     if not isinstance(perm, list | tuple) or not all(_is_int(p) for p in perm):
         raise _fail(op, f"perm must be a list of integers, got {perm!r}")
     if sorted(perm) != list(range(len(ins[0]))):
@@ -438,8 +438,12 @@ def _zero(op: Op, ins: list[Shape]) -> Counts:
 KINDS: dict[str, OpKind] = {}
 
 
-#: attributes any op may carry: where an imported op came from (IOS's format)
-COMMON_ATTRS = frozenset({"ios_term", "ios_seq"})
+#: attributes any op may carry: where an imported op came from (IOS's format: the node
+#: it assembles an input for, the sequential node it is inside, its own and hint names)
+#: and the ops a merged op replaces
+COMMON_ATTRS = frozenset(
+    {"ios_term", "ios_seq", "ios_name", "ios_one_term", "ios_hint", "replaces"}
+)
 
 
 def _attrs(*names: str) -> frozenset[str]:

@@ -381,3 +381,32 @@ def test_a_trace_s_device_properties_are_not_coerced(tmp_path, capsys, change, w
     p.write_text(json.dumps({"traceEvents": ev, "deviceProperties": [props]}))
     line = run_error(capsys, "replay", str(p))
     assert why in line
+
+
+@pytest.mark.parametrize(
+    "where, why",
+    [
+        ((), "the graph: unknown field(s) 'pading' for graph"),
+        (("blocks", 0), "block 0: unknown field(s) 'pading' for block"),
+        (("blocks", 0, "exit_node"), "IOS node 'stem': unknown field(s) 'pading' for conv"),
+        (("input",), "unknown field(s) 'pading' for placeholder"),
+    ],
+)
+def test_ios_files_refuse_unknown_fields(tmp_path, capsys, where, why) -> None:
+    """A misspelt field of an IOS node (``pading``) was ignored, so the conv ran unpadded
+    (issue 20): every object of the format refuses fields it does not have."""
+    from simgpu.models.builder import GraphBuilder
+    from simgpu.models.ios import write_ios
+
+    b = GraphBuilder("block")
+    x = b.input((1, 16, 16, 16))
+    s = b.conv(x, 32, 1, name="stem")
+    b.concat([b.conv(s, 16, 1, name="a"), s], name="cat")
+    doc = write_ios(b.build())
+    obj = doc
+    for k in where:
+        obj = obj[k]
+    obj["pading"] = [1, 1]
+    p = tmp_path / "ios.json"
+    p.write_text(json.dumps(doc))
+    assert why in run_error(capsys, "simulate", str(p))

@@ -41,7 +41,9 @@ from simgpu.errors import FormatError, GraphError, ScheduleError
 from simgpu.graph import Op, OpGraph, read_json
 from simgpu.models.builder import GraphBuilder
 from simgpu.ops import DTYPE_BYTES
+from simgpu.output import printable
 from simgpu.schedule import Schedule, StageSchedule, validate_schedule
+from simgpu.schema import shown
 
 TERM = "ios_term"  # op built only to assemble the input of the op it names
 SEQ = "ios_seq"  # op is an inner node of the sequential node it names
@@ -51,6 +53,21 @@ HINT = "ios_hint"  # a node's hint_name, where it differs from its name
 MERGED = "replaces"  # a merged conv names the convs it replaces (as schedulers/_merge does)
 
 NODE_TYPES = ("conv", "pool", "identity", "element", "relu", "activation", "sequential")
+# the fields of IOS's JSON this reader knows; another is a misspelling or a feature it
+# does not simulate, and either way an error rather than silently ignored
+_NODE_FIELDS = frozenset({"type", "name", "hint_name", "inputs", "output_shape"})
+_KNOWN = {
+    "graph": frozenset({"name", "input", "blocks"}),
+    "block": frozenset({"enter_name", "enter_node", "inner_nodes", "exit_node", "stages"}),
+    "placeholder": frozenset({"type", "name", "hint_name", "output_shape"}),
+    "conv": _NODE_FIELDS | {"out_channels", "kernel", "stride", "padding", "groups", "act"},
+    "pool": _NODE_FIELDS | {"pool_type", "kernel", "stride", "padding"},
+    "element": _NODE_FIELDS | {"op_type"},
+    "activation": _NODE_FIELDS | {"act_type"},
+    "sequential": _NODE_FIELDS | {"nodes"},
+    "identity": _NODE_FIELDS,
+    "relu": _NODE_FIELDS,
+}
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 CONV_ACTS = ("identity", "relu", "sigmoid", "tanh")
 
@@ -130,11 +147,24 @@ class _Reader:
     def fail(self, msg: str, node: str | None = None) -> FormatError:
         name = node if node is not None else self._node
         at = f" ({self._where})" if self._where else ""
-        return FormatError(f"{self.source}: IOS node '{name}'{at}: {msg}")
+        return FormatError(f"{self.source}: IOS node '{printable(str(name))}'{at}: {msg}")
+
+    def known(self, obj: Mapping[str, Any], what: str, where: str) -> None:
+        """Refuse fields IOS's format does not have for ``what`` (a node type, a block,
+        the graph)."""
+        known = _KNOWN.get(what)
+        extra = [k for k in obj if known is not None and k not in known]
+        if extra:
+            names = ", ".join(shown(k, 30) for k in extra)
+            raise FormatError(
+                f"{self.source}: {where}: unknown field(s) {names} for {what} "
+                f"(known: {', '.join(sorted(known or ()))})"
+            )
 
     # -- structure ----------------------------------------------------------------------
 
     def read(self, data: Mapping[str, Any]) -> tuple[OpGraph, StageSchedule | None]:
+        self.known(data, "graph", "the graph")
         gname = data.get("name", "ios_graph")
         if not isinstance(gname, str):
             raise FormatError(f"{self.source}: the graph's name must be a string, got {gname!r}")
@@ -146,6 +176,7 @@ class _Reader:
         self._node = name
         if inp.get("type") != "placeholder":
             raise self.fail(f"the graph input must be a placeholder, not {inp.get('type')!r}")
+        self.known(inp, "placeholder", f"IOS node '{printable(name)}'")
         self.b.input((self.batch, *self._shape(inp)), name=name)
         self.input_name = name
         blocks = data["blocks"]
@@ -155,6 +186,7 @@ class _Reader:
             self._where = f"block {bi}"
             if not isinstance(block, dict):
                 raise FormatError(f"{self.source}: block {bi} must be an object")
+            self.known(block, "block", f"block {bi}")
             if "enter_node" in block and not isinstance(block["enter_node"], dict):
                 raise FormatError(f"{self.source}: block {bi}: enter_node must be an object")
             enter = block.get("enter_name")
@@ -199,6 +231,7 @@ class _Reader:
         self.deps[name] = []
         self.block_of[name] = block
         if node.get("type") == "sequential":
+            self.known(node, "sequential", f"IOS node '{printable(name)}' (block {block})")
             inner = node.get("nodes")
             if not isinstance(inner, list) or not inner:
                 raise self.fail('a sequential node needs a non-empty "nodes" list')
@@ -304,9 +337,10 @@ class _Reader:
             extra = {**extra, **({MERGED: tuple(words)} if len(words) > 1 else {HINT: hint})}
         if typ not in NODE_TYPES:
             raise self.fail(
-                f"unknown node type {typ!r} (IOS types: placeholder, {', '.join(NODE_TYPES)})",
+                f"unknown node type {shown(typ)} (IOS types: placeholder, {', '.join(NODE_TYPES)})",
                 node.get("name"),
             )
+        self.known(node, typ, f"IOS node '{printable(str(node.get('name')))}'")
         terms = self._terms(node, local)
         if typ == "element":
             op_type = node.get("op_type")
