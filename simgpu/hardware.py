@@ -19,6 +19,7 @@ from typing import Any
 
 from simgpu.errors import SpecError
 from simgpu.graph import read_json
+from simgpu.ops import DTYPE_BYTES
 
 KB = 1024
 
@@ -135,6 +136,13 @@ class GPUSpec:
             raise SpecError(f"GPU '{self.name}': peak_tflops needs positive rates, e.g. fp32")
         if "fp32" not in self.peak_tflops:
             raise SpecError(f"GPU '{self.name}': peak_tflops must include fp32")
+        rate_keys = {*DTYPE_BYTES, *(f"{d}_tensor" for d in DTYPE_BYTES)}
+        unknown = sorted(k for k in self.peak_tflops if k not in rate_keys)
+        if unknown:  # a misspelt "fp16_tensr" would silently mean no tensor cores
+            raise SpecError(
+                f"GPU '{self.name}': peak_tflops has unknown precision(s) {', '.join(map(repr, unknown))} "
+                f"(known: a dtype ({', '.join(DTYPE_BYTES)}), optionally with _tensor)"
+            )
         if not 1 <= self.hw_queues <= 32:
             raise SpecError(f"GPU '{self.name}': hw_queues must be 1..32, got {self.hw_queues}")
         if self.max_smem_per_block > self.smem_per_sm:

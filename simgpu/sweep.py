@@ -221,10 +221,16 @@ class Grid:
                     raise SweepError(f"bad {what} name {n!r} in the grid")
                 if what.startswith("option") and (";" in n or "=" in n):
                     raise SweepError(f"bad {what} {n!r} in the grid: ';' and '=' are separators")
-        for what, nums in (("batch size", self.batches), ("image size", self.image_sizes)):
+        sizes = (
+            ("batch size", "batch", self.batches),
+            ("image size", "image_size", self.image_sizes),
+        )
+        for what, limit, nums in sizes:
             for v in nums:
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                     raise SweepError(f"bad {what} {v!r} in the grid: expected a positive integer")
+                if v is not None:  # before the first row, not as a row per combination
+                    check_limit(limit, v, f"the grid's {what}")
 
 
 def _dedupe(items: Iterable[Any]) -> list[Any]:

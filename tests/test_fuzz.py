@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -181,4 +182,196 @@ def test_every_mutation_succeeds_or_is_one_clean_line(files, kind: str, data) ->
     p = path.with_name(f"mut-{kind}.json")
     p.write_text(json.dumps(bad, allow_nan=True))
     rc, err = run_cli(_argv(kind, str(p)))
+    check_outcome(rc, err, bad)
+
+
+# --- unknown fields -----------------------------------------------------------------------
+
+# maps whose keys are data, not field names: a kernel table's op signatures
+FREE_FORM = {("gpu", "kernel_table"), ("validation", "gpu", "kernel_table")}
+
+
+def _at(doc: Any, path: tuple) -> Any:
+    for k in path:
+        doc = doc[k]
+    return doc
+
+
+@pytest.mark.parametrize("kind", ["graph", "schedule", "gpu", "machine", "ios", "validation"])
+def test_an_unknown_field_anywhere_is_an_error(files, kind: str) -> None:
+    """Every object of every format refuses a field it does not have, at any depth: a
+    misspelt field would otherwise silently mean its default."""
+    path, doc = files[kind]
+    seen = set()
+    for p in _paths(doc):
+        shape = (kind, *("#" if isinstance(k, int) else k for k in p))
+        if not isinstance(_at(doc, p), dict) or shape in seen or shape in FREE_FORM:
+            continue
+        seen.add(shape)
+        bad = copy.deepcopy(doc)
+        _at(bad, p)["zz_unknown"] = 1
+        q = path.with_name(f"unknown-{kind}.json")
+        q.write_text(json.dumps(bad))
+        rc, err = run_cli(_argv(kind, str(q)))
+        assert rc == 2 and "zz_unknown" in err, (shape, err)
+    assert seen
+
+
+# --- ONNX ---------------------------------------------------------------------------------
+
+
+def _onnx_model() -> Any:
+    """A small ONNX network with a branch, a concat and a classifier head."""
+    import numpy as np
+    from onnx import TensorProto as TP
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+
+    def w(name: str, *shape: int) -> Any:
+        return nh.from_array(np.zeros(shape, np.float32), name)
+
+    nodes = [
+        oh.make_node("Conv", ["x", "w1"], ["a"], name="c1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        oh.make_node("Relu", ["a"], ["b"], name="r1"),
+        oh.make_node("Conv", ["b", "w2"], ["c"], name="c2", kernel_shape=[1, 1], strides=[1, 1]),
+        oh.make_node("MaxPool", ["b"], ["d"], name="p1", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                     strides=[1, 1]),
+        oh.make_node("Concat", ["c", "d"], ["e"], name="cat", axis=1),
+        oh.make_node("GlobalAveragePool", ["e"], ["f"], name="gap"),
+        oh.make_node("Flatten", ["f"], ["g"], name="fl", axis=1),
+        oh.make_node("Gemm", ["g", "w3", "b3"], ["y"], name="fc", transB=1),
+    ]  # fmt: skip
+    graph = oh.make_graph(
+        nodes,
+        "fuzz",
+        [oh.make_tensor_value_info("x", TP.FLOAT, ["N", 3, 16, 16])],
+        [oh.make_tensor_value_info("y", TP.FLOAT, ["N", 10])],
+        [w("w1", 8, 3, 3, 3), w("w2", 8, 8, 1, 1), w("w3", 10, 16), w("b3", 10)],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+ONNX_INTS = [0, -1, 1, 2, 5, 10**9, -(2**40), 2**62]
+
+
+@st.composite
+def onnx_mutations(draw: st.DrawFn, model: Any) -> bytes:
+    """The model with one attribute, dimension, name or op type changed, or its bytes cut
+    or flipped."""
+    m = copy.deepcopy(model)
+    g = m.graph
+    what = draw(st.sampled_from(["attr", "dim", "init", "name", "op", "bytes", "drop"]))
+    if what == "attr":
+        node = draw(st.sampled_from([n for n in g.node if n.attribute]))
+        a = draw(st.sampled_from(list(node.attribute)))
+        if a.ints:
+            i = draw(st.integers(0, len(a.ints) - 1))
+            a.ints[i] = draw(st.sampled_from(ONNX_INTS))
+            if draw(st.booleans()):
+                del a.ints[draw(st.integers(0, len(a.ints) - 1))]
+        else:
+            a.i = draw(st.sampled_from(ONNX_INTS))
+    elif what == "dim":
+        dims = g.input[0].type.tensor_type.shape.dim
+        d = dims[draw(st.integers(0, len(dims) - 1))]
+        d.dim_value = draw(st.sampled_from(ONNX_INTS))
+    elif what == "init":
+        t = draw(st.sampled_from(list(g.initializer)))
+        t.dims[draw(st.integers(0, len(t.dims) - 1))] = draw(st.sampled_from(ONNX_INTS))
+    elif what == "name":
+        node = draw(st.sampled_from(list(g.node)))
+        node.input[draw(st.integers(0, len(node.input) - 1))] = draw(
+            st.sampled_from(["", "nowhere", "y", node.output[0]])
+        )
+    elif what == "op":
+        node = draw(st.sampled_from(list(g.node)))
+        node.op_type = draw(st.sampled_from(["Conv", "Add", "Softmax", "Loop", "", "\x1b[31m"]))
+    elif what == "drop":
+        del g.node[draw(st.integers(0, len(g.node) - 1))]
+    data = m.SerializeToString()
+    if what == "bytes":
+        i = draw(st.integers(0, len(data) - 1))
+        if draw(st.booleans()):
+            data = data[:i]
+        else:
+            data = data[:i] + bytes([data[i] ^ draw(st.integers(1, 255))]) + data[i + 1 :]
+    return data
+
+
+@CI
+@given(data=st.data())
+def test_every_onnx_mutation_succeeds_or_is_one_clean_line(tmp_path_factory, data) -> None:
+    pytest.importorskip("onnx")
+    d = _onnx_dir(tmp_path_factory)
+    p = d / "mut.onnx"
+    p.write_bytes(data.draw(onnx_mutations(_onnx_model())))
+    rc, err = run_cli(["simulate", str(p), "--json"])
+    check_outcome(rc, err, str(p))
+
+
+_ONNX_DIR: list[Path] = []
+
+
+def _onnx_dir(factory: Any) -> Path:
+    if not _ONNX_DIR:
+        _ONNX_DIR.append(factory.mktemp("onnx"))
+    return _ONNX_DIR[0]
+
+
+def test_the_valid_onnx_model_runs(tmp_path) -> None:
+    pytest.importorskip("onnx")
+    p = tmp_path / "ok.onnx"
+    p.write_bytes(_onnx_model().SerializeToString())
+    rc, err = run_cli(["simulate", str(p), "--json"])
+    assert rc == 0, err
+
+
+# --- sweep grids (TOML) -------------------------------------------------------------------
+
+GRID = {"models": ["squeezenet1_1"], "image_sizes": [64], "batches": [1], "gpus": ["v100"],
+        "schedulers": ["sequential", "greedy"], "options": {"greedy": {"max_ops": [2]}}}  # fmt: skip
+
+
+def toml_value(v: Any) -> str:
+    """A value in TOML's syntax (inline tables for objects; None has no TOML form)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return (
+            "nan" if v != v else ("inf" if v == math.inf else "-inf" if v == -math.inf else repr(v))
+        )
+    if isinstance(v, str):
+        return json.dumps(v)  # TOML's basic strings take JSON's escapes
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v if x is not None) + "]"
+    return (
+        "{"
+        + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items() if x is not None)
+        + "}"
+    )
+
+
+def toml_document(doc: dict[str, Any]) -> str:
+    return "".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in doc.items() if v is not None)
+
+
+def test_the_valid_grid_runs(tmp_path) -> None:
+    p = tmp_path / "g.toml"
+    p.write_text(toml_document(GRID))
+    rc, err = run_cli(["sweep", "--grid", str(p), "-o", str(tmp_path / "r.csv"), "--quiet"])
+    assert rc == 0, err
+
+
+@CI
+@given(data=st.data())
+def test_every_grid_mutation_succeeds_or_is_one_clean_line(tmp_path_factory, data) -> None:
+    d = _onnx_dir(tmp_path_factory)
+    bad = data.draw(mutations(GRID))
+    p = d / "mut.toml"
+    p.write_text(toml_document(bad))
+    out = d / "mut.csv"
+    out.unlink(missing_ok=True)
+    rc, err = run_cli(["sweep", "--grid", str(p), "-o", str(out), "--quiet", "--workers", "1"])
     check_outcome(rc, err, bad)

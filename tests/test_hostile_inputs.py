@@ -29,6 +29,7 @@ def _gpu(tmp_path: Path, **fields) -> str:
         ("dram_gbps", 1e300, "dram_gbps must be at most 1e+06"),
         ("sm_count", True, "sm_count must be a number"),
         ("sm_count", 80.5, "sm_count must be an integer"),
+        ("peak_tflops", {"fp32": 15.7, "fp16_tensr": 125.0}, "unknown precision(s) 'fp16_tensr'"),
     ],
 )
 def test_gpu_figures_out_of_range_are_refused(tmp_path, capsys, field, value, why) -> None:

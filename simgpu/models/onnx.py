@@ -28,6 +28,7 @@ import numpy as np
 from simgpu.errors import FormatError, GraphError
 from simgpu.graph import Op, OpGraph
 from simgpu.ops import DTYPE_BYTES, Shape, kind_of
+from simgpu.schema import shown
 from simgpu.userfiles import read_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,7 +143,25 @@ def _parse(onnx: Any, data: bytes, source: str) -> Any:
         model.ParseFromString(data)
     except Exception as e:  # protobuf raises DecodeError (and others) on garbage bytes
         raise FormatError(f"{source}: not a valid ONNX model ({_first_line(e)})") from None
+    _check_text(model.graph, source)
     return model
+
+
+def _check_text(graph: Any, source: str) -> None:
+    """Protobuf hands a string field that is not UTF-8 back as bytes; a name must be
+    text, or it reaches outputs (JSON, tables) as something they cannot hold."""
+    named = [("the graph's name", graph.name)]
+    for n in graph.node:
+        named += [("a node's name", n.name), ("a node's op_type", n.op_type),
+                  ("a node's domain", n.domain)]  # fmt: skip
+        named += [("a node's input", x) for x in n.input]
+        named += [("a node's output", x) for x in n.output]
+        named += [("an attribute's name", a.name) for a in n.attribute]
+    for vi in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        named.append(("a tensor's name", vi.name))
+    for what, v in named:
+        if not isinstance(v, str):
+            raise FormatError(f"{source}: {what} is not UTF-8 text ({shown(v)})")
 
 
 def _check(onnx: Any, model: Any, source: str) -> None:
