@@ -38,6 +38,7 @@ ops become one group, in topological order). It never slows a schedule, and with
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ from simgpu.kernels import kernel_floor_us
 from simgpu.schedule import StageSchedule
 
 STRATEGIES = ("parallel", "merge", "both")
+UNITS = ("ops", "chains")
 
 
 # --- blocks and parts -------------------------------------------------------------------
@@ -204,37 +206,45 @@ def _fit(graph: OpGraph, units: list[list[str]], max_states: int) -> list[list[l
     return _fit(graph, units[:b], max_states) + _fit(graph, units[b:], max_states)
 
 
-def plan_parts(graph: OpGraph, part_size: int, max_states: int) -> list[list[list[str]]]:
+def plan_parts(
+    graph: OpGraph, part_size: int, max_states: int = 0, units: str = "ops"
+) -> list[list[list[str]]]:
     """The parts the DP runs on, each a list of units (the DP's nodes) in topological
     order; every part depends only on itself and earlier ones, so a schedule is the
     concatenation of the parts' schedules.
 
-    Per block (cut at single-op cut points, as IOS's blocks): its ops are the units if
-    they give at most ``max_states`` DP states, else its chains (IOS's node granularity).
-    A block of more than ``part_size`` units is split where the fewest tensors are live
-    (NASNet's cell boundaries), pieces of at least half ``part_size``; a piece with too
-    many states is halved the same way. Consecutive small pieces are packed into one part
-    while it stays within ``part_size`` units and ``max_states`` states.
+    Per block (cut at single-op cut points, as IOS's blocks) the units are its ops, or
+    with ``units="chains"`` its maximal chains (IOS's IR holds such a chain as one
+    sequential node). A block of more than ``part_size`` units is split where the fewest
+    tensors are live (NASNet's cell boundaries), pieces of at least half ``part_size``;
+    consecutive small pieces are packed into one part while it stays within
+    ``part_size`` units. That is the paper's partition, and the default.
+
+    ``max_states > 0`` is the capped mode (off by default; it shrinks the space): a block
+    whose ops give more than ``max_states`` DP states uses its chains instead, and a
+    piece with too many states is halved until it fits.
     """
+    capped = max_states > 0
     pieces: list[list[list[str]]] = []
     for block in blocks(graph):
-        units = [[o] for o in block]
-        if _states(graph, units, max_states) > max_states:
+        us = chain_units(graph, block) if units == "chains" else [[o] for o in block]
+        if capped and units == "ops" and _states(graph, us, max_states) > max_states:
             chains = chain_units(graph, block)
-            if len(chains) < len(units):
-                units = chains
-        fr = frontier(graph, units)
+            if len(chains) < len(us):
+                us = chains
+        fr = frontier(graph, us)
         start = 0
-        while len(units) - start > part_size:
+        while len(us) - start > part_size:
             b = _cut_at(fr, start + max(1, part_size // 2), start + part_size)
-            pieces.extend(_fit(graph, units[start:b], max_states))
+            piece = us[start:b]
+            pieces.extend(_fit(graph, piece, max_states) if capped else [piece])
             start = b
-        pieces.extend(_fit(graph, units[start:], max_states))
+        pieces.extend(_fit(graph, us[start:], max_states) if capped else [us[start:]])
     parts: list[list[list[str]]] = []
     for piece in pieces:
         if parts and len(parts[-1]) + len(piece) <= part_size:
             joined = parts[-1] + piece
-            if _states(graph, joined, max_states) <= max_states:
+            if not capped or _states(graph, joined, max_states) <= max_states:
                 parts[-1] = joined
                 continue
         parts.append(piece)
@@ -251,7 +261,8 @@ class PartStats:
     chains: bool
     states: int = 0
     transitions: int = 0
-    stages: int = 0  # stage measurements asked for: distinct (ending, strategy) pairs
+    paper_stages: int = 0  # distinct (ending, strategy) pairs: what IOS would measure
+    stages: int = 0  # of those, measured here: the rest the exact bounds ruled out
     wall_s: float = 0.0
     latency_us: float = 0.0
 
@@ -511,7 +522,14 @@ class _PartSearch:
         return self.profiler.measure_stage(frag, [[conv.name, *(sl.name for sl in slices)]])
 
     def run(self) -> list[tuple[bool, list[list[str]]]]:
-        """The part's best stages in order: (merged?, groups of op names)."""
+        """The part's best stages in order: (merged?, groups of op names).
+
+        Every state (a prefix of ops closed under predecessors) gets its exact cost. Its
+        endings are taken best-first by what they can at best cost: the host bound, then
+        the chain bound (:meth:`_chain_bound`), then the measured latency — each refined
+        only when it is the least in the heap. An ending popped with its measured cost
+        is the state's best, so an ending is measured only if its bounds say it could
+        be: the result is the one measuring every ending would give."""
         t0 = time.perf_counter()
         full = (1 << len(self.units)) - 1
         cost: dict[int, float] = {0: 0.0}
@@ -519,9 +537,18 @@ class _PartSearch:
         pending: dict[int, list[tuple[int, float, int]]] = {}
         fixed = self.fixed_us
         merge = self.merge
+        # the stages IOS would measure: each distinct ending once per strategy, parallel
+        # (every ending when that strategy is on, else single groups) and merged. An
+        # ending E is counted at one state only, the least it ends (E and its
+        # ancestors): the one whose sinks all lie in E. Every down-set is a state.
+        par_w = 1 if self.parallel else 0
+        succ = self.succ
+        paper = 0
         chain_memo = self.chain_memo
         memo = self.stage_memo
         launch, view = self.merge_host
+        heapify, heappop, heappush = heapq.heapify, heapq.heappop, heapq.heappush
+        safe = 1 - 1e-12  # bounds a hair low, so rounding never prunes an equal ending
         stack = [full]
         while stack:
             S = stack[-1]
@@ -537,48 +564,54 @@ class _PartSearch:
                 if todo:
                     stack.extend(todo)
                     continue
-            # branch and bound: endings in order of what they can at best cost (exact
-            # where measured, else the host-time bound); stop at the first that cannot
-            # beat the best found, so the result is the same as measuring every ending
-            cands = []
+            sinks = 0
+            rest = S
+            while rest:
+                low = rest & -rest
+                rest ^= low
+                if not succ[low.bit_length() - 1] & S:
+                    sinks |= low
+            heap: list[tuple[float, int, int, int]] = []
             for E, host, mcls in ends:
+                if not sinks & ~E:
+                    paper += 1 if mcls < 0 else merge + par_w
+                before = cost[S ^ E]
                 hit = memo.get(E)
                 if hit is not None:
-                    cands.append((cost[S ^ E] + hit[0], E, mcls, True))
+                    heap.append((before + hit[0], -2, E, mcls))
+                    continue
+                lb = chain_memo.get(E)
+                if lb is not None:
+                    heap.append((before + lb, -1, E, mcls))
                     continue
                 if mcls >= 0 and merge:  # a merged stage issues one conv and n views
                     host = min(host, launch + view * E.bit_count())
-                cands.append((cost[S ^ E] + (host + fixed) * (1 - 1e-12), E, mcls, False))
-            cands.sort()
-            best = float("inf")
-            pick = None
-            for c, E, mcls, exact in cands:
-                if c >= best:
+                heap.append((before + (host + fixed) * safe, 0, E, mcls))
+            heapify(heap)
+            while True:
+                key, level, E, mcls = heappop(heap)
+                if level == -2:  # measured, and no other ending can cost less
                     break
-                if exact:
-                    st = memo[E]
-                else:
-                    before = cost[S ^ E]
-                    groups = None
-                    lb = chain_memo.get(E)
-                    if lb is None:
-                        groups = self._groups(E)
-                        lb = self._chain_bound(groups) * (1 - 1e-12)
-                        if mcls >= 0 and merge:
-                            lb = c - before  # a merged stage: the host bound only
-                        chain_memo[E] = lb
-                    if before + lb >= best:
-                        continue
-                    st = self._stage(E, groups if groups is not None else self._groups(E))
-                c = cost[S ^ E] + st[0]
-                if c < best:
-                    best, pick = c, (E, st)
-            cost[S] = best
-            choice[S] = pick  # type: ignore[assignment]
+                before = cost[S ^ E]
+                if level == 0:
+                    # a mergeable ending may run merged: the host bound is all it has
+                    lb = (
+                        key - before
+                        if mcls >= 0 and merge
+                        else self._chain_bound(self._groups(E)) * safe
+                    )
+                    chain_memo[E] = lb
+                    heappush(heap, (before + lb, -1, E, mcls))
+                    continue
+                st = self._stage(E, self._groups(E))
+                heappush(heap, (before + st[0], -2, E, mcls))
+            cost[S] = key
+            choice[S] = (E, memo[E])
             self.stats.transitions += len(ends)
             del pending[S]
             stack.pop()
         self.stats.states = len(cost) - 1
+        self.stats.paper_stages = paper
         self.stats.latency_us = cost[full]
         stages: list[tuple[bool, list[list[str]]]] = []
         S = full
@@ -599,23 +632,30 @@ class _PartSearch:
 class IOS:
     """IOS: DP over stage endings, parallel groups or merged convs (Ding et al. 2021)."""
 
-    r: int = 3  # units per group (the paper's default)
+    r: int = 3  # units (ops by default) per group, the paper's default
     s: int = 8  # groups per stage (the paper's default)
     part_size: int = 64  # units per part (the paper uses parts of 50-100 operators)
     strategy: str = "both"  # "parallel", "merge" or "both"
-    max_states: int = 5_000  # DP states per part before chains, then halving
+    max_states: int = 0  # 0: the paper's space, exactly; N > 0: the capped mode (see above)
+    units: str = "ops"  # "ops", or "chains" for IOS's sequential-node granularity
 
     def __post_init__(self) -> None:
-        limits = (("r", 1, 64), ("s", 1, 64), ("part_size", 1, 512), ("max_states", 2, 10**7))
+        limits = (("r", 1, 64), ("s", 1, 64), ("part_size", 1, 512), ("max_states", 0, 10**7))
         for name, lo, hi in limits:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise SchedulerError(
                     f"option ios.{name}: must be an integer in {lo}..{hi}, got {v!r}"
                 )
+        if self.max_states == 1:
+            raise SchedulerError("option ios.max_states: must be 0 (no cap) or at least 2, got 1")
         if self.strategy not in STRATEGIES:
             raise SchedulerError(
                 f"option ios.strategy: must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+        if self.units not in UNITS:
+            raise SchedulerError(
+                f"option ios.units: must be one of {', '.join(UNITS)}, got {self.units!r}"
             )
 
     def schedule(self, graph: OpGraph, profiler: Profiler) -> StageSchedule:
@@ -626,7 +666,7 @@ class IOS:
         raw: list[tuple[bool, list[list[str]]]] = []
         stats: list[PartStats] = []
         position = {o: i for i, o in enumerate(graph.topo_order)}
-        for units in plan_parts(graph, self.part_size, self.max_states):
+        for units in plan_parts(graph, self.part_size, self.max_states, self.units):
             search = _PartSearch(graph, units, position, profiler, self.r, self.s, parallel, merge)
             raw.extend(search.run())
             stats.append(search.stats)
@@ -646,10 +686,12 @@ class IOS:
             "part_size": self.part_size,
             "strategy": self.strategy,
             "max_states": self.max_states,
+            "units": self.units,
             "blocks": len(blocks(graph)),
             "parts": [dataclasses.asdict(p) for p in stats],
             "states": sum(p.states for p in stats),
             "transitions": sum(p.transitions for p in stats),
+            "stages_paper": sum(p.paper_stages for p in stats),
             "stages_measured": sum(p.stages for p in stats),
             "profiler_calls": profiler.calls - calls0,
             "simulations": profiler.distinct - distinct0,
