@@ -12,6 +12,7 @@ File names carry the GPU (``v100_fp32_gemm.csv``, ``inception_v3_v100_bs1.log``)
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -26,6 +27,7 @@ from simgpu.hardware import ALIASES, PRESETS, GPUSpec
 from simgpu.kernels import cheapest, library_candidates, plan_time_us
 from simgpu.libraries import LIBRARIES
 from simgpu.ops import kind_of
+from simgpu.userfiles import read_bytes
 
 DEEPBENCH_RE = re.compile(
     r"^(?P<gpu>[a-z0-9]+)_(?P<dtype>fp32|fp16|bf16|int8)_(?P<what>gemm|conv_fwd)\.csv$"
@@ -92,13 +94,13 @@ def read_deepbench(path: Path, dtype: str, what: str) -> list[Measurement]:
     """Rows of a DeepBench-format CSV (``gemm`` or ``conv_fwd``)."""
     need = GEMM_COLUMNS if what == "gemm" else CONV_COLUMNS
     try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in need if c not in (reader.fieldnames or [])]
-            if missing:
-                raise CalibrationError(f"{path}: missing column(s) {', '.join(missing)}")
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        text = read_bytes(path, CalibrationError).decode("utf-8")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [c for c in need if c not in (reader.fieldnames or [])]
+        if missing:
+            raise CalibrationError(f"{path}: missing column(s) {', '.join(missing)}")
+        rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
         raise CalibrationError(f"{path}: cannot read ({e})") from None
     out = []
     for i, row in enumerate(rows, start=2):
@@ -137,9 +139,9 @@ def read_autotvm(path: Path, network: str) -> list[Measurement]:
     """Valid lines (error code 0) of an AutoTVM tuning log of ``conv2d`` workloads."""
     out = []
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CalibrationError(f"{path}: cannot read ({e})") from None
+        lines = read_bytes(path, CalibrationError).decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise CalibrationError(f"{path}: not UTF-8 text at byte {e.start}") from None
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue

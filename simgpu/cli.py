@@ -1038,9 +1038,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _no_blank_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An empty or blank value (``--gpu ""``) is refused: it would otherwise read as
+    "not given" and silently mean the default (a V100)."""
+    for key, v in vars(args).items():
+        for x in v if isinstance(v, list) else [v]:
+            if isinstance(x, str) and not x.strip():
+                parser.error(f"argument --{key.replace('_', '-')}: an empty value")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _no_blank_values(parser, args)
     try:
         rc = args.func(args)
         sys.stdout.flush()  # a full disk or a closed pipe shows here, not at exit

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from simgpu.errors import SimGPUError
 from simgpu.limits import check as check_limit
 from simgpu.output import printable
+from simgpu.userfiles import read_bytes
 
 if TYPE_CHECKING:
     from simgpu.hardware import Machine
@@ -299,14 +300,15 @@ def load_grid(path: str | Path) -> Grid:
     ``[options.SCHEDULER]`` tables whose values are a value or a list of values to sweep.
     A scalar stands for a one-element list."""
     p = Path(path)
+    raw = read_bytes(p, SweepError)  # a regular file under the size limit
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SweepError(f"cannot read grid {p}: {e.strerror or e}") from None
+        data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise SweepError(f"{p}: not a text file") from None
     except tomllib.TOMLDecodeError as e:
         raise SweepError(f"{p}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise SweepError(f"{p}: not valid TOML: nested too deeply") from None
     return grid_from_dict(data, source=str(p))
 
 
@@ -569,10 +571,7 @@ def machine_for(gpu: str, machine: str) -> Machine:
 def read_results(path: str | Path) -> list[dict[str, str]]:
     """Rows of a results CSV. A partial last line (a sweep killed mid-write) is ignored."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise SweepError(f"cannot read results {p}: {e.strerror or e}") from None
+    data = read_bytes(p, SweepError)  # a regular file under the size limit
     try:
         # Cut before decoding: a kill can split a multi-byte character too.
         text = _complete_prefix(data).decode("utf-8")

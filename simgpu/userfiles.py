@@ -9,12 +9,14 @@ and :func:`parse_json`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
 from simgpu.errors import FormatError, SimGPUError
+from simgpu.output import printable
 
 #: Largest file read, in bytes; ``SIMGPU_MAX_FILE_MB`` raises it.
 DEFAULT_MAX_MB = 512
@@ -95,16 +97,36 @@ def _depth_ok(text: str) -> int:
 
 def parse_json(text: str, where: str, error: type[SimGPUError] = FormatError) -> Any:
     """JSON text to Python, every failure one line naming ``where``: invalid JSON, a
-    nesting deeper than :data:`MAX_DEPTH`, or NaN/Infinity (not JSON)."""
+    nesting deeper than :data:`MAX_DEPTH`, NaN/Infinity (not JSON), a number too large
+    for a float (``1e400`` would read as infinity), or a key given twice in one object
+    (the last would silently win)."""
     if _depth_ok(text) > MAX_DEPTH:
         raise error(f"{where}: JSON nested deeper than {MAX_DEPTH} levels")
 
     def no_constant(name: str) -> Any:
         raise error(f"{where}: {name} is not a JSON number")
 
+    def finite(literal: str) -> float:
+        x = float(literal)
+        if not math.isfinite(x):
+            raise error(f"{where}: the number {literal[:40]} is too large")
+        return x
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise error(f"{where}: key {printable(repr(k)[:60])} given twice in one object")
+            out[k] = v
+        return out
+
     try:
-        return json.loads(text, parse_constant=no_constant)
+        return json.loads(
+            text, parse_constant=no_constant, parse_float=finite, object_pairs_hook=no_duplicates
+        )
     except json.JSONDecodeError as e:
         raise error(f"{where}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise error(f"{where}: {printable(str(e).splitlines()[0][:80])}") from None
     except RecursionError:  # pragma: no cover - the depth check comes first
         raise error(f"{where}: JSON nested too deeply") from None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from _cli import run_error, run_json
 
+from simgpu.cli import main
 from simgpu.errors import SimGPUError
 from simgpu.output import dumps
 
@@ -411,3 +412,50 @@ def test_ios_files_refuse_unknown_fields(tmp_path, capsys, where, why) -> None:
     p = tmp_path / "ios.json"
     p.write_text(json.dumps(doc))
     assert why in run_error(capsys, "simulate", str(p))
+
+
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda t: t[:-1] + ', "ops": []}', "key 'ops' given twice in one object"),
+        (
+            lambda t: t.replace('"version": 1', '"version": 1e400', 1),
+            "the number 1e400 is too large",
+        ),
+        (lambda t: t.replace('"version": 1', '"version": ' + "1" * 5000, 1), "Exceeds the limit"),
+    ],
+)
+def test_json_that_python_would_bend_is_refused(tmp_path, capsys, graph_json, edit, why) -> None:
+    """A key given twice (the last silently won), 1e400 (read as infinity) and a
+    5,000-digit integer (a ValueError traceback) are each one clean line."""
+    p = tmp_path / "g.json"
+    p.write_text(edit(json.dumps(graph_json)))
+    assert why in run_error(capsys, "simulate", str(p))
+
+
+@pytest.mark.parametrize("argv", [["--gpu", ""], ["--trace", " "], ["--runtime", ""]])
+def test_a_blank_argument_is_an_error_not_the_default(capsys, argv) -> None:
+    """``--gpu ""`` ran on the default V100 (issue 20's silent coercion, on the CLI)."""
+    with pytest.raises(SystemExit) as e:
+        main(["run", "squeezenet1_1", "--scheduler", "sequential", *argv])
+    assert e.value.code == 2
+    assert "an empty value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "dir", "deep"])
+def test_every_reader_refuses_devices_directories_and_deep_nesting(
+    tmp_path, capsys, target
+) -> None:
+    """The sweep grid, results CSV and RandWire graph files were read without the
+    size, kind and nesting checks of the JSON readers (/dev/zero ran out of memory)."""
+    if target == "dir":
+        path = str(tmp_path)
+    elif target == "deep":
+        path = str(tmp_path / "deep.toml")
+        Path(path).write_text("models = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    else:
+        path = target
+    line = run_error(capsys, "sweep", "--grid", path, "-o", str(tmp_path / "r.csv"))
+    assert any(w in line for w in ("not a regular file", "is a directory", "nested too deeply"))
+    if target != "deep":
+        assert any(w in run_error(capsys, "report", path) for w in ("not a regular", "directory"))

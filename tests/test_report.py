@@ -37,7 +37,8 @@ def results_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         image_sizes=[64],
         batches=[1, 2],
         gpus=["v100", "a100"],
-        schedulers=["sequential", "sequential-graph", "greedy", "no_such_scheduler"],
+        schedulers=["sequential", "sequential-graph", "greedy", "optimal"],
+        options={"optimal": {"max_ops": ["0"]}},  # fails as it runs: a failure row
     )
     run_sweep(grid, out, workers=1, progress=False)
     return out
@@ -69,7 +70,7 @@ def test_report_files(results_csv: Path, tmp_path: Path) -> None:
     md = rep.markdown.read_text()
     for section in ("## Schedulers", "## Pareto front", "## Best schedule per configuration"):
         assert section in md
-    assert "## Failures" in md and "unknown scheduler 'no_such_scheduler'" in md
+    assert "## Failures" in md and "optimal.max_ops must be >= 1" in md
     for sched in ("sequential", "sequential-graph", "greedy"):
         assert f"| {sched} |" in md
     for img in rep.images:
@@ -83,7 +84,7 @@ def test_html_is_self_contained(results_csv: Path, tmp_path: Path) -> None:
     srcs = re.findall(r'src="([^"]*)"', page)
     assert len(srcs) == len(rep.images) == 3
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert "<table>" in page and "no_such_scheduler" in page
+    assert "<table>" in page and "optimal[max_ops=0]" in page
     assert "<script" not in page and "http" not in page
 
 
@@ -107,9 +108,9 @@ def test_winner_resimulates_to_the_recorded_latency(results_csv: Path) -> None:
 def test_variant_stats(results_csv: Path) -> None:
     stats = {s.variant: s for s in variant_stats(load_results(results_csv))}
     assert stats["sequential"].speedup == pytest.approx(1.0)
-    assert stats["no_such_scheduler"].ok == 0 and stats["no_such_scheduler"].failed == 4
+    assert stats["optimal[max_ops=0]"].ok == 0 and stats["optimal[max_ops=0]"].failed == 4
     assert sum(s.wins for s in stats.values()) == 4
-    assert math.isnan(stats["no_such_scheduler"].speedup)
+    assert math.isnan(stats["optimal[max_ops=0]"].speedup)
 
 
 def test_cli_report_default_folder(results_csv: Path, tmp_path: Path, capsys) -> None:
@@ -160,7 +161,7 @@ def test_bad_inputs_are_one_line(tmp_path: Path, capsys) -> None:
     other = tmp_path / "other.csv"
     other.write_text("x,y\n1,2\n")
     assert "header differs" in _error_line(capsys, "report", str(other))
-    assert "cannot read" in _error_line(capsys, "report", str(tmp_path / "missing.csv"))
+    assert "no such file" in _error_line(capsys, "report", str(tmp_path / "missing.csv"))
     blocker = tmp_path / "file"
     blocker.write_text("")
     line = _error_line(capsys, "report", str(empty), "--out", str(blocker / "sub"))

@@ -50,6 +50,7 @@ from simgpu.errors import FormatError, GraphError
 from simgpu.graph import OpGraph
 from simgpu.models import register_model
 from simgpu.models.builder import GraphBuilder
+from simgpu.userfiles import read_bytes
 
 WS_K = 4
 WS_P = 0.75
@@ -92,11 +93,9 @@ def read_ios_graph(path: str | Path) -> WiredGraph:
     """
     p = Path(path)
     try:
-        lines = p.read_text().splitlines()
-    except FileNotFoundError:
-        raise FormatError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(f"{p}: cannot read ({e})") from None
+        lines = read_bytes(p).decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{p}: not UTF-8 text at byte {e.start}") from None
     rows = [(i + 1, line.split()) for i, line in enumerate(lines) if line.strip()]
 
     def ints(row: tuple[int, list[str]], count: int, what: str) -> list[int]:
