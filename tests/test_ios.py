@@ -57,7 +57,7 @@ from simgpu.sim.engine import simulate
 V100 = preset("v100")
 M100 = Machine.single(V100)
 REL = 1e-9  # stage latencies add up exactly but for floating-point rounding
-UNPRUNED = {"r": 64, "s": 64, "part_size": 64, "max_states": 10**7}
+UNPRUNED = {"r": 64, "s": 64, "part_size": 64}  # no cap on states: the default
 SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 
@@ -156,10 +156,13 @@ def _components(graph: OpGraph, ops: tuple[str, ...]) -> list[list[str]]:
     return sorted(out, key=lambda c: pos[c[0]])
 
 
-def ios_space(graph: OpGraph, p: Profiler) -> Iterator[tuple[float, list, list]]:
+def ios_space(
+    graph: OpGraph, p: Profiler, r: int = 64, s: int = 64
+) -> Iterator[tuple[float, list, list]]:
     """Every stage schedule of IOS's space with its summed stage latency: a next stage is
     any set whose inputs ran before or in it, run as its connected components on
-    separate streams — or, for two or more mergeable convs, as one merged conv."""
+    separate streams (at most ``s`` of them, each of at most ``r`` ops) — or, for two to
+    ``s`` mergeable convs, as one merged conv."""
     topo = graph.topo_order
 
     def rec(done: frozenset[str]) -> Iterator[tuple[float, list, list]]:
@@ -172,8 +175,11 @@ def ios_space(graph: OpGraph, p: Profiler) -> Iterator[tuple[float, list, list]]
                 now = done | set(stage)
                 if any(u not in now for v in stage for u in graph.predecessors(v)):
                     continue
-                options = [(p.measure_stage(graph, _components(graph, stage)), None)]
-                if k >= 2:
+                comps = _components(graph, stage)
+                options = []
+                if len(comps) <= s and all(len(c) <= r for c in comps):
+                    options.append((p.measure_stage(graph, comps), None))
+                if 2 <= k <= s:
                     try:
                         check_merge(graph, stage)
                     except MergeError:
@@ -211,11 +217,14 @@ def conv_dags(draw: st.DrawFn, max_convs: int = 4) -> OpGraph:
     return b.build()
 
 
-def _check_optimal(g: OpGraph, gpu: GPUSpec) -> None:
+def _check_optimal(g: OpGraph, gpu: GPUSpec, **opts: int) -> None:
+    """The DP's best equals the brute force's over the same space (``r``/``s`` given, else
+    unpruned) — with the default options otherwise: no state cap."""
     m = Machine.single(gpu)
     p = Profiler(m)
-    best_lat, best_stages, best_merges = min(ios_space(g, p), key=lambda t: t[0])
-    sched, lat = ios(g, gpu, **UNPRUNED)
+    r, s = opts.get("r", 64), opts.get("s", 64)
+    best_lat, best_stages, best_merges = min(ios_space(g, p, r, s), key=lambda t: t[0])
+    sched, lat = ios(g, gpu, **(opts or UNPRUNED))
     assert sched.meta["dp_latency_us"] == pytest.approx(best_lat, rel=REL)
     # the brute force's best, simulated whole, is its summed stages less one barrier
     g2 = apply_merges(g, best_merges) if best_merges else None
@@ -235,6 +244,90 @@ def test_ios_is_optimal_among_stage_schedules(g: OpGraph, gpu: GPUSpec) -> None:
 @given(g=conv_dags(), gpu=strategies.gpus(max_sm=80, vary_limits=False))
 def test_ios_is_optimal_among_stage_schedules_with_merges(g: OpGraph, gpu: GPUSpec) -> None:
     _check_optimal(g, gpu)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=SLOW)
+@given(
+    g=strategies.dags(max_ops=6),
+    gpu=strategies.gpus(max_sm=32),
+    r=st.integers(1, 3),
+    s=st.integers(1, 3),
+)
+def test_pruned_ios_is_optimal_in_the_pruned_space(
+    g: OpGraph, gpu: GPUSpec, r: int, s: int
+) -> None:
+    """With the paper's pruning (r ops per group, s groups per stage) and no state cap,
+    the DP finds the brute force's best over exactly that space: a search that allowed
+    only s - 1 groups, or r - 1 ops, would miss it wherever the best needs them."""
+    _check_optimal(g, gpu, r=r, s=s)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=SLOW)
+@given(g=conv_dags(), gpu=strategies.gpus(max_sm=80, vary_limits=False), s=st.integers(1, 3))
+def test_pruned_ios_with_merges_is_optimal_in_the_pruned_space(
+    g: OpGraph, gpu: GPUSpec, s: int
+) -> None:
+    _check_optimal(g, gpu, r=2, s=s)
+
+
+def paper_stage_count(graph: OpGraph, r: int, s: int, strategy: str = "both") -> int:
+    """The stages IOS's search measures, by brute force: every convex set of ops (a
+    possible last stage of some prefix) whose connected components are at most s, of at
+    most r ops each, once per strategy that applies to it."""
+    names = list(graph.topo_order)
+    anc: dict[str, set[str]] = {}
+    for n in names:
+        anc[n] = set()
+        for u in graph.predecessors(n):
+            anc[n] |= anc[u] | {u}
+    count = 0
+    for k in range(1, len(names) + 1):
+        for stage in itertools.combinations(names, k):
+            inside = set(stage)
+            below = set().union(*(anc[n] for n in stage)) - inside
+            if any(anc[n] & inside for n in below):
+                continue  # a path leaves the set and comes back: not convex
+            comps = _components(graph, stage)
+            pruned = len(comps) <= s and all(len(c) <= r for c in comps)
+            # merge alone still measures single ops (one group, run as they are)
+            count += pruned if strategy != "merge" else k == 1
+            if strategy != "parallel" and 2 <= k <= s:
+                try:
+                    check_merge(graph, stage)
+                except MergeError:
+                    continue
+                count += 1
+    return count
+
+
+@pytest.mark.parametrize(
+    ("r", "s", "strategy"),
+    [
+        (1, 1, "both"),
+        (1, 2, "both"),
+        (2, 3, "both"),
+        (3, 8, "both"),
+        (1, 3, "parallel"),
+        (2, 2, "merge"),
+    ],
+)
+def test_stage_counts_are_the_paper_space_then_fewer(r: int, s: int, strategy: str) -> None:
+    """``stages_paper`` is every stage the paper's search would measure (counted by
+    brute force here), ``stages_measured`` those the exact bounds could not rule out,
+    ``simulations`` the distinct measurements left after the memo of identical stages."""
+    g = mixed_block()
+    sched, _ = ios(g, r=r, s=s, strategy=strategy)
+    meta = sched.meta
+    assert meta["stages_paper"] == paper_stage_count(g, r, s, strategy)
+    assert meta["stages_paper"] >= meta["stages_measured"] >= meta["simulations"] > 0
+    assert meta["stages_measured"] == meta["profiler_calls"]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=SLOW)
+@given(g=strategies.dags(max_ops=8), r=st.integers(1, 3), s=st.integers(1, 3))
+def test_paper_stage_count_on_random_graphs(g: OpGraph, r: int, s: int) -> None:
+    sched, _ = ios(g, r=r, s=s)
+    assert sched.meta["stages_paper"] == paper_stage_count(g, r, s)
 
 
 @pytest.mark.skipif("optimal" not in scheduler_names(), reason="no optimal scheduler yet")
@@ -274,15 +367,47 @@ def test_merge_finds_the_side_by_side_win_on_one_block() -> None:
 def test_every_dp_stage_respects_the_pruning(r: int, s: int) -> None:
     g = mixed_block()
     sched, _ = ios(g, r=r, s=s, strategy="parallel")
+    _check_pruning(g, sched.meta["dp_stages"], r, s)
+
+
+def _check_pruning(g: OpGraph, stages: list[dict], r: int, s: int) -> None:
     adjacent = {frozenset(e) for e in g.edges()}
-    for stage in sched.meta["dp_stages"]:
+    for stage in stages:
         groups = stage["groups"]
         assert 1 <= len(groups) <= s
         assert all(1 <= len(grp) <= r for grp in groups)
         for a, b in itertools.combinations(groups, 2):  # no edge between groups
             assert not any(frozenset((u, v)) in adjacent for u in a for v in b)
-        for grp in groups:  # and each group is one connected component
-            assert len(_components(g, tuple(grp))) == 1
+        if not stage["merge"]:  # and each parallel group is one connected component
+            assert all(len(_components(g, tuple(grp))) == 1 for grp in groups)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=SLOW)
+@given(g=strategies.dags(max_ops=16), r=st.integers(1, 3), s=st.integers(1, 4))
+def test_no_cap_every_group_has_at_most_r_ops_and_every_stage_s_groups(
+    g: OpGraph, r: int, s: int
+) -> None:
+    """By default (no state cap) the DP's units are ops, so r bounds the ops of a group
+    (the capped mode's chains did not: on randwire_small, up to 18 ops at r = 3)."""
+    sched, _ = ios(g, r=r, s=s, part_size=8)
+    assert sched.meta["max_states"] == 0
+    assert all(not p["chains"] for p in sched.meta["parts"])
+    _check_pruning(g, sched.meta["dp_stages"], r, s)
+
+
+def test_chain_units_count_chains_against_r() -> None:
+    """``units="chains"``: IOS's IR granularity, where a chain is one node, so r bounds
+    the chains of a group, not its ops; every chain stays whole within its stage."""
+    g = mixed_block()
+    chains = chain_units(g, list(g.topo_order))
+    unit_of = {o: i for i, u in enumerate(chains) for o in u}
+    sched, _ = ios(g, r=1, s=8, units="chains", strategy="parallel")
+    assert sched.meta["units"] == "chains"
+    assert any(len(grp) > 1 for st_ in sched.meta["dp_stages"] for grp in st_["groups"])
+    for st_ in sched.meta["dp_stages"]:
+        for grp in st_["groups"]:
+            assert len({unit_of[o] for o in grp}) == 1
+            assert sorted(grp) == sorted(chains[unit_of[grp[0]]])
 
 
 def test_parts_cover_the_graph_in_order(inception: OpGraph) -> None:
@@ -347,7 +472,7 @@ def test_merged_schedule_runs_on_its_rewritten_graph(inception: OpGraph, incepti
     # the search statistics are there
     for key in ("states", "transitions", "stages_measured", "simulations", "search_s", "parts"):
         assert key in s.meta
-    assert s.meta["stages_measured"] >= s.meta["simulations"] > 0
+    assert s.meta["stages_paper"] >= s.meta["stages_measured"] >= s.meta["simulations"] > 0
     assert inception_ios.profiler_distinct == s.meta["simulations"]
 
 
@@ -577,6 +702,9 @@ def test_options_reach_the_scheduler() -> None:
     assert (s.r, s.s, s.part_size, s.strategy) == (1, 3, 50, "merge")
     d = make_scheduler("ios")
     assert (d.r, d.s, d.part_size, d.strategy) == (3, 8, 64, "both")
+    assert (d.max_states, d.units) == (0, "ops")  # the paper's space: no cap, ops as units
+    c = make_scheduler("ios", {"max_states": "20000", "units": "chains"})
+    assert (c.max_states, c.units) == (20000, "chains")
 
 
 def test_cli_run_with_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -601,6 +729,7 @@ def test_cli_run_with_options(capsys: pytest.CaptureFixture[str]) -> None:
         ("ios.s=-2", "ios.s"),
         ("ios.part_size=0", "ios.part_size"),
         ("ios.max_states=1", "ios.max_states"),
+        ("ios.units=cells", "ios.units"),
         ("ios.strategy=fast", "ios.strategy"),
         ("ios.depth=2", "no option 'depth'"),
     ],
@@ -617,7 +746,9 @@ def test_cli_bad_option_is_one_line(
 
 
 def test_bad_option_values_raise_scheduler_errors() -> None:
-    for opts in ({"r": 0}, {"s": 65}, {"strategy": "all"}, {"part_size": True}):
+    bad = ({"r": 0}, {"s": 65}, {"strategy": "all"}, {"part_size": True}, {"max_states": 1},
+           {"max_states": -1}, {"units": "nodes"})  # fmt: skip
+    for opts in bad:
         with pytest.raises(SchedulerError):
             make_scheduler("ios", opts)
 
