@@ -12,22 +12,34 @@ Two stage strategies:
   as one wider conv (an explicit graph rewrite; the schedule carries the new graph).
 
 Blocks and parts: the graph is cut into blocks at single-op cut points (every other op
-is an ancestor or a descendant of the cut), as IOS's blocks. The DP's nodes ("units")
-are a block's ops — unless they give more than ``max_states`` DP states, then its
-chains (an op whose only input has no other consumer joins that input's chain): IOS's
-IR holds such a chain (relu-sepconv-bn) as one node where this zoo has one op per
-kernel, and ``r`` counts units as IOS counts nodes. Blocks of more than ``part_size``
-units are split where the fewest tensors are live (NASNet's cells), small ones packed
-together; a part with too many states is halved the same way. The DP runs per part
-over bitmask states.
+is an ancestor or a descendant of the cut), as IOS's blocks; a block of more than
+``part_size`` units is split where the fewest tensors are live (NASNet's cell
+boundaries), small pieces packed together. The DP runs per part over bitmask states.
+
+By default the DP's units are ops and nothing caps its states: it searches the paper's
+space exactly, ``r`` ops per group and ``s`` groups per stage. Options:
+
+* ``units="chains"``: IOS's IR holds a chain of ops (relu-sepconv-bn) as one sequential
+  node where this zoo has one op per kernel; with chains as units, ``r`` counts chains
+  as IOS counts nodes (an op whose only input has no other consumer joins its chain).
+  On RandWire this space is IOS's: about as many distinct stages as IOS measured.
+* ``max_states=N`` (capped mode, off by default): a block whose ops give more than N
+  states uses its chains, a part with more is halved. It shrinks the space, and moves
+  the latency either way.
+* ``state_limit`` (default 100,000): a part with more states is refused with an error
+  naming these options, rather than searched for hours (op-level RandWire and NASNet
+  parts have up to 589,130 and 437,898 states; 0 searches anyway).
 
 Stage latency comes from :meth:`Profiler.measure_stage` (each group on its own stream,
 then a synchronize), memoised per ending here and by kernel content in the profiler.
 A synchronize leaves the GPU idle, so a stage schedule costs the sum of its stages: the
-DP is exact for its model. It is also branch and bound: an ending is measured only if
-a lower bound on its stage (the host time to issue it, and per stream the least device
-time of its kernels) could still beat the best ending found — the result is the one
-measuring every ending would give, with far fewer measurements.
+DP is exact for its model. It is also branch and bound, best first: an ending is
+measured only if its lower bounds (the host time to issue it; per stream the least
+device time of its kernels) say it could beat every other ending of its state — the
+result is the one measuring every ending would give, with far fewer measurements. The
+statistics keep the three apart: ``stages_paper`` (every distinct ending and strategy
+the paper's search measures), ``stages_measured`` (after the bounds), ``simulations``
+(distinct simulations after the memo of identical stages).
 
 One lowering-level step follows the search: consecutive stages of a single group each
 run on one stream, so the barriers between them order nothing and are dropped (their
@@ -638,9 +650,16 @@ class IOS:
     strategy: str = "both"  # "parallel", "merge" or "both"
     max_states: int = 0  # 0: the paper's space, exactly; N > 0: the capped mode (see above)
     units: str = "ops"  # "ops", or "chains" for IOS's sequential-node granularity
+    state_limit: int = 100_000  # refuse a part with more DP states (0: no limit)
 
     def __post_init__(self) -> None:
-        limits = (("r", 1, 64), ("s", 1, 64), ("part_size", 1, 512), ("max_states", 0, 10**7))
+        limits = (
+            ("r", 1, 64),
+            ("s", 1, 64),
+            ("part_size", 1, 512),
+            ("max_states", 0, 10**7),
+            ("state_limit", 0, 10**9),
+        )
         for name, lo, hi in limits:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -666,7 +685,19 @@ class IOS:
         raw: list[tuple[bool, list[list[str]]]] = []
         stats: list[PartStats] = []
         position = {o: i for i, o in enumerate(graph.topo_order)}
-        for units in plan_parts(graph, self.part_size, self.max_states, self.units):
+        parts = plan_parts(graph, self.part_size, self.max_states, self.units)
+        if self.state_limit:
+            for i, units in enumerate(parts):
+                n = _states(graph, units, self.state_limit)
+                if n > self.state_limit:
+                    raise SchedulerError(
+                        f"ios: part {i + 1} of {len(parts)} ({len(units)} {self.units}) has "
+                        f"more than {self.state_limit} DP states, too many to search exactly "
+                        "in reasonable time; ios.units=chains searches at IOS's node "
+                        "granularity, ios.max_states=N caps the space, ios.state_limit=0 "
+                        "searches anyway"
+                    )
+        for units in parts:
             search = _PartSearch(graph, units, position, profiler, self.r, self.s, parallel, merge)
             raw.extend(search.run())
             stats.append(search.stats)
@@ -687,6 +718,7 @@ class IOS:
             "strategy": self.strategy,
             "max_states": self.max_states,
             "units": self.units,
+            "state_limit": self.state_limit,
             "blocks": len(blocks(graph)),
             "parts": [dataclasses.asdict(p) for p in stats],
             "states": sum(p.states for p in stats),

@@ -395,6 +395,19 @@ def test_no_cap_every_group_has_at_most_r_ops_and_every_stage_s_groups(
     _check_pruning(g, sched.meta["dp_stages"], r, s)
 
 
+def test_a_part_too_large_to_search_exactly_is_refused_not_shrunk() -> None:
+    """RandWire's op-level parts have up to 589,130 DP states: the default refuses them,
+    naming the ways out, before measuring anything; IOS's chains fit the limit."""
+    g = build_model("randwire_small")
+    p = Profiler(M100)
+    with pytest.raises(SchedulerError, match=r"more than 100000 DP states.*units=chains"):
+        make_scheduler("ios").schedule(g, p)
+    assert p.calls == 0
+    parts = plan_parts(g, 64, 0, "chains")
+    assert all(count_states(*unit_masks(g, u), 100_000) <= 100_000 for u in parts)
+    assert max(count_states(*unit_masks(g, u), 10**6) for u in plan_parts(g, 64)) == 589_130
+
+
 def test_chain_units_count_chains_against_r() -> None:
     """``units="chains"``: IOS's IR granularity, where a chain is one node, so r bounds
     the chains of a group, not its ops; every chain stays whole within its stage."""
@@ -730,6 +743,7 @@ def test_cli_run_with_options(capsys: pytest.CaptureFixture[str]) -> None:
         ("ios.part_size=0", "ios.part_size"),
         ("ios.max_states=1", "ios.max_states"),
         ("ios.units=cells", "ios.units"),
+        ("ios.state_limit=-1", "ios.state_limit"),
         ("ios.strategy=fast", "ios.strategy"),
         ("ios.depth=2", "no option 'depth'"),
     ],
