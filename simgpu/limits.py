@@ -23,6 +23,8 @@ DEFAULTS: dict[str, int] = {
     "budget": 100_000,  # candidates a multi-tenant search simulates
     "grid_rows": 100_000,  # combinations of one sweep
     "kernel_blocks": 2**27,  # blocks of one recorded or measured kernel
+    # kernels one multi-tenant comparison simulates: about 30k a second, so ~10 minutes
+    "simulated_kernels": 20_000_000,
 }
 
 

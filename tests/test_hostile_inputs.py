@@ -459,3 +459,36 @@ def test_every_reader_refuses_devices_directories_and_deep_nesting(
     assert any(w in line for w in ("not a regular file", "is a directory", "nested too deeply"))
     if target != "deep":
         assert any(w in run_error(capsys, "report", path) for w in ("not a regular", "directory"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--duration", "1e308"],
+        ["--requests", "1000000"],
+        ["--arrival", "poisson:1e7", "--duration", "1e6"],
+        ["--requests", "2000", "--budget", "1000"],
+    ],
+)
+def test_a_multitenant_run_too_large_to_finish_is_refused_before_it_starts(capsys, argv) -> None:
+    """``--duration 1e308`` and a million requests ran for hours within every per-field
+    limit: the comparison's work (requests x kernels x runs) is estimated first."""
+    line = run_error(capsys, "multitenant", "squeezenet1_1", "squeezenet1_1",
+                     "--image-size", "64", *argv)  # fmt: skip
+    assert "SIMGPU_MAX_SIMULATED_KERNELS" in line
+
+
+def test_the_work_estimate_counts_what_is_simulated() -> None:
+    from simgpu.hardware import preset
+    from simgpu.kernels import KernelCache
+    from simgpu.models import build_model
+    from simgpu.multitenant.compare import kernels_to_simulate
+    from simgpu.tenants import Workload, make_tenants
+
+    g = build_model("squeezenet1_1", image_size=64)
+    gpu = preset("v100")
+    per_request = sum(len(KernelCache(gpu).lower(g, op)) for op in g.topo_order)
+    w = Workload(make_tenants([g, g]), requests=3)
+    runs = 2 + (5 + 1)  # two baselines, and the search: its budget and its start
+    got = kernels_to_simulate(w, gpu, ["sequential", "multistream", "search"], budget=5)
+    assert got == 2 * 3 * per_request * runs

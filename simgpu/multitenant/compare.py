@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from simgpu.errors import SimGPUError
 from simgpu.hardware import GPUSpec
-from simgpu.multitenant.genome import BASELINES, Genome, TenantContext
+from simgpu.kernels import KernelCache
+from simgpu.limits import check as check_limit
+from simgpu.multitenant.genome import BASELINES, Genome, TenantContext, op_costs
 from simgpu.multitenant.metrics import RunMetrics
 from simgpu.multitenant.search import Evaluator, SearchResult, search, search_summary
 from simgpu.runtimes import Runtime
@@ -38,6 +41,40 @@ def scheduler_list(names: list[str] | None) -> list[str]:
     return out
 
 
+def kernels_to_simulate(
+    workload: Workload, gpu: GPUSpec, schedulers: list[str], budget: int
+) -> int:
+    """How many kernels a comparison will simulate, known before it simulates any:
+    per tenant its kernels per request times its requests, times the runs (each
+    baseline once, the search its budget plus one: its baselines are cached). A duration
+    gives the requests: rate x duration (poisson), duration / period (periodic), and for
+    a closed loop duration / the request's critical path on an idle GPU, which no
+    request can beat."""
+    cache = KernelCache(gpu)
+    per_run = 0.0
+    for t in workload.tenants:
+        g = t.graph
+        kernels = sum(len(cache.lower(g, op)) for op in g.topo_order)
+        if workload.requests is not None:
+            per_run += workload.requests * kernels
+        else:
+            span_us = workload.duration_ms * 1e3
+            a = t.arrival
+            if a.kind == "poisson":
+                n = a.rate_rps * span_us / 1e6
+            elif a.kind == "periodic":
+                n = span_us / (a.period_ms * 1e3)
+            else:
+                cost = op_costs(g, gpu, cache)
+                finish: dict[str, float] = {}
+                for op in g.topo_order:
+                    finish[op] = cost[op] + max((finish[p] for p in g.predecessors(op)), default=0)
+                n = span_us / max(max(finish.values()), 1e-3)
+            per_run += (math.floor(min(n, 2.0**62)) + 1) * kernels
+    runs = sum(1 for s in schedulers if s != "search") + (budget + 1) * ("search" in schedulers)
+    return int(min(per_run * runs, 2**62))
+
+
 def compare(
     workload: Workload,
     gpu: GPUSpec,
@@ -50,6 +87,11 @@ def compare(
     """Each named policy's metrics (search's seed defaults to the workload's), every
     request's host calls priced by ``runtime`` (None: the GPU's flat costs)."""
     names = scheduler_list(schedulers)
+    check_limit(
+        "simulated_kernels",
+        kernels_to_simulate(workload, gpu, names, budget),
+        "the kernels this comparison would simulate (requests x kernels x runs)",
+    )
     ctx = TenantContext(workload, gpu, runtime)
     ev = Evaluator(ctx)
     out: list[PolicyResult] = []
