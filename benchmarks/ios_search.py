@@ -19,7 +19,8 @@ say how alike the spaces are; the speedup is only like for like where they are c
 ``--max-states N`` runs the capped mode (off by default: it shrinks the space).
 
     python benchmarks/ios_search.py [--json] [--models M ...] [--gpu v100]
-        [--r 3] [--s 8] [--part-size 64] [--max-states 0] [--units ops] [--strategy both]
+        [--r 3] [--s 8] [--part-size 64] [--max-states 0] [--units ops]
+        [--state-limit 100000] [--strategy both]
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ import time
 from typing import Any
 
 import schedulers.base as base
-from schedulers.base import Profiler, make_scheduler, run_scheduler, runtime_of
+from schedulers.base import (
+    Profiler,
+    SchedulerError,
+    make_scheduler,
+    run_scheduler,
+    runtime_of,
+)
 from simgpu.graph import OpGraph
 from simgpu.hardware import Machine, load_gpu
 from simgpu.models import MODELS, build_model
@@ -133,6 +140,7 @@ def main() -> None:
     ap.add_argument("--part-size", type=int, default=64)
     ap.add_argument("--max-states", type=int, default=0, help="0: no cap (the paper's space)")
     ap.add_argument("--units", default="ops", choices=("ops", "chains"))
+    ap.add_argument("--state-limit", type=int, default=100_000, help="0: search any part")
     ap.add_argument("--strategy", default="both")
     args = ap.parse_args()
     machine = Machine.single(load_gpu(args.gpu))
@@ -142,14 +150,19 @@ def main() -> None:
         "part_size": args.part_size,
         "max_states": args.max_states,
         "units": args.units,
+        "state_limit": args.state_limit,
         "strategy": args.strategy,
     }
     rows, missing = [], []
+    refused: list[tuple[str, str]] = []
     for name in args.models:
         if name not in MODELS:
             missing.append(name)
             continue
-        rows.append(bench(name, build_model(name), machine, options))
+        try:
+            rows.append(bench(name, build_model(name), machine, options))
+        except SchedulerError as e:  # a part too large to search exactly: say so, go on
+            refused.append((name, str(e)))
     result = {
         "gpu": machine.gpu.name,
         "options": options,
@@ -158,6 +171,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "models": rows,
         "missing": missing,
+        "refused": dict(refused),
     }
     if args.json:
         print(json.dumps(result))
@@ -189,7 +203,8 @@ def main() -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     print(
         f"IOS search on {machine.gpu.name}: r={args.r} s={args.s} part_size={args.part_size} "
-        f"max_states={args.max_states} units={args.units} strategy={args.strategy} "
+        f"max_states={args.max_states} units={args.units} state_limit={args.state_limit} "
+        f"strategy={args.strategy} "
         "(one process; paper stages: the paper's search in this space, IOS stages: "
         "IOS's published count in its own)"
     )
@@ -204,6 +219,8 @@ def main() -> None:
             print("  ".join("-" * w for w in widths))
     for name in missing:
         print(f"{name}: not in the model zoo, skipped", file=sys.stderr)
+    for name, why in refused:
+        print(f"{name}: refused: {why}", file=sys.stderr)
 
 
 if __name__ == "__main__":
