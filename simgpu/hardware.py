@@ -19,6 +19,7 @@ from typing import Any
 
 from simgpu.errors import SpecError
 from simgpu.graph import read_json
+from simgpu.limits import check as check_limit
 from simgpu.ops import DTYPE_BYTES
 
 KB = 1024
@@ -1058,6 +1059,7 @@ def machine_from_json(data: Any, source: str = "<json>", base_dir: Path | None =
     gpus_in = data.get("gpus")
     if not isinstance(gpus_in, list) or not gpus_in:
         raise SpecError(f'{source}: "gpus" must be a non-empty list of GPU presets or objects')
+    check_limit("gpus", len(gpus_in), f"{source}: the number of GPUs")
     devices = []
     for i, g in enumerate(gpus_in):
         where = f"{source}: gpus[{i}]"

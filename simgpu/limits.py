@@ -19,6 +19,7 @@ DEFAULTS: dict[str, int] = {
     "op_elements": 2**34,  # elements of one op's output (64 GiB of fp32)
     "ops": 1_000_000,  # ops of one graph
     "streams": 1024,  # streams or groups of one schedule, and stream options
+    "gpus": 128,  # GPUs of one machine (an NVL72 rack has 72)
     "requests": 1_000_000,  # requests per tenant of a multi-tenant run
     "budget": 100_000,  # candidates a multi-tenant search simulates
     "grid_rows": 100_000,  # combinations of one sweep

@@ -17,6 +17,7 @@ from simgpu.errors import ProgramError, ScheduleError
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec, Machine
 from simgpu.kernels import Kernel, KernelCache
+from simgpu.limits import check as check_limit
 from simgpu.ops import numel
 from simgpu.schedule import Schedule, StageSchedule, StreamSchedule, validate_schedule
 
@@ -262,6 +263,9 @@ def _lower_streams(schedule: StreamSchedule, g: OpGraph, launches, cmds: list[Co
     for the producer's event, and readers wait for the copy's event unless their stream
     already knows the copy finished. Copy streams are extra vector-clock components.
     """
+    # the vector clocks below are streams x ops: a schedule of 20,000 one-op streams (any
+    # scheduler's, not only a file's) would take hours, so its size is a limit
+    check_limit("streams", len(schedule.streams), "the schedule's number of streams")
     where = {op: (si, pos) for si, ops in enumerate(schedule.streams) for pos, op in enumerate(ops)}
     order = _issue_order(schedule, g, where)
     n = len(schedule.streams)

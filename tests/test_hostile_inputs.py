@@ -492,3 +492,22 @@ def test_the_work_estimate_counts_what_is_simulated() -> None:
     runs = 2 + (5 + 1)  # two baselines, and the search: its budget and its start
     got = kernels_to_simulate(w, gpu, ["sequential", "multistream", "search"], budget=5)
     assert got == 2 * 3 * per_request * runs
+
+
+def test_a_scheduler_s_own_schedule_is_held_to_the_stream_limit(tmp_path, capsys) -> None:
+    """Nimble on 20,000 independent ops made 20,000 streams and lowering's vector clocks
+    ran for hours: the limit holds for every schedule, not only for schedule files."""
+    ops = [{"name": "input", "kind": "input", "inputs": [], "shape": [1, 8]}]
+    ops += [{"name": f"r{i}", "kind": "relu", "inputs": ["input"], "shape": [1, 8]}
+            for i in range(1100)]  # fmt: skip
+    p = tmp_path / "wide.json"
+    p.write_text(json.dumps({"format": "simgpu.opgraph", "version": 1, "name": "w", "ops": ops}))
+    line = run_error(capsys, "simulate", str(p), "--scheduler", "nimble")
+    assert "number of streams is 1,100, over the limit of 1,024" in line
+
+
+def test_a_machine_of_ten_thousand_gpus_is_refused(tmp_path, capsys) -> None:
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps({"name": "big", "gpus": ["v100"] * 10_000, "links": []}))
+    line = run_error(capsys, "run", "squeezenet1_1", "--scheduler", "hios", "--machine", str(p))
+    assert "the number of GPUs is 10,000, over the limit of 128 (set SIMGPU_MAX_GPUS" in line
