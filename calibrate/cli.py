@@ -50,13 +50,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
     lines = [
         f"{Path(args.trace).name} on {res.gpu} (host {res.host}, syncs {res.syncs})",
         f"kernels {res.kernels}  memcpys {res.memcpys}  memsets {res.memsets}  streams {res.streams}",
-        f"recorded {res.recorded_ms:.4f} ms  simulated {res.simulated_ms:.4f} ms  "
-        f"error {res.error_pct:+.2f}%  start MAE {res.start_mae_us:.1f} us",
+        f"GPU span      recorded {res.recorded_ms:.4f} ms  simulated {res.simulated_ms:.4f} ms  "
+        f"error {res.error_pct:+.3f}%",
+        f"GPU busy      recorded {res.busy_recorded_ms:.4f} ms  simulated "
+        f"{res.busy_simulated_ms:.4f} ms  error {res.busy_error_pct:+.2f}%  "
+        f"(busy {100 * res.busy_share:.1f}% of the recorded span)",
+        f"kernel starts |simulated - recorded| mean {res.start_mae_us:.1f} us  "
+        f"p95 {res.start_p95_us:.1f} us (from the first host call); "
+        f"mean {res.aligned_mae_us:.1f} us p95 {res.aligned_p95_us:.1f} us with both first "
+        "activities at 0",
+        "per stream (span, busy time, start error):",
     ]
     for s in res.per_stream:
         lines.append(
             f"  stream {s.stream} (device {s.device}): {s.kernels} activities, "
-            f"{s.recorded_ms:.4f} vs {s.simulated_ms:.4f} ms ({s.error_pct:+.2f}%)"
+            f"span {s.recorded_ms:.4f} vs {s.simulated_ms:.4f} ms ({s.error_pct:+.2f}%), "
+            f"busy {s.busy_recorded_ms:.4f} vs {s.busy_simulated_ms:.4f} ms "
+            f"({s.busy_error_pct:+.2f}%), start mean {s.start_mae_us:.1f} p95 {s.start_p95_us:.1f} us"
         )
     _emit(args, out, "\n".join(lines))
     return 0
@@ -344,7 +354,14 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add ``replay``, ``fidelity`` and ``calibrate`` to the ``simgpu`` subcommand parser."""
-    r = sub.add_parser("replay", help="replay a PyTorch profiler (Kineto) trace on the simulator")
+    r = sub.add_parser(
+        "replay",
+        help="replay a PyTorch profiler (Kineto) trace on the simulator",
+        description="Simulate a Kineto trace (or simgpu's own --trace output): each kernel "
+        "keeps its recorded duration and the simulator decides when it starts. Reports "
+        "the GPU span error, the GPU busy-time error, per-kernel start errors (mean and "
+        "p95 of |simulated - recorded| start) and the same per stream.",
+    )
     r.add_argument("trace", help="Chrome trace JSON from torch.profiler (plain or .gz)")
     r.add_argument("--gpu", help="GPU preset or JSON file (default: the trace's deviceProperties)")
     r.add_argument(
@@ -360,9 +377,11 @@ def add_commands(sub: Any) -> None:
         help="replay host synchronisations as device syncs, or leave them to the host gaps",
     )
     r.add_argument(
-        "--no-fit", action="store_true", help="keep the GPU's launch latency and kernel gap"
+        "--no-fit",
+        action="store_true",
+        help="keep the GPU's launch latency and kernel gap (default: fit them to the trace)",
     )
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=cmd_replay)
 
     fd = sub.add_parser(
@@ -408,39 +427,58 @@ def add_commands(sub: Any) -> None:
     cs = c.add_subparsers(dest="step", required=True, metavar="STEP")
 
     p = cs.add_parser("probe", help="device facts (NVML, CUDA properties) -> GPU spec JSON")
-    p.add_argument("--device", type=int, default=0)
+    p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     p.add_argument("-o", "--out", help="write the probe JSON here (default: print the spec)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the whole probe result as JSON")
     p.set_defaults(func=cmd_probe)
 
     m = cs.add_parser("microbench", help="launch, event, wave, overlap, bandwidth benchmarks")
-    m.add_argument("--device", type=int, default=0)
+    m.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     m.add_argument("--out", required=True, help="folder for raw results (resumable)")
-    m.add_argument("--bench", action="append", help="benchmark name, repeatable (default all)")
-    m.add_argument("--repeats", type=int, default=20)
+    m.add_argument(
+        "--bench",
+        action="append",
+        help="benchmark name, repeatable (default all: launch, events, waves, overlap, "
+        "bandwidth, connections)",
+    )
+    m.add_argument(
+        "--repeats", type=int, default=20, help="timed repetitions of each case (default 20)"
+    )
     m.add_argument("--gpu", help="GPU spec for the analysis (default OUT/probe.json)")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="print the whole analysis as JSON")
     m.set_defaults(func=cmd_microbench)
 
     pr = cs.add_parser("profile", help="time every distinct op of a model alone -> kernel table")
-    pr.add_argument("model")
-    pr.add_argument("--batch", type=int, default=1)
-    pr.add_argument("--image-size", type=int, default=None)
-    pr.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    pr.add_argument("--device", type=int, default=0)
-    pr.add_argument("--warmup", type=int, default=10)
-    pr.add_argument("--repeats", type=int, default=50)
-    pr.add_argument("-o", "--out", required=True)
+    pr.add_argument("model", help="built-in model name (simgpu models lists them)")
+    pr.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    pr.add_argument(
+        "--image-size", type=int, default=None, help="input image side (default: the model's)"
+    )
+    pr.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="data type (default fp32)"
+    )
+    pr.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    pr.add_argument("--warmup", type=int, default=10, help="untimed runs of each op (default 10)")
+    pr.add_argument("--repeats", type=int, default=50, help="timed runs of each op (default 50)")
+    pr.add_argument("-o", "--out", required=True, help="kernel table JSON to write")
     pr.set_defaults(func=cmd_profile)
 
     f = cs.add_parser("fit", help="fit GPU spec fields to traces/benchmarks -> calibration JSON")
-    f.add_argument("--trace", action="append", help="Kineto trace, repeatable")
-    f.add_argument("--microbench", help="folder of microbenchmark results")
-    f.add_argument("--kernel-table", action="append", help="kernel table from `profile`")
+    f.add_argument(
+        "--trace",
+        action="append",
+        help="Kineto trace, repeatable (host costs and launch latencies: medians over them)",
+    )
+    f.add_argument(
+        "--microbench", help="folder of microbenchmark results (its fits win over traces')"
+    )
+    f.add_argument(
+        "--kernel-table", action="append", help="kernel table from `profile`, repeatable"
+    )
     f.add_argument("--base", help="preset name or probe/spec JSON (default: the trace's GPU)")
-    f.add_argument("--name", help="name of the calibrated GPU")
-    f.add_argument("-o", "--out", required=True)
-    f.add_argument("--json", action="store_true")
+    f.add_argument("--name", help="name of the calibrated GPU (default: derived from the base)")
+    f.add_argument("-o", "--out", required=True, help="calibration JSON to write")
+    f.add_argument("--json", action="store_true", help="print the written calibration")
     f.set_defaults(func=cmd_fit)
 
     fp = cs.add_parser(
@@ -480,15 +518,17 @@ def add_commands(sub: Any) -> None:
     v.add_argument("--recorded", help="re-simulate a recorded validation file (no GPU)")
     v.add_argument("--scheduler", action="append", help="scheduler, repeatable; 'all' (default)")
     v.add_argument("--gpu", help="calibration or GPU spec file to simulate with")
-    v.add_argument("--device", type=int, default=0)
-    v.add_argument("--batch", type=int, default=1)
+    v.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    v.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     v.add_argument("-o", "--out", help="validation file (default validation-MODEL.json)")
     v.add_argument("--plot", help="scatter plot PNG of measured vs simulated")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("--json", action="store_true", help="print the summary as JSON")
     v.set_defaults(func=cmd_validate)
 
     a = cs.add_parser("all", help="probe + microbench + profile + fit into one folder")
-    a.add_argument("--device", type=int, default=0)
-    a.add_argument("--out", required=True, help="e.g. traces/h100")
+    a.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    a.add_argument(
+        "--out", required=True, help="folder for every step's files, e.g. traces/h100 (resumable)"
+    )
     a.add_argument("--model", action="append", help="model to profile per op, repeatable")
     a.set_defaults(func=cmd_all)

@@ -70,6 +70,13 @@ NO_STREAM = {-1, 4294967295}
 # --- records --------------------------------------------------------------------------
 
 
+def _end(ts: float, dur: float) -> float:
+    """``ts + dur`` to the nanosecond: traces hold times to the nanosecond at best, and the
+    float sum's noise (5.0 + 15.74 = 20.740000000000002) must not order a call after the
+    next one that starts where it ends."""
+    return round(ts + dur, 3)
+
+
 @dataclass(frozen=True)
 class RuntimeCall:
     """A CUDA runtime (or driver) API call on a host thread; times in microseconds."""
@@ -82,7 +89,7 @@ class RuntimeCall:
 
     @property
     def end(self) -> float:
-        return self.ts + self.dur
+        return _end(self.ts, self.dur)
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ class GpuActivity:
 
     @property
     def end(self) -> float:
-        return self.ts + self.dur
+        return _end(self.ts, self.dur)
 
     @property
     def blocks(self) -> int:
@@ -145,6 +152,21 @@ class SyncCall:
     device: int = 0
 
 
+@dataclass(frozen=True)
+class GraphNode:
+    """An event record or wait inside a CUDA Graph, as simgpu's own traces write it
+    (a cuda_sync event whose ``args.graph`` is its cudaGraphLaunch's correlation); CUPTI
+    reports no such thing, so real traces have none. ``ts`` is when it completed."""
+
+    kind: str  # "record" | "wait"
+    ts: float
+    device: int
+    stream: int
+    correlation: int
+    graph: int
+    record: int | None = None  # a wait's record (its correlation)
+
+
 @dataclass
 class KinetoTrace:
     source: str
@@ -155,6 +177,7 @@ class KinetoTrace:
     records: list[EventRecordCall] = field(default_factory=list)
     waits: list[StreamWaitCall] = field(default_factory=list)
     syncs: list[SyncCall] = field(default_factory=list)
+    graph_nodes: list[GraphNode] = field(default_factory=list)
 
     @property
     def devices(self) -> list[int]:
@@ -281,6 +304,7 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
     calls: list[RuntimeCall] = []
     call_cat: dict[int, str] = {}
     sync_args: dict[int, dict[str, Any]] = {}
+    nodes: list[GraphNode] = []
     for i, e in enumerate(events):
         if not isinstance(e, dict):
             raise TraceError(f"{source}: traceEvents[{i}] is not an object")
@@ -299,7 +323,9 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
             if dur < 0:
                 raise ValueError(f"dur is {dur}")
             corr = _int(args.get("correlation"), "args.correlation")
-            if cat == "cuda_sync":  # checked here, where a bad field can be named
+            if cat == "cuda_sync" and args.get("graph") is not None:
+                nodes.append(_graph_node(args, ts, corr))
+            elif cat == "cuda_sync":  # checked here, where a bad field can be named
                 sync_args[corr] = {
                     k: _opt_int(args.get(k), f"args.{k}")
                     for k in ("wait_on_cuda_event_record_corr_id", "wait_on_stream", "device",
@@ -368,7 +394,26 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
             syncs.append(
                 SyncCall(c, SYNC_CALLS[c.name], _opt_stream(a.get("stream")), a.get("device") or 0)
             )
-    return KinetoTrace(source, props, acts, calls, launches, records, waits, syncs)
+    nodes.sort(key=lambda n: (n.ts, n.kind != "record", n.correlation))
+    return KinetoTrace(source, props, acts, calls, launches, records, waits, syncs, nodes)
+
+
+def _graph_node(args: dict[str, Any], ts: float, corr: int) -> GraphNode:
+    kind = {"Event Record": "record", "Stream Wait Event": "wait"}.get(args.get("cuda_sync_kind"))
+    if kind is None:
+        raise ValueError(f"args.cuda_sync_kind is {args.get('cuda_sync_kind')!r} in a graph")
+    rec = _opt_int(args.get("wait_on_cuda_event_record_corr_id"), "args.wait_on_...corr_id")
+    if kind == "wait" and rec is None:
+        raise ValueError("a graph's wait names no record (wait_on_cuda_event_record_corr_id)")
+    return GraphNode(
+        kind,
+        ts,
+        _int(args.get("device", 0), "args.device"),
+        _int(args.get("stream"), "args.stream"),
+        corr,
+        _int(args.get("graph"), "args.graph"),
+        rec,
+    )
 
 
 def _opt_stream(v: Any) -> int | None:
@@ -424,13 +469,23 @@ HOST_COST_FIELDS = (
 
 @dataclass(frozen=True)
 class StreamError:
+    """One stream's replay against its recording. A span that matches can hide starts
+    that do not (a stream idle most of its span): the start errors and busy time say."""
+
     device: int
     stream: int
-    kernels: int
+    kernels: int  # activities on the stream (kernels, copies, memsets)
     recorded_ms: float  # the stream's own span: its first start to its last end
     simulated_ms: float
     error_pct: float
     start_mae_us: float  # mean |simulated - recorded| start, both from the host origin
+    start_p95_us: float = 0.0  # 95th percentile of the same
+    busy_recorded_ms: float = 0.0  # time the stream had an activity running
+    busy_simulated_ms: float = 0.0
+
+    @property
+    def busy_error_pct(self) -> float:
+        return _err(self.busy_simulated_ms, self.busy_recorded_ms)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -441,6 +496,10 @@ class StreamError:
             "simulated_ms": self.simulated_ms,
             "error_pct": self.error_pct,
             "start_mae_us": self.start_mae_us,
+            "start_p95_us": self.start_p95_us,
+            "busy_recorded_ms": self.busy_recorded_ms,
+            "busy_simulated_ms": self.busy_simulated_ms,
+            "busy_error_pct": self.busy_error_pct,
         }
 
 
@@ -463,10 +522,32 @@ class ReplayResult:
     params: dict[str, float]  # the GPU spec fields the replay set
     timeline: Timeline | None = field(default=None, repr=False)
     program: StreamProgram | None = field(default=None, repr=False)
+    # per activity |simulated - recorded| start, both from the host origin: 95th percentile
+    start_p95_us: float = 0.0
+    # time each device had at least one activity running, summed over devices
+    busy_recorded_ms: float = 0.0
+    busy_simulated_ms: float = 0.0
+    # the same start errors with both runs' first activity at 0: shifts of the whole run
+    # (the host's time before its first launch) left out, jitter kept
+    aligned_mae_us: float = 0.0
+    aligned_p95_us: float = 0.0
 
     @property
     def error_pct(self) -> float:
+        """Error of the GPU span (first activity start to last end): the headline, and
+        the least demanding figure (see the start and busy-time errors)."""
         return _err(self.simulated_ms, self.recorded_ms)
+
+    @property
+    def busy_error_pct(self) -> float:
+        return _err(self.busy_simulated_ms, self.busy_recorded_ms)
+
+    @property
+    def busy_share(self) -> float:
+        """Recorded busy time over the recorded span (per device, summed): how much of
+        the span a matching span error speaks for."""
+        n = max(len({s.device for s in self.per_stream}), 1)
+        return self.busy_recorded_ms / (self.recorded_ms * n) if self.recorded_ms > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -482,6 +563,13 @@ class ReplayResult:
             "memsets": self.memsets,
             "streams": self.streams,
             "start_mae_us": self.start_mae_us,
+            "start_p95_us": self.start_p95_us,
+            "busy_recorded_ms": self.busy_recorded_ms,
+            "busy_simulated_ms": self.busy_simulated_ms,
+            "busy_error_pct": self.busy_error_pct,
+            "busy_share": self.busy_share,
+            "aligned_mae_us": self.aligned_mae_us,
+            "aligned_p95_us": self.aligned_p95_us,
             "kernel_time_ms": self.kernel_time_ms,
             "per_stream": [s.to_json() for s in self.per_stream],
             "counts": dict(self.counts),
@@ -493,10 +581,35 @@ def _err(sim: float, rec: float) -> float:
     return (sim - rec) / rec * 100.0 if rec > 0 else (0.0 if sim == rec else math.inf)
 
 
+def busy_us(intervals: Sequence[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals: time something was running."""
+    total = 0.0
+    cur: list[float] | None = None  # the merged interval being extended
+    for a, b in sorted(intervals):
+        if cur is None or a > cur[1]:
+            if cur is not None:
+                total += cur[1] - cur[0]
+            cur = [a, b]
+        else:
+            cur[1] = max(cur[1], b)
+    if cur is not None:
+        total += cur[1] - cur[0]
+    return total
+
+
+def p95(values: Sequence[float]) -> float:
+    """95th percentile by nearest rank (a value that occurred; 0 for none)."""
+    if not values:
+        return 0.0
+    v = sorted(values)
+    return v[max(math.ceil(0.95 * len(v)) - 1, 0)]
+
+
 def gpu_for_trace(trace: KinetoTrace, device: int | None = None) -> GPUSpec:
     """The GPU a trace ran on, from its deviceProperties (a preset overridden by the
     recorded limits, so recorded launch configurations fit as they did)."""
     from calibrate.probe import spec_from_facts
+    from simgpu.hardware import PRESETS
 
     dev = trace.devices[0] if device is None else device
     props = trace.props(dev)
@@ -504,6 +617,9 @@ def gpu_for_trace(trace: KinetoTrace, device: int | None = None) -> GPUSpec:
         raise TraceError(
             f"{trace.source}: no deviceProperties for device {dev}: name the GPU (--gpu)"
         )
+    if "computeMajor" not in props and props.get("name") in PRESETS:
+        # simgpu's own traces name the preset they ran on instead of CUDA properties
+        return PRESETS[props["name"]]
     try:
         return gpu_from_json(spec_from_facts(props), source=trace.source)
     except SimGPUError as e:
@@ -620,6 +736,8 @@ def build_program(
         "waits_host_only": 0,
         "syncs": 0,
         "syncs_host_only": 0,
+        "graph_records": 0,
+        "graph_waits": 0,
     }
     kernels: dict[int, Kernel] = {}
 
@@ -641,8 +759,18 @@ def build_program(
     for a in trace.orphans:
         counts["orphan_activities"] += 1
         items.append((origin, a.index - len(trace.activities), 0, [a]))
+    nodes_of: dict[int, list[GraphNode]] = {}
+    for n in trace.graph_nodes:
+        if (n.device, n.stream) in smap:
+            nodes_of.setdefault(n.graph, []).append(n)
     for call, acts in launch_groups(trace):
-        items.append((issue_time(call, acts), call.correlation, 0, acts))
+        group: list[Any] = list(acts)
+        if call.correlation in nodes_of:  # a graph's nodes in GPU time order among its kernels
+            keyed = [((a.ts, 2, a.index), a) for a in acts]
+            keyed += [((n.ts, 0 if n.kind == "record" else 1, n.correlation), n)
+                      for n in nodes_of[call.correlation]]  # fmt: skip
+            group = [x for _, x in sorted(keyed, key=lambda kx: kx[0])]
+        items.append((issue_time(call, acts), call.correlation, 0, group))
     recorded_streams = {r.call.correlation: r for r in trace.records if r.stream is not None}
     for r in trace.records:
         if r.stream is None or (r.device, r.stream) not in smap:
@@ -668,7 +796,14 @@ def build_program(
         rel = t - origin
         if kind == 0:
             for a in payload:
-                b.add(rel, launch(a))
+                if isinstance(a, GpuActivity):
+                    b.add(rel, launch(a))
+                elif a.kind == "record":
+                    counts["graph_records"] += 1
+                    b.add(rel, Record(f"r{a.correlation}", smap[(a.device, a.stream)], dmap[a.device]))  # fmt: skip
+                else:
+                    counts["graph_waits"] += 1
+                    b.add(rel, Wait(f"r{a.record}", smap[(a.device, a.stream)], dmap[a.device]))  # fmt: skip
         elif kind == 1:
             counts["records"] += 1
             b.add(rel, Record(f"r{payload.call.correlation}", smap[(payload.device, payload.stream)], dmap[payload.device]))  # fmt: skip
@@ -695,6 +830,22 @@ def replay_machine(specs: Sequence[GPUSpec]) -> Machine:
     return Machine("replay", tuple(specs))
 
 
+def _graph_waits_as_calls(trace: KinetoTrace) -> KinetoTrace:
+    """The trace with each wait inside a CUDA Graph also listed as a stream wait issued
+    with its graph, so the latency fit does not take a kernel held back by the graph's
+    dependencies for one started a launch latency after its issue."""
+    if not trace.graph_nodes:
+        return trace
+    calls = {c.correlation: c for c in trace.launches.values()}
+    extra = []
+    for n in trace.graph_nodes:
+        g = calls.get(n.graph)
+        if n.kind == "wait" and g is not None:
+            at = RuntimeCall("graph wait", g.end, 0.0, n.correlation, g.tid)
+            extra.append(StreamWaitCall(at, n.stream, n.record, n.device))
+    return dataclasses.replace(trace, waits=[*trace.waits, *extra])
+
+
 def replay(
     trace: KinetoTrace,
     gpu: GPUSpec | None = None,
@@ -716,7 +867,7 @@ def replay(
     if host == "median":  # the mode is defined by the trace's median host costs
         params.update(fit_host_costs(trace))
     if fit:
-        params.update(fit_device_latencies(trace))
+        params.update(fit_device_latencies(_graph_waits_as_calls(trace)))
         if host == "recorded" and trace.syncs:
             params["sync_api_us"] = fit_host_costs(trace)["sync_api_us"]
     if params:
@@ -739,17 +890,30 @@ def _compare(trace, tl, program, info, base, host, syncs, params) -> ReplayResul
     acts = trace.activities
     rec_span = trace.span_us()
     sim_span = max(e for _, e in sim.values()) - min(s for s, _ in sim.values())
+    start_err = {a.index: abs(sim[a.index][0] - (a.ts - origin)) for a in acts}
     per_stream = []
     for (d, s), _ in sorted(info["smap"].items()):
         mine = [a for a in acts if a.device == d and a.stream == s]
         r0, r1 = min(a.ts for a in mine), max(a.end for a in mine)
         s0 = min(sim[a.index][0] for a in mine)
         s1 = max(sim[a.index][1] for a in mine)
-        mae = statistics.fmean(abs(sim[a.index][0] - (a.ts - origin)) for a in mine)
+        errs = [start_err[a.index] for a in mine]
         per_stream.append(
-            StreamError(d, s, len(mine), (r1 - r0) / 1e3, (s1 - s0) / 1e3, _err(s1 - s0, r1 - r0), mae)
+            StreamError(d, s, len(mine), (r1 - r0) / 1e3, (s1 - s0) / 1e3, _err(s1 - s0, r1 - r0),
+                        statistics.fmean(errs), p95(errs),
+                        busy_us([(a.ts, a.end) for a in mine]) / 1e3,
+                        busy_us([sim[a.index] for a in mine]) / 1e3)
         )  # fmt: skip
-    mae = statistics.fmean(abs(sim[a.index][0] - (a.ts - origin)) for a in acts)
+    errs = list(start_err.values())
+    mae = statistics.fmean(errs)
+    r_first = min(a.ts for a in acts)
+    s_first = min(s for s, _ in sim.values())
+    aligned = [abs((sim[a.index][0] - s_first) - (a.ts - r_first)) for a in acts]
+    busy_rec = busy_sim = 0.0
+    for d in trace.devices:
+        mine = [a for a in acts if a.device == d]
+        busy_rec += busy_us([(a.ts, a.end) for a in mine])
+        busy_sim += busy_us([sim[a.index] for a in mine])
     first = base[trace.devices[0]]
     return ReplayResult(
         source=trace.source,
@@ -769,6 +933,11 @@ def _compare(trace, tl, program, info, base, host, syncs, params) -> ReplayResul
         params=params,
         timeline=tl,
         program=program,
+        start_p95_us=p95(errs),
+        busy_recorded_ms=busy_rec / 1e3,
+        busy_simulated_ms=busy_sim / 1e3,
+        aligned_mae_us=statistics.fmean(aligned),
+        aligned_p95_us=p95(aligned),
     )
 
 

@@ -92,7 +92,10 @@ def test_kernels_once_on_right_track(timeline: Timeline) -> None:
         assert ev["ts"] == pytest.approx(k.start_us)
         assert ev["dur"] == pytest.approx(k.end_us - k.start_us)
         assert ev["args"]["issue_us"] == pytest.approx(k.issue_us)
-        assert ev["args"]["grid"] == k.grid and ev["args"]["threads"] == k.threads
+        # Kineto's launch configuration: dim3 lists, as calibrate.kineto reads them
+        assert ev["args"]["grid"] == [k.grid, 1, 1] and ev["args"]["block"] == [k.threads, 1, 1]
+        assert ev["args"]["threads"] == k.threads
+        assert ev["args"]["device"] == k.device and ev["args"]["stream"] == k.stream
         assert ev["args"]["queue"] == k.queue and ev["args"]["batches"] == k.batches
 
 
@@ -116,7 +119,16 @@ def test_commands_and_host_calls(timeline: Timeline) -> None:
     assert (wait["pid"], wait["tid"], wait["ts"]) == (0, 1, 40.0)
     assert wait["args"]["event"] == "e0"
     host = [e for e in _events(trace, "X") if e["cat"] == "cuda_runtime"]
-    assert [e["name"] for e in host] == [h.api for h in timeline.host]
+    # named as the CUDA runtime names the calls, each with its own correlation id
+    assert [e["name"] for e in host] == [
+        "cudaLaunchKernel",
+        "cudaEventRecord",
+        "cudaLaunchKernel",
+        "cudaStreamWaitEvent",
+        "cudaLaunchKernel",
+        "cudaDeviceSynchronize",
+    ]
+    assert [e["args"]["correlation"] for e in host] == [1, 2, 3, 4, 5, 6]
     assert all(e["pid"] != 0 for e in host)
 
 
@@ -147,7 +159,8 @@ def test_flows_pair_up_launch_to_kernel(timeline: Timeline) -> None:
             for e in _events(trace, "X")
             if e["pid"] == s["pid"] and e["tid"] == s["tid"] and e["ts"] == s["ts"]
         ]
-        assert host[0]["name"] == "launch" and host[0]["args"]["op"] == k["args"]["op"]
+        assert host[0]["name"] == "cudaLaunchKernel" and host[0]["args"]["op"] == k["args"]["op"]
+        assert host[0]["args"]["correlation"] == k["args"]["correlation"]
 
 
 def test_deterministic_bytes(timeline: Timeline, tmp_path: Path) -> None:
