@@ -69,78 +69,70 @@ def _runtime_arg(args: argparse.Namespace) -> str | None:
 
 
 def _model(args: argparse.Namespace):
-    from simgpu.models import build_model
-
-    return build_model(args.model, batch=args.batch, image_size=args.image_size, dtype=args.dtype)
-
-
-def _graph_arg(spec: str, args: argparse.Namespace):
-    """A graph from a file (simgpu graph JSON, IOS JSON or ONNX, told apart by content)
-    or, for convenience, a built-in model name."""
-    return _graph_file_or_model(spec, args)[0]
+    """The graph a command runs: a built-in model or a graph file (see simgpu.graphfile)."""
+    return _load(args.model, args).graph
 
 
-def _file_format(path: Path) -> str:
-    """The file's format, "json" or "onnx", by content: JSON starts with a brace or a
-    bracket, an ONNX ModelProto with field 1 (ir_version, a varint: byte 0x08); the
-    extension decides what an unreadable file is reported as."""
-    from simgpu.errors import FormatError
-    from simgpu.userfiles import read_bytes
+def _load(spec: str, args: argparse.Namespace):
+    """``spec`` as a LoadedGraph, with the command's --batch/--image-size/--dtype (None
+    when not given)."""
+    from simgpu.graphfile import load_graph
 
-    head = read_bytes(path)[:64]  # a regular file under the size limit, or one line
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "json"
-    if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":
-        return "onnx"
-    if path.suffix.lower() == ".json":
-        return "json"  # reported with the JSON parser's line and column
-    raise FormatError(
-        f"{path}: unrecognised file (not a simgpu graph JSON, an IOS graph JSON or an ONNX model)"
+    return load_graph(
+        spec,
+        batch=getattr(args, "batch", None),
+        image_size=getattr(args, "image_size", None),
+        dtype=getattr(args, "dtype", None),
     )
 
 
-def _graph_file_or_model(spec: str, args: argparse.Namespace):
-    """(graph, the stages an IOS file carries or None, format) for a file or model name.
-
-    ``--batch``/``--dtype`` (None when not given) rebuild IOS and ONNX graphs; a simgpu
-    graph file has fixed shapes, so asking it for another batch or dtype is an error."""
-    from simgpu.graph import OpGraph, read_json
-    from simgpu.models import MODELS, build_model
-
-    batch, dtype = getattr(args, "batch", None), getattr(args, "dtype", None)
-    path = Path(spec)
-    if path.exists() or path.suffix.lower() in (".json", ".onnx"):
-        if _file_format(path) == "onnx":
-            from simgpu.models.onnx import load_onnx
-
-            return load_onnx(path, batch=batch, dtype=dtype), None, "onnx"
-        data = read_json(path)
-        from simgpu.models.ios import is_ios, read_ios
-
-        if is_ios(data):
-            g, stages = read_ios(data, batch or 1, dtype or "fp32", source=spec)
-            return g, stages, "ios"
-        g = OpGraph.from_json(data, source=spec)
-        first = g.inputs[0].output_shape[0] if g.inputs else None
-        if batch is not None and batch != first:
-            raise SimGPUError(
-                f"{spec}: a simgpu graph file has fixed shapes (batch {first}); "
-                f"--batch {batch} applies to models, IOS and ONNX files"
-            )
-        if dtype is not None and any(op.dtype != dtype for op in g):
-            raise SimGPUError(
-                f"{spec}: a simgpu graph file has fixed dtypes; --dtype {dtype} differs"
-            )
-        return g, None, "opgraph"
-    if spec in MODELS:
-        return build_model(spec, batch=batch or 1, dtype=dtype or "fp32"), None, "model"
-    raise SimGPUError(f"{spec}: no such file, and not a built-in model")
+def _graph_arg(spec: str, args: argparse.Namespace):
+    """A graph from a file (simgpu graph JSON, IOS graph JSON or ONNX, told apart by content)
+    or, for convenience, a built-in model name."""
+    return _load(spec, args).graph
 
 
 # --- commands -------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    return _compare(args, _load(args.model, args), args.scheduler or ["all"])
+
+
+class _Progress:
+    """One line per scheduler as it finishes, on stderr and only on a terminal: a search
+    can take many seconds, and a log or a pipe should get nothing but the results."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.total, self.done = total, 0
+        isatty = getattr(self.stream, "isatty", None)
+        self.on = total > 1 and callable(isatty) and bool(isatty())
+        self.t0 = 0.0
+
+    def start(self, name: str) -> None:
+        import time
+
+        self.t0 = time.perf_counter()
+        if self.on:
+            self.stream.write(f"[{self.done + 1}/{self.total}] {name} ...")
+            self.stream.flush()
+
+    def finish(self, name: str, outcome: str) -> None:
+        import time
+
+        self.done += 1
+        if self.on:
+            took = time.perf_counter() - self.t0
+            self.stream.write(
+                f"\r\033[K[{self.done}/{self.total}] {name}: {outcome} ({took:.1f} s)\n"
+            )
+            self.stream.flush()
+
+
+def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
+    """Run several schedulers on one graph and print the comparison (`run`, and
+    `simulate` given several schedulers)."""
     from schedulers.base import (
         SchedulerSkipped,
         make_scheduler,
@@ -155,12 +147,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         machine_host_bound_us,
         schedule_bound_us,
     )
+    from simgpu.graphfile import image_size_of
 
-    graph = _model(args)
+    graph = loaded.graph
     machine = _machine(args)
     names: list[str] = []
     multi = len(machine.devices) > 1
-    for n in args.scheduler or ["all"]:
+    for n in asked:
         names += scheduler_names(single_gpu_only=not multi) if n == "all" else [n]
     names = list(dict.fromkeys(names))
     options = parse_options(args.option or [])
@@ -174,18 +167,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
     skipped: dict[str, str] = {}  # schedulers that do not apply to this model by design
+    progress = _Progress(len(names))
     for n in names:  # a scheduler that fails on this model is reported, the rest go on
+        progress.start(n)
         try:
             results[n] = run_scheduler(n, graph, machine, options.get(n), runtimes[n])
+            progress.finish(n, f"{results[n].latency_ms:.3f} ms")
         except SchedulerSkipped as e:
             skipped[n] = _one_line(e)
+            progress.finish(n, "n/a")
         except SimGPUError as e:
             failures[n] = _one_line(e)
+            progress.finish(n, "failed")
         except Exception as e:  # a bug in one scheduler must not hide the others' results
             failures[n] = f"internal error: {type(e).__name__}: {_one_line(e)}"
+            progress.finish(n, "failed")
     if not results:
         first, why = next(iter({**failures, **skipped}.items()))
-        raise SimGPUError(f"{first}: {why}")
+        # scheduler messages often name themselves already ("lios: streams must ...")
+        raise SimGPUError(why if why.startswith(f"{first}:") else f"{first}: {why}")
     # each schedule is compared with one stream under its own runtime: like with like
     base_ms: dict[str, float] = {}
     for r in results.values():
@@ -241,12 +241,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             }
         )
     best = min(results.values(), key=lambda r: (r.latency_ms, r.scheduler))
-    _write_outputs(args, results, best)
+    written = _write_outputs(args, results, best)
     if args.json:
         out = {
             "model": graph.name,
-            "batch": args.batch,
-            "image_size": args.image_size,
+            "source": loaded.spec if loaded.format != "model" else None,
+            "format": loaded.format,
+            "batch": loaded.batch,
+            "image_size": image_size_of(loaded, getattr(args, "image_size", None)),
             "gpu": gpu.name,
             "machine": machine.name,
             "devices": len(machine.devices),
@@ -262,7 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(dumps(out))
         return 0
     print(
-        f"{graph.name}  batch {args.batch}  {len(graph)} ops  {graph.macs / 1e9:.2f} GMACs  "
+        f"{graph.name}  batch {loaded.batch}  {len(graph)} ops  {graph.macs / 1e9:.2f} GMACs  "
         f"on {machine.name if multi else gpu.name}"
     )
     host = f", host {host_us / 1e3:.3f}" if host_us else ""
@@ -311,9 +313,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ]
     print(_table(table, header, right=set(range(2, len(header) - 1))))
     print("speedup: over one stream (sequential) under the same runtime")
-    for label, path in (("gantt", args.gantt), ("trace", args.trace)):
-        if path:
-            print(f"{label}: {path}")
+    for label, path in written:
+        print(f"{label}: {path}")
     return 0
 
 
@@ -322,27 +323,36 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _write_outputs(args: argparse.Namespace, results: dict, best: Any) -> None:
+def _write_outputs(args: argparse.Namespace, results: dict, best: Any) -> list[tuple[str, str]]:
+    """Write the trace(s), Gantt chart and schedule asked for: (label, path) of each file
+    written, so the user sees the files, not a '{scheduler}' pattern."""
     from simgpu.chrome_trace import write_chrome_trace
     from simgpu.gantt import plot_gantt, plot_gantt_compare
     from simgpu.schedule import schedule_to_json
 
+    written: list[tuple[str, str]] = []
     try:
-        if args.trace:
-            if "{scheduler}" in args.trace:
-                for n, r in results.items():
-                    write_chrome_trace(r.timeline, args.trace.replace("{scheduler}", n), title=n)
-            else:
-                write_chrome_trace(best.timeline, args.trace, title=best.scheduler)
         if args.gantt:
             if len(results) > 1:
                 plot_gantt_compare({n: r.timeline for n, r in results.items()}, args.gantt)
             else:
                 plot_gantt(best.timeline, args.gantt, title=best.scheduler)
+            written.append(("gantt", args.gantt))
+        if args.trace:
+            if "{scheduler}" in args.trace:
+                for n, r in results.items():
+                    path = args.trace.replace("{scheduler}", n)
+                    write_chrome_trace(r.timeline, path, title=n)
+                    written.append(("trace", path))
+            else:
+                write_chrome_trace(best.timeline, args.trace, title=best.scheduler)
+                written.append(("trace", args.trace))
         if getattr(args, "schedule_out", None):
             Path(args.schedule_out).write_text(dumps(schedule_to_json(best.schedule)) + "\n")
+            written.append(("schedule", args.schedule_out))
     except (OSError, ValueError) as e:
         raise SimGPUError(f"cannot write output: {e}") from None
+    return written
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -356,16 +366,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.schedule and args.scheduler:
         raise SimGPUError("give --schedule FILE or --scheduler NAME, not both")
+    loaded = _load(args.graph, args)
+    asked = list(dict.fromkeys(args.scheduler or []))
+    if len(asked) > 1 or "all" in asked:  # several: the comparison `run` prints
+        return _compare(args, loaded, asked)
+    scheduler = asked[0] if asked else None
     options = parse_options(args.option or [])
-    graph, file_stages, fmt = _graph_file_or_model(args.graph, args)
+    graph, file_stages, fmt = loaded.graph, loaded.stages, loaded.format
     # what makes the schedule: a schedule file, the IOS file's own stages (unless a
     # scheduler is named), or a scheduler (default sequential)
     if args.schedule:
         runs, source = None, args.schedule
-    elif file_stages is not None and not args.scheduler:
+    elif file_stages is not None and not scheduler:
         runs, source = None, "ios-stages"
     else:
-        runs = source = args.scheduler or "sequential"
+        runs = source = scheduler or "sequential"
     for sched in options:
         if sched != runs:
             why = f"the schedule comes from {source}" if runs is None else f"{runs} is run"
@@ -437,6 +452,50 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Why a schedule takes its time: the critical path and the waits (simgpu.explain)."""
+    from schedulers.base import make_scheduler, parse_options, run_scheduler, runtime_of
+    from simgpu.explain import explain, format_text
+
+    loaded = _load(args.model, args)
+    graph = loaded.graph
+    machine = _machine(args)
+    names = [args.scheduler] + ([args.against] if args.against else [])
+    if "all" in names:
+        raise SimGPUError("explain takes one scheduler (and one --against), not 'all'")
+    options = parse_options(args.option or [])
+    for sched in options:
+        if sched not in names:
+            raise SimGPUError(f"option given for scheduler '{sched}', which is not being run")
+    runtime = _runtime_arg(args)
+    for n in names:  # unknown names and bad options stop before anything runs
+        runtime_of(make_scheduler(n, options.get(n)), runtime)
+    runs = [run_scheduler(n, graph, machine, options.get(n), runtime) for n in names]
+    res = runs[0]
+    ex = explain(res.timeline, runs[1].timeline if len(runs) > 1 else None)
+    title = (
+        f"{graph.name} with {res.scheduler} on {machine.name if len(machine.devices) > 1 else machine.gpu.name} "
+        f"({res.runtime}, {res.streams} streams, {res.syncs} syncs)"
+    )
+    if args.json:
+        out = {"model": graph.name, "format": loaded.format, "scheduler": res.scheduler,
+               "runtime": res.runtime, "latency_ms": res.latency_ms, **ex.to_json()}  # fmt: skip
+        if len(runs) > 1:
+            out["against"] = {"scheduler": runs[1].scheduler, "runtime": runs[1].runtime,
+                              "latency_ms": runs[1].latency_ms}  # fmt: skip
+        print(dumps(out))
+        return 0
+    print(format_text(ex, title, args.against, top=args.top))
+    if len(runs) > 1:
+        other = runs[1]
+        ratio = other.latency_ms / res.latency_ms if res.latency_ms > 0 else float("nan")
+        print(
+            f"{args.against}: {other.latency_ms:.3f} ms ({other.runtime}); "
+            f"{res.scheduler} is {ratio:.2f}x its speed"
+        )
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from simgpu.models import MODELS, build_model
 
@@ -480,12 +539,15 @@ def cmd_models(args: argparse.Namespace) -> int:
                     r["name"],
                     str(r["ops"]),
                     f"{r['macs'] / 1e9:.2f}",
+                    f"{r['flops'] / 1e9:.2f}",
                     f"{r['params'] / 1e6:.2f}",
+                    "-" if r["image_size"] is None else str(r["image_size"]),
                     shapes(r),
                 ]
                 for r in rows
             ],
-            ["model", "ops", "GMACs", "M params", "input"],
+            ["model", "ops", "GMACs", "GFLOPs", "M params", "image px", "input (batch 1)"],
+            right={1, 2, 3, 4, 5},
         )
     )
     return 0
@@ -575,7 +637,8 @@ def cmd_schedulers(args: argparse.Namespace) -> int:
     reg = discover()
     rows = [
         {"name": i.name, "multi_gpu": i.multi_gpu, "runtime": i.runtime,
-         "description": i.description}
+         "description": _summary(i.cls.__doc__) or i.description,
+         "options": _scheduler_options(i.cls)}
         for i in sorted(reg.values(), key=lambda i: i.name)
     ]  # fmt: skip
     if args.json:
@@ -589,7 +652,39 @@ def cmd_schedulers(args: argparse.Namespace) -> int:
                 right=set(),
             )
         )  # fmt: skip
+        print("options, their types and defaults: `simgpu schedulers --json`")
     return 0
+
+
+def _summary(doc: str | None) -> str:
+    """A docstring's first sentence, whole: its first line alone can stop mid-sentence."""
+    import re
+
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    m = re.search(r"(?<=[.!?])\s+(?=[A-Z(])", para)
+    return para[: m.start()] if m else para
+
+
+def _scheduler_options(cls: type) -> list[dict[str, Any]]:
+    """A scheduler's options: its dataclass fields, each with its type and default (what
+    ``--option SCHED.NAME=VALUE`` accepts and converts to)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(cls):
+        return []
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name.startswith("_"):
+            continue
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        out.append({"name": f.name, "type": typ, "default": default})
+    return out
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
@@ -857,59 +952,97 @@ def _non_negative(text: str) -> int:
     return v
 
 
+def _version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("simgpu")
+    except PackageNotFoundError:
+        from simgpu import __version__
+
+        return __version__
+
+
+MODEL_HELP = (
+    "built-in model (see `simgpu models`) or graph file: simgpu graph JSON, IOS graph JSON "
+    "or ONNX, told apart by content"
+)
+BATCH_HELP = (
+    "batch size (default 1; an ONNX file's own); rebuilds models, IOS and ONNX files — "
+    "a simgpu graph file keeps its fixed shapes"
+)
+IMAGE_HELP = "input resolution in px, built-in image models only (default: the model's own)"
+DTYPE_HELP = "element type of activations and weights (default fp32; an ONNX file's own)"
+GPU_HELP = "GPU preset or GPU JSON file (default v100; see `simgpu gpus`)"
+MACHINE_HELP = (
+    "machine preset or JSON file: several GPUs and their links, instead of --gpu "
+    "(see `simgpu machines`)"
+)
+OPTION_HELP = (
+    "scheduler option, repeatable, e.g. ios.r=3 (each scheduler's options, types and "
+    "defaults: `simgpu schedulers --json`)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="simgpu",
         description="Simulate multi-stream DNN inference schedules on modelled GPUs.",
     )
+    p.add_argument("--version", action="version", version=f"simgpu {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="built-in model (see `simgpu models`)")
-        sp.add_argument("--batch", type=_positive, default=1)
-        sp.add_argument("--image-size", type=_positive, default=None, help="input resolution (px)")
-        sp.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    def model_args(sp: argparse.ArgumentParser, files: bool = True) -> None:
+        sp.add_argument(
+            "model", help=MODEL_HELP if files else "built-in model (see `simgpu models`)"
+        )
+        sp.add_argument("--batch", type=_positive, default=None, help=BATCH_HELP)
+        sp.add_argument("--image-size", type=_positive, default=None, help=IMAGE_HELP)
+        sp.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help=DTYPE_HELP)
 
-    r = sub.add_parser("run", help="compare schedulers on a built-in model")
+    def outputs(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--json", action="store_true", help="print one JSON object, no table")
+        sp.add_argument(
+            "--trace",
+            metavar="FILE",
+            help=f"Chrome/Perfetto trace of {what} ('{{scheduler}}' in the name writes one "
+            "file per scheduler)",
+        )
+        sp.add_argument(
+            "--gantt", metavar="PNG", help="Gantt chart (several schedulers: one panel each)"
+        )
+
+    r = sub.add_parser("run", help="compare schedulers on a built-in model or a graph file")
     model_args(r)
-    r.add_argument("--gpu", default=None, help="GPU preset or JSON file (default v100)")
+    r.add_argument("--gpu", default=None, help=GPU_HELP)
+    r.add_argument("--machine", help=MACHINE_HELP)
     r.add_argument(
-        "--machine",
-        help="machine preset or JSON file: several GPUs and their links (see `simgpu machines`)",
+        "--scheduler",
+        action="append",
+        help="scheduler name, repeatable; 'all' (default) runs every one (`simgpu schedulers`)",
     )
-    r.add_argument(
-        "--scheduler", action="append", help="scheduler name, repeatable; 'all' (default)"
-    )
-    r.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE", help="scheduler option")
+    r.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE", help=OPTION_HELP)
     r.add_argument("--runtime", help=RUNTIME_HELP)
-    r.add_argument("--json", action="store_true", help="print one JSON object")
-    r.add_argument(
-        "--trace",
-        help="Chrome/Perfetto trace of the fastest schedule "
-        "('{scheduler}' in the name writes one per scheduler)",
-    )
-    r.add_argument("--gantt", help="Gantt chart PNG (all schedulers stacked)")
-    r.add_argument("--schedule-out", help="write the fastest schedule as JSON")
+    outputs(r, "the fastest schedule")
+    r.add_argument("--schedule-out", metavar="FILE", help="write the fastest schedule as JSON")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser(
         "simulate", help="simulate a graph file (simgpu, IOS or ONNX) with a schedule or scheduler"
     )
-    s.add_argument(
-        "graph",
-        help="simgpu graph JSON, IOS graph JSON or ONNX model (format told by content), "
-        "or a built-in model name",
-    )
-    s.add_argument("--schedule", help="schedule JSON (from `run --schedule-out`)")
+    s.add_argument("graph", help=MODEL_HELP)
+    s.add_argument("--schedule", metavar="FILE", help="schedule JSON (from `run --schedule-out`)")
     s.add_argument(
         "--scheduler",
+        action="append",
         help="compute the schedule with this scheduler (default: an IOS file's own stages, "
-        "else sequential)",
+        "else sequential); repeat it or give 'all' to compare several, as `run` does",
     )
-    s.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE")
+    s.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE", help=OPTION_HELP)
     s.add_argument("--runtime", help=RUNTIME_HELP)
-    s.add_argument("--gpu", default=None, help="GPU preset or JSON file (default v100)")
-    s.add_argument("--machine", help="machine preset or JSON file (several GPUs and links)")
+    s.add_argument("--gpu", default=None, help=GPU_HELP)
+    s.add_argument("--machine", help=MACHINE_HELP)
     s.add_argument(
         "--batch",
         type=_positive,
@@ -922,35 +1055,76 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fp32", "fp16", "bf16"],
         help="element type for models and IOS files (default fp32); overrides an ONNX model's",
     )
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--trace")
-    s.add_argument("--gantt")
+    outputs(s, "the schedule")
     s.set_defaults(func=cmd_simulate)
+
+    x = sub.add_parser(
+        "explain",
+        help="why a schedule takes the time it does: critical path, host against GPU, "
+        "waits per stream, and per-op gains against another scheduler",
+    )
+    model_args(x)
+    x.add_argument("--scheduler", required=True, help="the scheduler to explain")
+    x.add_argument(
+        "--against", metavar="SCHED", help="compare per-op times with this scheduler's schedule"
+    )
+    x.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE", help=OPTION_HELP)
+    x.add_argument("--runtime", help=RUNTIME_HELP)
+    x.add_argument("--gpu", default=None, help=GPU_HELP)
+    x.add_argument("--machine", help=MACHINE_HELP)
+    x.add_argument(
+        "--top", type=_positive, default=10, help="rows of the per-op and path lists (default 10)"
+    )
+    x.add_argument("--json", action="store_true", help="print one JSON object, no text")
+    x.set_defaults(func=cmd_explain)
 
     for name, fn, text in (
         ("models", cmd_models, "list built-in models"),
         ("gpus", cmd_gpus, "list GPU presets"),
         ("machines", cmd_machines, "list machine presets (several GPUs and their links)"),
-        ("schedulers", cmd_schedulers, "list registered schedulers"),
+        ("schedulers", cmd_schedulers, "list registered schedulers and their options"),
         ("runtimes", cmd_runtimes, "list runtimes and their host costs per call"),
     ):
         sp = sub.add_parser(name, help=text)
-        sp.add_argument("--json", action="store_true")
+        sp.add_argument(
+            "--json", action="store_true", help="print a JSON list with every field, no table"
+        )
         sp.set_defaults(func=fn)
 
-    e = sub.add_parser("export", help="write a built-in model as a simgpu graph JSON file")
+    e = sub.add_parser(
+        "export", help="write a built-in model (or a graph file) as a simgpu graph JSON file"
+    )
     model_args(e)
-    e.add_argument("-o", "--output", required=True)
+    e.add_argument("-o", "--output", required=True, metavar="FILE", help="graph JSON to write")
     e.set_defaults(func=cmd_export)
 
     w = sub.add_parser(
         "sweep", help="run every combination of models, sizes, GPUs and schedulers to a CSV"
     )
     w.add_argument("--grid", metavar="TOML", help="grid file (command-line axes replace its own)")
-    w.add_argument("--model", action="append", help="model name or 'all', repeatable")
-    w.add_argument("--batch", action="append", type=_positive, help="batch size, repeatable")
-    w.add_argument("--image-size", action="append", type=_positive, help="input px, repeatable")
-    w.add_argument("--dtype", action="append", choices=["fp32", "fp16", "bf16"])
+    w.add_argument(
+        "--model",
+        action="append",
+        help="built-in model, 'all', or graph file (simgpu JSON, IOS JSON, ONNX), repeatable",
+    )
+    w.add_argument(
+        "--batch",
+        action="append",
+        type=_positive,
+        help="batch size, repeatable (default 1; a simgpu graph file keeps its own)",
+    )
+    w.add_argument(
+        "--image-size",
+        action="append",
+        type=_positive,
+        help="input px, repeatable (built-in image models only; default: each model's own)",
+    )
+    w.add_argument(
+        "--dtype",
+        action="append",
+        choices=["fp32", "fp16", "bf16"],
+        help="element type, repeatable (default fp32; a simgpu graph file keeps its own)",
+    )
     w.add_argument("--gpu", action="append", help="GPU preset or JSON file, repeatable")
     w.add_argument("--machine", action="append", help="machine preset or file, repeatable")
     w.add_argument(
@@ -974,7 +1148,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true", help="rerun rows recorded as errors or timeouts"
     )
     w.add_argument("--timeout", type=float, metavar="S", help="limit each combination to S seconds")
-    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (a terminal redraws one line; a log gets a line per tenth)",
+    )
     w.add_argument("--json", action="store_true", help="print a JSON summary")
     w.set_defaults(func=cmd_sweep)
 
@@ -1009,7 +1187,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="request arrivals (default closed); once for all models or once per model",
     )
     mt.add_argument("--requests", type=_positive, help="requests per tenant (default 10)")
-    mt.add_argument("--duration", type=_positive_float, metavar="MS", help="arrival window")
+    mt.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="MS",
+        help="arrival window, instead of --requests",
+    )
     mt.add_argument("--slo-ms", type=_positive_float, help="latency SLO of every tenant")
     mt.add_argument(
         "--max-queue", type=_positive, help="admission: drop requests finding N waiting"
@@ -1021,9 +1204,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-budget", type=_positive_float, metavar="S", help="search: wall-clock cap"
     )
     mt.add_argument("--seed", type=_non_negative, default=0, help="arrivals and search seed")
-    mt.add_argument("--batch", type=_positive, default=1)
-    mt.add_argument("--image-size", type=_positive, default=None)
-    mt.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    mt.add_argument(
+        "--batch", type=_positive, default=1, help="batch size of built-in models (default 1)"
+    )
+    mt.add_argument("--image-size", type=_positive, default=None, help=IMAGE_HELP)
+    mt.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="element type of built-in models (default fp32)",
+    )
     mt.add_argument("--json", action="store_true", help="print one JSON object")
     mt.add_argument(
         "--trace", help="Chrome/Perfetto trace of the best policy ('{scheduler}': one each)"

@@ -29,6 +29,10 @@ class KernelRecord(NamedTuple):
     grid: int
     threads: int
     batches: int  # dispatch batches (waves) it took
+    # when it left its hardware queue (its host issue, stream order and event waits all
+    # met); its first block then waits for the kernel gap and SM space. -1: not recorded
+    # (a record read from a trace). Read by `simgpu explain`.
+    release_us: float = -1.0
 
 
 class CommandRecord(NamedTuple):

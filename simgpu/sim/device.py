@@ -83,6 +83,7 @@ class Entry:
         "not_before",  # earliest block start (the kernel gap after its release)
         "occ",  # the kernel's Occupancy: what one block holds on its SM
         "op",
+        "released",  # when it left its hardware queue
         "remaining",  # blocks not yet finished
         "resident",  # blocks placed and not yet finished
         "stream",
@@ -281,6 +282,7 @@ class Device:
                 e.first_start = -1.0
                 e.n_batches = 0
                 e.not_before = base + self.gap
+                e.released = base
                 fifo = self.fifo
                 fifo.append(e)
                 if len(fifo) == 1:
@@ -621,7 +623,7 @@ class Device:
             new_record(
                 KernelRecord,
                 (run.op, k.name, self.index, s.id, s.queue.id, run.issue, run.first_start, t,
-                 k.grid, k.threads, run.n_batches),
+                 k.grid, k.threads, run.n_batches, run.released),
             )
         )  # fmt: skip
         self.kernel_end = t  # kernels end in time order: the last one ends last
