@@ -438,3 +438,78 @@ def test_kernels_held_by_an_event_wait_are_no_launch_latency_sample():
     assert sorted(idle) == pytest.approx([10.0 - 5.0, 30.0 - 25.0])  # issue = call end
     assert queued == []
     assert fit_device_latencies(b.trace())["launch_latency_us"] == pytest.approx(5.0)
+
+
+# --- what replay reports beyond the span ------------------------------------------------
+
+
+def test_busy_time_and_p95_known_answers():
+    from calibrate.kineto import busy_us, p95
+
+    assert busy_us([(0.0, 1.0), (0.5, 2.0), (3.0, 4.0), (3.5, 3.6)]) == 3.0
+    assert busy_us([]) == 0.0
+    assert p95([float(x) for x in range(1, 11)]) == 10.0  # nearest rank: 10th of 10
+    assert p95([float(x) for x in range(1, 101)]) == 95.0
+    assert p95([]) == 0.0
+
+
+def test_replay_start_and_busy_errors_known_answer():
+    """Kernel A is recorded 3 us later than its launch allows, B on time: the span is
+    11% off, the busy time exact, and the start errors say which kernel and by how much."""
+    tb = TB()
+    tb.kernel(0.0, 7, 10.0, 10.0)  # issued at 5: starts at 7 in the replay
+    tb.kernel(20.0, 7, 27.0, 10.0)  # issued at 25: starts at 27 in both
+    gpu = PRESETS["a100-sxm4-40gb"].replace(launch_latency_us=2.0, kernel_gap_us=0.0)
+    r = replay(tb.trace(), gpu=gpu, fit=False)
+    assert (r.recorded_ms, r.simulated_ms) == pytest.approx((0.027, 0.030))
+    assert (r.start_mae_us, r.start_p95_us) == pytest.approx((1.5, 3.0))
+    # with both first kernels at 0: A matches, B is 3 us off (20 after A, 17 simulated)
+    assert (r.aligned_mae_us, r.aligned_p95_us) == pytest.approx((1.5, 3.0))
+    assert (r.busy_recorded_ms, r.busy_simulated_ms, r.busy_error_pct) == pytest.approx(
+        (0.020, 0.020, 0.0)
+    )
+    assert r.busy_share == pytest.approx(20 / 27)
+    (s,) = r.per_stream
+    assert (s.start_mae_us, s.start_p95_us, s.busy_error_pct) == pytest.approx((1.5, 3.0, 0.0))
+    j = r.to_json()
+    for key in ("start_p95_us", "busy_error_pct", "busy_share", "aligned_mae_us"):
+        assert key in j
+    assert {"start_p95_us", "busy_recorded_ms", "busy_error_pct"} <= j["per_stream"][0].keys()
+
+
+def test_alexnet_span_error_hides_start_errors():
+    """The headline figure of the issue: the AlexNet span comes back to 0.01% while its
+    kernels start hundreds of microseconds off, over a span the GPU is idle 99% of."""
+    r = replay(load_trace(real("a100_alexnet_2streams.json.gz")))
+    assert abs(r.error_pct) < 0.01
+    assert r.start_mae_us > 100 and r.start_p95_us >= r.start_mae_us
+    assert r.busy_share < 0.01
+    assert abs(r.busy_error_pct) < 1.0
+
+
+def test_cli_replay_text_reports_start_and_busy_errors(capsys):
+    assert main(["replay", str(real("a100_event_sync_3streams.json.gz"))]) == 0
+    out = capsys.readouterr().out
+    assert "GPU busy" in out and "p95" in out and "start mean" in out
+    assert out.count("stream ") >= 3
+
+
+def test_every_replay_and_calibrate_flag_has_help():
+    import argparse
+
+    from calibrate.cli import add_commands
+
+    parser = argparse.ArgumentParser(prog="simgpu")
+    add_commands(parser.add_subparsers(dest="cmd"))
+    missing: list[str] = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    walk(sp, f"{path} {name}".strip())
+            elif not isinstance(a, argparse._HelpAction) and not (a.help or "").strip():
+                missing.append(f"{path} {'/'.join(a.option_strings) or a.dest}")
+
+    walk(parser, "")
+    assert not missing, missing
