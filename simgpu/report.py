@@ -340,11 +340,10 @@ def resimulate(result: Result, scheduler: str | None = None) -> Any:
 
     The simulator is deterministic, so its latency is the row's, bit for bit."""
     from schedulers.base import run_scheduler
-    from simgpu.models import build_model
-    from simgpu.sweep import machine_for
+    from simgpu.sweep import combo_graph, machine_for
 
     c = result.combo
-    graph = build_model(c.model, c.batch, c.image_size, c.dtype)
+    graph = combo_graph(c.model, c.batch, c.image_size, c.dtype)  # a model or a graph file
     machine = machine_for(c.gpu, c.machine)
     if scheduler is not None:
         return run_scheduler(scheduler, graph, machine, runtime=c.runtime or None)

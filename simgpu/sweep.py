@@ -39,6 +39,7 @@ from simgpu.output import printable
 from simgpu.userfiles import read_bytes
 
 if TYPE_CHECKING:
+    from simgpu.graph import OpGraph
     from simgpu.hardware import Machine
 
 
@@ -181,7 +182,7 @@ class Grid:
             targets = [("gpu", _gpu_key("v100"))]
         variants = {s: _option_variants(self.options.get(s, {})) for s in scheds}
         _check_runtimes(self.runtimes)
-        _check_known(models, targets, variants)
+        files = _check_known(models, targets, variants)
         rows = (len(models) * len(_dedupe(self.batches)) * max(1, len(_dedupe(self.image_sizes)))
                 * len(_dedupe(self.dtypes)) * len(targets) * sum(len(v) for v in variants.values())
                 * max(1, len(self.runtimes)))  # fmt: skip
@@ -192,14 +193,21 @@ class Grid:
         for model in models:
             info = MODELS.get(model)
             sizes: list[int | None]
-            if info is not None and info.default_image_size is None:
+            batches: list[int] = _dedupe(self.batches)
+            dtypes: list[str] = _dedupe(self.dtypes)
+            if model in files:  # a graph file: it has its own shapes
+                sizes = [None]
+                if files[model].format == "opgraph":  # and its own batch and dtype
+                    batches = [files[model].batch or 1]
+                    dtypes = [files[model].dtype or "fp32"]
+            elif info is not None and info.default_image_size is None:
                 sizes = [None]  # no image input: the size axis does not apply
             elif info is not None:
                 sizes = [info.default_image_size if s is None else s for s in self.image_sizes]
             else:
                 sizes = list(self.image_sizes)
             for batch, size, dtype, (kind, hw), sched in itertools.product(
-                _dedupe(self.batches), _dedupe(sizes), _dedupe(self.dtypes), targets, scheds
+                batches, _dedupe(sizes), dtypes, targets, scheds
             ):
                 for opts in variants[sched]:
                     gpu, machine = (hw, "") if kind == "gpu" else ("", hw)
@@ -452,9 +460,8 @@ def _fmt(v: Any) -> str:
 def _measure(combo: Combo) -> dict[str, str]:
     from schedulers.base import run_scheduler
     from schedulers.bounds import schedule_bound_us
-    from simgpu.models import build_model
 
-    graph = build_model(combo.model, combo.batch, combo.image_size, combo.dtype)
+    graph = combo_graph(combo.model, combo.batch, combo.image_size, combo.dtype)
     machine = machine_for(combo.gpu, combo.machine)
     runtime = combo.runtime or None
     res = run_scheduler(combo.scheduler, graph, machine, dict(combo.options), runtime)
@@ -504,9 +511,8 @@ def _sequential_ms(
     """The baseline of every speedup, once per process per configuration and runtime
     (a float: safe to cache)."""
     from schedulers.base import run_scheduler
-    from simgpu.models import build_model
 
-    graph = build_model(model, batch, image_size, dtype)
+    graph = combo_graph(model, batch, image_size, dtype)
     return run_scheduler("sequential", graph, machine_for(gpu, machine), runtime=runtime).latency_ms
 
 
@@ -518,14 +524,24 @@ def _check_known(
     """Every model, GPU, machine, scheduler and option of the grid exists, before the
     first row runs: a typo is one error now, not a column of failed rows and exit 0.
     (A combination that fails for what it is, a model too large for a GPU, say, is
-    still a row.)"""
+    still a row.) A model that is a graph file must exist and parse now: its rows load
+    it again by path, in the worker processes. Returns the graph files, loaded."""
     from schedulers.base import SchedulerError, make_scheduler
     from simgpu import hardware
+    from simgpu.graphfile import LoadedGraph, is_graph_file, load_graph
     from simgpu.models import MODELS
 
+    files: dict[str, LoadedGraph] = {}
     for m in models:
-        if m not in MODELS:
-            raise SweepError(f"unknown model '{printable(m)}' (see `simgpu models`)")
+        if is_graph_file(m):
+            try:
+                files[m] = load_graph(m)
+            except SimGPUError as e:
+                raise SweepError(str(e).strip().splitlines()[0]) from None
+        elif m not in MODELS:
+            raise SweepError(
+                f"unknown model '{printable(m)}' (see `simgpu models`), and no such graph file"
+            )
     for kind, name in targets:
         try:
             (hardware.load_gpu if kind == "gpu" else hardware.load_machine)(name)
@@ -537,6 +553,22 @@ def _check_known(
                 make_scheduler(sched, dict(o))
             except SchedulerError as e:
                 raise SweepError(str(e).strip().splitlines()[0]) from None
+    return files
+
+
+def combo_graph(model: str, batch: int, image_size: int | None, dtype: str) -> OpGraph:
+    """A row's graph: a built-in model, or the graph file the row names (loaded by path,
+    in whichever process runs the row). A simgpu graph file has its own batch and dtype,
+    which its rows record; IOS and ONNX files are rebuilt at the row's."""
+    from simgpu.graphfile import is_graph_file, load_graph
+    from simgpu.models import build_model
+
+    if not is_graph_file(model):
+        return build_model(model, batch, image_size, dtype)
+    own = load_graph(model)
+    if own.format == "opgraph":
+        return own.graph
+    return load_graph(model, batch=batch, image_size=image_size, dtype=dtype).graph
 
 
 def _runtimes_of(sched: str, opts: tuple[tuple[str, str], ...], asked: list[str]) -> list[str]:
@@ -568,8 +600,11 @@ def machine_for(gpu: str, machine: str) -> Machine:
 # --- results files --------------------------------------------------------------------
 
 
-def read_results(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a results CSV. A partial last line (a sweep killed mid-write) is ignored."""
+def read_results(
+    path: str | Path, hint: str = "give a results CSV written by `simgpu sweep`"
+) -> list[dict[str, str]]:
+    """Rows of a results CSV. A partial last line (a sweep killed mid-write) is ignored.
+    ``hint`` ends the error for a file that is not one: what the caller should do."""
     p = Path(path)
     data = read_bytes(p, SweepError)  # a regular file under the size limit
     try:
@@ -577,23 +612,20 @@ def read_results(path: str | Path) -> list[dict[str, str]]:
         text = _complete_prefix(data).decode("utf-8")
     except UnicodeDecodeError:
         raise SweepError(f"{p}: not a results CSV (not UTF-8 text)") from None
-    return _parse_results(text, str(p))
+    return _parse_results(text, str(p), hint)
 
 
 def _complete_prefix(data: bytes) -> bytes:
     return data[: data.rfind(b"\n") + 1]
 
 
-def _parse_results(text: str, source: str) -> list[dict[str, str]]:
+def _parse_results(text: str, source: str, hint: str) -> list[dict[str, str]]:
     if not text:
         return []
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader)
     if tuple(header) != COLUMNS:
-        raise SweepError(
-            f"{source}: not a simgpu sweep results file (its header differs); "
-            "give another output file"
-        )
+        raise SweepError(f"{source}: not a simgpu sweep results file (its header differs); {hint}")
     rows = []
     for n, rec in enumerate(reader, start=2):
         if len(rec) != len(COLUMNS):
@@ -895,7 +927,8 @@ def _run_locked(
 def _load_existing(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []
-    rows = read_results(path)
+    # the sweep appends to -o: a file of something else is not overwritten
+    rows = read_results(path, "give another output file (-o)")
     # Drop a partial last line now, so appended rows start on a line of their own.
     try:
         data = path.read_bytes()

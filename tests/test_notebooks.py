@@ -38,8 +38,8 @@ def test_notebook_is_committed_stripped(path: Path) -> None:
             assert cell.execution_count is None, f"{path.name}: cell {i} has an execution count"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path: Path, tmp_path: Path) -> None:
+def _execute(path: Path, cwd: Path) -> object:
+    """Run a notebook in ``cwd``; return it with its outputs."""
     nbformat = _need("nbformat")
     nbclient = _need("nbclient")
     from jupyter_client.kernelspec import NoSuchKernel
@@ -50,7 +50,7 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         nb,
         timeout=TIMEOUT_S,
         kernel_name=kernel,
-        resources={"metadata": {"path": str(tmp_path)}},  # files the notebook writes go here
+        resources={"metadata": {"path": str(cwd)}},  # files the notebook writes go here
     )
     try:
         client.execute()
@@ -58,6 +58,41 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"no Jupyter kernel {kernel!r} installed")
-    # execute() raised on any failing cell; the notebook must also have shown something
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    return nb
+
+
+def _text(nb: object) -> str:
+    out = []
+    for c in nb.cells:  # type: ignore[attr-defined]
+        if c.cell_type != "code":
+            continue
+        for o in c.outputs:
+            out.append(o.get("text", ""))
+            data = o.get("data", {})
+            out.append(data.get("text/markdown", "") + data.get("text/plain", ""))
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path: Path, tmp_path: Path) -> None:
+    nb = _execute(path, tmp_path)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]  # type: ignore[attr-defined]
     assert outputs, f"{path.name} ran but produced no output"
+    # whatever it writes goes under simgpu-out/ (git-ignored), nothing beside the notebook
+    assert {p.name for p in tmp_path.iterdir()} <= {"simgpu-out"}, list(tmp_path.iterdir())
+
+
+def test_notebook_02_says_when_no_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIMGPU_DATA pointing at a folder without traces: the notebook says so, replays a
+    synthetic trace and draws no error chart (a plain clone once showed a zero bar)."""
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("SIMGPU_DATA", str(empty))
+    (path,) = [p for p in NOTEBOOKS if p.name.startswith("02_")]
+    nb = _execute(path, tmp_path)
+    text = _text(nb)
+    assert "No real Kineto traces found" in text and str(empty / "kineto") in text
+    assert "Case that ran: synthetic trace" in text
+    assert "No error chart" in text
+    (chart,) = [c for c in nb.cells if "No error chart" in c.source]  # type: ignore[attr-defined]
+    assert chart.outputs and not any("image/png" in o.get("data", {}) for o in chart.outputs)
