@@ -8,6 +8,8 @@ caller's pyplot backend or global state.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ from simgpu.timeline import Timeline
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 _ROW_IN = 0.32  # inches of figure height per Gantt row
 _WIDTH_IN = 14.0
@@ -183,29 +186,296 @@ def plot_gantt(
     save_figure(fig, path, dpi=120)
 
 
-def plot_gantt_compare(
-    timelines: dict[str, Timeline],
-    path: str | PathLike[str],
-    max_kernels: int | None = None,
-) -> None:
-    """Stack several schedules' Gantts on a shared time axis, to compare schedulers."""
-    from matplotlib.figure import Figure
+# --- the comparison chart of ``simgpu run`` -----------------------------------------------
+#
+# Several schedules stacked, one panel each, fastest first. Each panel draws the host
+# thread(s) and the streams that ran anything (at most ``max_rows`` of them, the busiest;
+# a note in its title says how many more there were), coloured by kernel kind with one
+# key for the figure, and under it a strip of the share of SMs busy with its own time
+# axis. The figure is at most MAX_WIDTH_PX x MAX_HEIGHT_PX whatever the model and the
+# number of schedules: rows per panel shrink first, then the resolution.
 
-    items = list(timelines.items())
+MAX_WIDTH_PX = 2000
+MAX_HEIGHT_PX = 3000
+MAX_ROWS = 24  # stream rows per panel, at most
+_DPI = 120
+_CMP_ROW_IN = 0.24
+_PANEL_HEAD_IN = 0.45  # title and the space between panels
+_STRIP_IN = 0.65  # SM-busy strip with its tick labels and axis label
+_KEY_IN = 0.55  # the colour key on top
+
+# Kernel kinds by the name of the library kernel that implements an op (simgpu.kernels
+# names them; an imported or calibrated kernel falls in "other"). First match wins.
+KERNEL_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("split-K reduce", ("splitk_reduce",)),
+    ("convolution", ("conv", "winograd")),
+    ("matmul / GEMM", ("gemm", "bmm", "matmul", "linear")),
+    ("normalisation", ("norm",)),
+    ("softmax", ("softmax",)),
+    ("elementwise", ("elementwise", "relu", "add", "mul", "sigmoid", "gelu", "silu", "tanh")),
+    ("pooling", ("pool",)),
+    ("copy / concat / slice", ("copy", "concat", "slice", "transpose", "gather")),
+)
+OTHER_KIND = "other"
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of a kernel, from its name (see KERNEL_KINDS)."""
+    low = name.lower()
+    for kind, keys in KERNEL_KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return OTHER_KIND
+
+
+# tab10 without its red and green (the event markers) and its grey (host calls)
+_KIND_COLORS = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+                "#aec7e8", "#ffbb78", "#c5b0d5")  # fmt: skip
+
+
+def kind_color(kind: str) -> str:
+    """A fixed colour per kind, the same in every chart."""
+    names = [k for k, _ in KERNEL_KINDS] + [OTHER_KIND]
+    i = names.index(kind) if kind in names else zlib.crc32(kind.encode("utf-8"))
+    return _KIND_COLORS[i % len(_KIND_COLORS)]
+
+
+@dataclass(frozen=True)
+class PanelRows:
+    """What one panel shows: its rows top to bottom, and the streams left out."""
+
+    rows: list[tuple[str, tuple[str, int, int]]]
+    hidden_streams: int  # streams that ran something but have no row
+    hidden_kernels: int
+    hidden_share: float  # their share of the schedule's kernel time
+    empty_streams: int  # streams with commands only (no kernel, no copy): dropped
+
+
+def _ran_something(tl: Timeline) -> set[tuple[int, int]]:
+    """(device, stream) pairs that ran a kernel or a copy."""
+    return {(k.device, k.stream) for k in tl.kernels} | {(c.device, c.stream) for c in tl.copies}
+
+
+def panel_rows(tl: Timeline, max_rows: int = MAX_ROWS) -> PanelRows:
+    """Host rows, then the ``max_rows`` busiest streams that ran a kernel or a copy, in
+    (device, stream) order, then one row holding the kernels of the streams left out.
+    Streams that only recorded or waited on events are dropped."""
+    busy: dict[tuple[int, int], float] = {}
+    count: dict[tuple[int, int], int] = {}
+    for k in tl.kernels:
+        key = (k.device, k.stream)
+        busy[key] = busy.get(key, 0.0) + max(k.end_us - k.start_us, 0.0)
+        count[key] = count.get(key, 0) + 1
+    for c in tl.copies:
+        key = (c.device, c.stream)
+        busy[key] = busy.get(key, 0.0) + max(c.end_us - c.start_us, 0.0)
+        count.setdefault(key, 0)
+    used = sorted(busy)
+    # one stream left out would take the row its "more streams" row takes: show it
+    cap = len(used) if len(used) <= max_rows + 1 else max(max_rows, 0)
+    keep = set(sorted(used, key=lambda s: (-busy[s], s))[:cap])
+    multi = len({d for d, _ in tl.streams} | {h.device for h in tl.host}) > 1
+    rows: list[tuple[str, tuple[str, int, int]]] = []
+    for dev in sorted({h.device for h in tl.host}):
+        rows.append((f"host (GPU {dev})" if multi else "host", ("host", dev, 0)))
+    for dev, stream in used:
+        if (dev, stream) in keep:
+            label = f"GPU {dev} stream {stream}" if multi else f"stream {stream}"
+            rows.append((label, ("s", dev, stream)))
+    hidden = [s for s in used if s not in keep]
+    if hidden:  # their kernels still show, together on one last row
+        rows.append((f"{len(hidden)} more streams", ("rest", 0, 0)))
+    total = sum(busy.values())
+    return PanelRows(
+        rows,
+        len(hidden),
+        sum(count[s] for s in hidden),
+        (sum(busy[s] for s in hidden) / total) if total > 0 else 0.0,
+        len(set(tl.streams) - set(used)),
+    )
+
+
+def _draw_panel(ax: Axes, tl: Timeline, pr: PanelRows, max_kernels: int | None) -> set[str]:
+    """Bars by kernel kind on the panel's rows; returns the kinds drawn."""
+    row_of = {key: i for i, (_, key) in enumerate(pr.rows)}
+    rest = row_of.get(("rest", 0, 0))
+    kernels = sorted(tl.kernels, key=lambda k: (k.start_us, k.device, k.stream, k.end_us))
+    if max_kernels is not None:
+        kernels = kernels[: max(0, max_kernels)]
+    bars: dict[int, tuple[list[tuple[float, float]], list[Any]]] = {}
+    kinds: set[str] = set()
+    for k in kernels:
+        y = row_of.get(("s", k.device, k.stream), rest)
+        if y is None:
+            continue
+        kind = kernel_kind(k.name)
+        kinds.add(kind)
+        xr, cols = bars.setdefault(y, ([], []))
+        xr.append((k.start_us / 1e3, max(k.end_us - k.start_us, 0.0) / 1e3))
+        cols.append(kind_color(kind))
+    for h in tl.host:
+        y = row_of.get(("host", h.device, 0))
+        if y is None:
+            continue
+        xr, cols = bars.setdefault(y, ([], []))
+        xr.append((h.start_us / 1e3, max(h.end_us - h.start_us, 0.0) / 1e3))
+        cols.append(_SYNC_COLOR if "sync" in h.api else _HOST_COLOR)
+    for y, (xr, cols) in sorted(bars.items()):
+        ax.broken_barh(xr, (y - 0.4, 0.8), facecolors=cols, edgecolor="white", linewidth=0.2)
+    copy_rows: dict[int, list[tuple[float, float]]] = {}
+    for c in tl.copies:
+        y = row_of.get(("s", c.device, c.stream), rest)
+        if y is not None:
+            copy_rows.setdefault(y, []).append(
+                (c.start_us / 1e3, max(c.end_us - c.start_us, 0.0) / 1e3)
+            )
+    for y, xr in sorted(copy_rows.items()):
+        ax.broken_barh(xr, (y - 0.3, 0.6), facecolors="none", edgecolor=_COPY_COLOR,
+                       hatch="////", linewidth=0.6)  # fmt: skip
+    for kind, marker, color, dy in (
+        ("record", "^", "#2ca02c", 0.3),
+        ("wait", "v", "#d62728", -0.3),
+    ):
+        pts = [
+            (c.done_us / 1e3, row_of[("s", c.device, c.stream)] + dy)
+            for c in tl.commands
+            if c.kind == kind and ("s", c.device, c.stream) in row_of
+        ]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.scatter(xs, ys, marker=marker, s=6, color=color, zorder=3, linewidths=0, alpha=0.8)
+    fs = 7 if len(pr.rows) <= 16 else 6
+    ax.set_yticks(range(len(pr.rows)), [label for label, _ in pr.rows], fontsize=fs)
+    ax.set_ylim(len(pr.rows) - 0.5 if pr.rows else 0.5, -0.5)  # first row on top
+    ax.grid(axis="x", linewidth=0.4, alpha=0.5)
+    ax.tick_params(axis="x", labelbottom=False)  # the strip under the panel carries them
+    return kinds
+
+
+def _draw_sm_share(ax: Axes, tl: Timeline, end_ms: float) -> None:
+    """Share of each device's SMs busy over time, as a step plot in percent."""
+    for dev, points in enumerate(tl.counters):
+        if not points:
+            continue
+        n = tl.sm_counts[dev] if dev < len(tl.sm_counts) and tl.sm_counts[dev] else 1
+        xs = [t / 1e3 for t, *_ in points] + [end_ms]
+        ys = [100.0 * busy / n for _, busy, *_ in points]
+        ys.append(ys[-1])
+        ax.step(xs, ys, where="post", linewidth=0.7, color="#4c72b0" if dev == 0 else None)
+        ax.fill_between(xs, ys, step="post", alpha=0.25, color="#4c72b0" if dev == 0 else None)
+    ax.set_ylim(0, 105)
+    ax.set_yticks([0, 50, 100], ["0", "50", "100%"], fontsize=6)
+    ax.set_ylabel("SMs busy", fontsize=7, rotation=0, ha="right", va="center")
+    ax.tick_params(axis="x", labelsize=7, labelbottom=True)
+    ax.set_xlabel("time (ms)", fontsize=7, labelpad=1)
+    ax.grid(linewidth=0.4, alpha=0.5)
+
+
+def _layout(rows: list[tuple[int, int]], max_rows: int) -> tuple[int, float, int]:
+    """(stream rows per panel, figure height in inches, dpi) for panels of (host rows,
+    stream rows) that keep the figure within MAX_HEIGHT_PX: fewer stream rows per panel
+    first (down to 2), then a lower resolution."""
+
+    def height(cap: int) -> float:
+        return _KEY_IN + sum(
+            _PANEL_HEAD_IN + _CMP_ROW_IN * max(h + min(n, cap) + (n > cap), 1) + _STRIP_IN
+            for h, n in rows
+        )
+
+    cap = max(max_rows, 1)
+    while cap > 2 and height(cap) * _DPI > MAX_HEIGHT_PX:
+        cap -= 1
+    h = height(cap)
+    dpi = min(_DPI, int(MAX_HEIGHT_PX // h), int(MAX_WIDTH_PX // _WIDTH_IN))
+    return cap, h, max(dpi, 10)
+
+
+def gantt_compare_figure(
+    timelines: Mapping[str, Timeline],
+    max_kernels: int | None = None,
+    max_rows: int = MAX_ROWS,
+) -> tuple[Figure, int]:
+    """The comparison figure and the dpi to save it at (see the section comment)."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    items = sorted(timelines.items(), key=lambda kv: (kv[1].makespan_us, kv[0]))
     if not items:
         raise ValueError("plot_gantt_compare needs at least one timeline")
-    heights = [0.7 + _ROW_IN * max(len(_rows(tl)), 1) for _, tl in items]
-    fig = Figure(figsize=(_WIDTH_IN, sum(heights) + 0.6), layout="constrained")
-    axes = fig.subplots(
-        len(items), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights}
-    )[:, 0]
-    for ax, (name, tl) in zip(axes, items, strict=True):
-        _draw_gantt(ax, tl, max_kernels)
-        ax.set_title(f"{name} — makespan {tl.makespan_us / 1e3:.3f} ms", fontsize=9, loc="left")
+    rows = [(len({h.device for h in tl.host}), len(_ran_something(tl))) for _, tl in items]
+    cap, height, dpi = _layout(rows, max_rows)
+    prs = [panel_rows(tl, cap) for _, tl in items]
+    fig = Figure(figsize=(_WIDTH_IN, height), layout="constrained")
+    ratios: list[float] = []
+    for pr in prs:
+        ratios += [_PANEL_HEAD_IN * 0.4 + _CMP_ROW_IN * max(len(pr.rows), 1), _STRIP_IN * 0.55]
+    axes = fig.subplots(len(ratios), 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": ratios})[:, 0]  # fmt: skip
     end = max(_x_end_ms(tl) for _, tl in items)
+    best = items[0][1].makespan_us
+    kinds: set[str] = set()
+    for i, ((name, tl), pr) in enumerate(zip(items, prs, strict=True)):
+        ax, strip = axes[2 * i], axes[2 * i + 1]
+        kinds |= _draw_panel(ax, tl, pr, max_kernels)
+        _draw_sm_share(strip, tl, end)
+        ms = tl.makespan_us / 1e3
+        if i == 0:
+            head = f"{i + 1}. {name} — {ms:.3f} ms  (fastest)"
+        else:
+            ratio = tl.makespan_us / best if best > 0 else float("inf")
+            head = f"{i + 1}. {name} — {ms:.3f} ms  ({ratio:.2f}x the fastest)"
+        if pr.hidden_streams:
+            head += (f"  ·  {pr.hidden_streams} more streams not shown, their "
+                     f"{pr.hidden_kernels} kernels ({100 * pr.hidden_share:.0f}% of kernel time) "
+                     "on the last row")  # fmt: skip
+        ax.set_title(head, fontsize=9, loc="left", fontweight="bold" if i == 0 else "normal",
+                     color="#1a7f37" if i == 0 else "black")  # fmt: skip
+        if i == 0:
+            for side in ax.spines.values():
+                side.set_edgecolor("#1a7f37")
+                side.set_linewidth(1.5)
     axes[-1].set_xlim(0, end * 1.01)
-    axes[-1].set_xlabel("time (ms)")
-    save_figure(fig, path, dpi=120)
+    handles: list[Any] = [
+        Patch(facecolor=kind_color(k), label=k)
+        for k in [k for k, _ in KERNEL_KINDS] + [OTHER_KIND]
+        if k in kinds
+    ]
+    handles += [
+        Patch(facecolor=_HOST_COLOR, label="host API call"),
+        Patch(facecolor=_SYNC_COLOR, label="host synchronize"),
+    ]
+    if any(tl.copies for _, tl in items):
+        handles.append(
+            Patch(facecolor="none", edgecolor=_COPY_COLOR, hatch="////", label="peer copy")
+        )
+    handles += [
+        Line2D([], [], marker="^", linestyle="", color="#2ca02c", label="event record"),
+        Line2D([], [], marker="v", linestyle="", color="#d62728", label="event wait"),
+    ]
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 7),
+               fontsize=7, frameon=False)  # fmt: skip
+    return fig, dpi
 
 
-__all__ = ["op_color", "plot_gantt", "plot_gantt_compare"]
+def plot_gantt_compare(
+    timelines: Mapping[str, Timeline],
+    path: str | PathLike[str],
+    max_kernels: int | None = None,
+    max_rows: int = MAX_ROWS,
+) -> Figure:
+    """Stack several schedules' Gantts, fastest first, to compare schedulers (see the
+    section comment for what each panel shows); returns the figure written."""
+    fig, dpi = gantt_compare_figure(timelines, max_kernels, max_rows)
+    save_figure(fig, path, dpi=dpi)
+    return fig
+
+
+__all__ = [
+    "gantt_compare_figure",
+    "kernel_kind",
+    "op_color",
+    "panel_rows",
+    "plot_gantt",
+    "plot_gantt_compare",
+]
