@@ -832,6 +832,7 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
             -results.index(r),
         ),
     )
+    written: list[tuple[str, str]] = []
     try:
         if args.trace or args.gantt:
             from simgpu.multitenant.outputs import plot_tenant_gantt, write_chrome_trace
@@ -841,15 +842,18 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
                 per_file = args.trace and "{scheduler}" in args.trace
                 if r is best or per_file or (args.gantt and len(results) > 1):
                     runs[r.name] = rerun(ev, r)
+            if args.gantt:
+                plot_tenant_gantt(runs if len(results) > 1 else {best.name: runs[best.name]},
+                                  args.gantt)  # fmt: skip
+                written.append(("gantt", args.gantt))
             if args.trace:
                 if "{scheduler}" in args.trace:
                     for n, run in runs.items():
                         write_chrome_trace(run, args.trace.replace("{scheduler}", n), title=n)
+                        written.append(("trace", args.trace.replace("{scheduler}", n)))
                 else:
                     write_chrome_trace(runs[best.name], args.trace, title=best.name)
-            if args.gantt:
-                plot_tenant_gantt(runs if len(results) > 1 else {best.name: runs[best.name]},
-                                  args.gantt)  # fmt: skip
+                    written.append(("trace", args.trace))
     except (OSError, ValueError) as e:
         raise SimGPUError(f"cannot write output: {e}") from None
     rows = [r.metrics.to_json() for r in results]
@@ -913,9 +917,8 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
             ["tenant", "req/s", "p50 ms", "p99 ms", "completed", "dropped"],
         )
     )
-    for label, path in (("gantt", args.gantt), ("trace", args.trace)):
-        if path:
-            print(f"{label}: {path}")
+    for label, path in written:
+        print(f"{label}: {path}")
     return 0
 
 

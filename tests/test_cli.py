@@ -690,3 +690,232 @@ def test_graph_with_out_of_range_norm_axis(
         {"name": "n", "kind": "layernorm", "inputs": ["x"], "shape": [2, 8], "attrs": {"axis": 5}},
     ]
     assert "op 'n'" in run_error(capsys, "simulate", str(_graph_file(tmp_path, ops)))
+
+
+# --- issue 18: users' own models, help, metadata and outputs ----------------------------
+
+
+def _tiny_onnx(path: Path) -> Path:
+    """A two-node ONNX model (Conv, Relu) with a symbolic batch."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto as TP
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+
+    nodes = [
+        oh.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1] * 4),
+        oh.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
+    g = oh.make_graph(
+        nodes,
+        "tiny",
+        [oh.make_tensor_value_info("x", TP.FLOAT, ["N", 3, 32, 32])],
+        [oh.make_tensor_value_info("y", TP.FLOAT, ["N", 8, 32, 32])],
+        [nh.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")],
+    )
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_run_takes_graph_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`run FILE` for a simgpu graph JSON and an ONNX model, as for a built-in name."""
+    g = _graph_file(tmp_path, SMALL_OPS)
+    out = run_json(capsys, "run", str(g), "--scheduler", "sequential", "--scheduler", "lios",
+                   "--json")  # fmt: skip
+    assert out["format"] == "opgraph" and out["source"] == str(g) and out["ops"] == 4
+    assert out["batch"] == 1 and out["image_size"] == 28  # a square NCHW input
+    assert [r["status"] for r in out["results"]] == ["ok", "ok"]
+    onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
+    out = run_json(capsys, "run", str(onnx_path), "--scheduler", "sequential", "--batch", "4",
+                   "--json")  # fmt: skip
+    assert out["format"] == "onnx" and out["batch"] == 4 and out["image_size"] == 32
+    text = run_ok(capsys, "run", str(onnx_path), "--scheduler", "sequential")
+    assert "batch 1" in text and "sequential" in text
+    err = run_error(capsys, "run", str(g), "--batch", "2")
+    assert "fixed shapes" in err
+    err = run_error(capsys, "run", str(onnx_path), "--image-size", "64")
+    assert "--image-size applies to built-in models" in err
+    assert "r50.json: no such file" in run_error(capsys, "run", "r50.json")
+    assert "unknown model" in run_error(capsys, "run", "resnet_typo")
+
+
+def test_run_json_reports_the_image_size(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(capsys, "run", "squeezenet1_1", "--scheduler", "sequential", "--json")
+    assert out["image_size"] == MODELS["squeezenet1_1"].default_image_size == 224
+    assert out["format"] == "model" and out["source"] is None
+    out = run_json(capsys, "run", "squeezenet1_1", "--image-size", "64", "--scheduler",
+                   "sequential", "--json")  # fmt: skip
+    assert out["image_size"] == 64
+
+
+def test_simulate_compares_several_schedulers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    g = _graph_file(tmp_path, SMALL_OPS)
+    out = run_json(capsys, "simulate", str(g), "--scheduler", "all", "--json")
+    assert [r["scheduler"] for r in out["results"]] == scheduler_names(single_gpu_only=True)
+    text = run_ok(capsys, "simulate", str(g), "--scheduler", "sequential", "--scheduler", "lios")
+    assert "speedup" in text and "lios" in text and "vs bound" in text
+    # one scheduler keeps the single-schedule table
+    one = run_json(capsys, "simulate", str(g), "--scheduler", "lios", "--json")
+    assert one["schedule"] == "lios"
+
+
+def test_run_prints_the_trace_files_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pattern = str(tmp_path / "x_{scheduler}.json")
+    text = run_ok(capsys, "run", "squeezenet1_1", "--scheduler", "sequential", "--scheduler",
+                  "lios", "--trace", pattern)  # fmt: skip
+    lines = [ln for ln in text.splitlines() if ln.startswith("trace: ")]
+    assert lines == [
+        f"trace: {tmp_path / 'x_sequential.json'}",
+        f"trace: {tmp_path / 'x_lios.json'}",
+    ]
+    assert "{scheduler}" not in text
+
+
+def test_scheduler_error_is_not_prefixed_twice(capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_error(capsys, "run", "squeezenet1_1", "--scheduler", "lios", "--option",
+                    "lios.streams=0")  # fmt: skip
+    assert "lios: streams must be at least 1" in err
+    assert "lios: lios:" not in err
+
+
+def test_report_on_a_bad_file_says_what_to_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "x.csv"
+    bad.write_text("a,b\n1,2\n")
+    err = run_error(capsys, "report", str(bad))
+    assert "not a simgpu sweep results file" in err
+    assert "another output file" not in err and "written by `simgpu sweep`" in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"simgpu {version('simgpu')}"
+
+
+HELP_COMMANDS = ("run", "simulate", "explain", "sweep", "multitenant", "export", "models",
+                 "gpus", "machines", "schedulers", "runtimes", "report")  # fmt: skip
+
+
+def test_every_flag_has_help() -> None:
+    import argparse
+
+    from simgpu.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name in HELP_COMMANDS:
+        for action in sub.choices[name]._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, missing
+
+
+def test_models_table_has_flops_and_image_size(capsys: pytest.CaptureFixture[str]) -> None:
+    table = run_ok(capsys, "models").splitlines()
+    header = table[0].split()
+    assert "GFLOPs" in header and "image" in header
+    inc = next(ln for ln in table if ln.startswith("inception_v3 "))
+    g = build_model("inception_v3")
+    assert f"{g.flops / 1e9:.2f}" in inc.split() and "299" in inc.split()
+    bert = next(ln for ln in table if ln.startswith("bert_base "))
+    assert " - " in bert  # no image input
+
+
+def test_schedulers_json_lists_options_and_whole_sentences(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import dataclasses
+
+    from schedulers.base import discover
+
+    data = run_json(capsys, "schedulers", "--json")
+    by = {s["name"]: s for s in data}
+    for name, info in discover().items():
+        fields = {f.name: f for f in dataclasses.fields(info.cls) if f.init}
+        assert [o["name"] for o in by[name]["options"]] == list(fields)
+        for o in by[name]["options"]:
+            f = fields[o["name"]]
+            if f.default is not dataclasses.MISSING:
+                assert o["default"] == f.default
+            assert o["type"]
+        assert by[name]["description"].rstrip().endswith((".", ")")), by[name]["description"]
+    ios = {o["name"]: o for o in by["ios"]["options"]}
+    assert ios["r"]["type"] == "int" and ios["r"]["default"] == fields_default("ios", "r")
+    table = run_ok(capsys, "schedulers")
+    hios = next(ln for ln in table.splitlines() if ln.startswith("hios "))
+    assert hios.rstrip().endswith(".")  # not cut mid-sentence
+
+
+def fields_default(sched: str, name: str) -> object:
+    import dataclasses
+
+    from schedulers.base import discover
+
+    (f,) = [f for f in dataclasses.fields(discover()[sched].cls) if f.name == name]
+    return f.default
+
+
+def test_run_progress_only_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """`run` prints a line per scheduler as it finishes on a terminal, nothing elsewhere."""
+    import io
+
+    from simgpu.cli import _Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        p = _Progress(2, stream)
+        for n in ("a", "b"):
+            p.start(n)
+            p.finish(n, "1.000 ms")
+    assert pipe.getvalue() == ""
+    lines = tty.getvalue().split("\n")
+    assert lines[0].startswith("[1/2] a ...\r") and lines[0].endswith("[1/2] a: 1.000 ms (0.0 s)")
+    assert "[2/2] b: 1.000 ms" in lines[1]
+    run_ok(capsys, "run", "squeezenet1_1", "--scheduler", "sequential", "--scheduler", "lios")
+    assert capsys.readouterr().err == ""  # captured stderr is no terminal
+
+
+def test_run_progress_on_a_pseudo_terminal() -> None:
+    """End to end: stderr a pty gets one line per scheduler; stdout is the table."""
+    import os
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*_cli(), "run", "squeezenet1_1", "--scheduler", "sequential", "--scheduler", "lios"],
+        stdout=subprocess.PIPE, stderr=slave, text=True,
+    )  # fmt: skip
+    os.close(slave)
+    out, _ = proc.communicate(timeout=120)
+    err = b""
+    while select.select([master], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        err += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    text = err.decode()
+    assert "[1/2] sequential:" in text and "[2/2] lios:" in text
+    assert "[1/2]" not in out and "lios" in out

@@ -221,7 +221,7 @@ def test_toml_errors_are_one_cli_line(tmp_path: Path, capsys) -> None:
     line = run_error(capsys, "sweep", "--grid", str(p), "-o", str(tmp_path / "r.csv"))
     assert "not valid TOML" in line and str(p) in line
     line = run_error(capsys, "sweep", "--grid", str(tmp_path / "missing.toml"), "-o", "x.csv")
-    assert "cannot read grid" in line
+    assert "no such file" in line
     line = run_error(capsys, "sweep", "-o", str(tmp_path / "r.csv"))
     assert "no model" in line
     line = run_error(capsys, "sweep", "--model", "m", "--option", "bad", "-o", "r.csv")
@@ -773,3 +773,63 @@ def test_sigterm_stops_the_workers_and_keeps_the_finished_rows(tmp_path: Path) -
     _, alive = psutil.wait_procs(family, timeout=15)
     assert not alive, [p.cmdline() for p in alive]
     assert len(read_results(out)) >= 1  # the finished rows are kept
+
+
+# --- graph files as models (issue 18) ---------------------------------------------------
+
+
+def test_a_model_may_be_a_graph_file(tmp_path: Path) -> None:
+    """A simgpu graph JSON in the grid: its rows hold the path, load it by path in the
+    worker processes, keep its own batch, and give the same latency as the built-in model."""
+    from simgpu.models import build_model
+    from simgpu.report import make_report
+
+    path = tmp_path / "sq.json"
+    build_model("squeezenet1_1", batch=2, image_size=64).save(path)
+    grid = Grid(models=[str(path), "squeezenet1_1"], batches=[2], image_sizes=[64],
+                gpus=["v100"], schedulers=["sequential", "lios"])  # fmt: skip
+    res = run_sweep(grid, tmp_path / "r.csv", workers=2, progress=False)
+    assert res.failed == 0 and res.ran == 4
+    rows = read_results(tmp_path / "r.csv")
+    files = [r for r in rows if r["model"] == str(path)]
+    built = [r for r in rows if r["model"] == "squeezenet1_1"]
+    assert len(files) == len(built) == 2
+    for f, b in zip(files, built, strict=True):
+        assert f["batch"] == "2" and f["image_size"] == "" and f["scheduler"] == b["scheduler"]
+        assert f["latency_ms"] == b["latency_ms"]  # the same graph, bit for bit
+    # a simgpu graph file keeps its batch: a batch axis collapses to it
+    combos = Grid(models=[str(path)], batches=[1, 4], schedulers=["sequential"]).combos()
+    assert [c.batch for c in combos] == [2]
+    rep = make_report(tmp_path / "r.csv", tmp_path / "rep", max_gantt=1)  # resimulates a row
+    assert rep.markdown.exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [("missing.json", "missing.json: no such file"), ("bad.json", "bad.json"),
+     ("squeezenet_typo", "unknown model 'squeezenet_typo'")],
+)  # fmt: skip
+def test_a_bad_graph_file_stops_the_sweep_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, why: str
+) -> None:
+    (tmp_path / "bad.json").write_text('{"format": "simgpu.graph", "ops": [')
+    spec = model if model.startswith("squeezenet") else str(tmp_path / model)
+    out = tmp_path / "r.csv"
+    err = run_error(capsys, "sweep", "--model", spec, "-o", str(out))
+    assert why in err
+    assert not out.exists()  # nothing ran
+
+
+def test_progress_into_a_redirected_stderr_has_no_frames(tmp_path: Path) -> None:
+    """stderr to a file (not a terminal): whole lines, never carriage-return redraws."""
+    exe = Path(sys.executable).with_name("simgpu")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "simgpu.cli"]
+    log = tmp_path / "err.log"
+    argv = ["sweep", "--model", "squeezenet1_1", "--image-size", "64", "--scheduler",
+            "sequential", "--scheduler", "lios", "--workers", "1", "-o", str(tmp_path / "r.csv")]  # fmt: skip
+    with log.open("w") as f:
+        p = subprocess.run(cmd + argv, stdout=subprocess.PIPE, stderr=f, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text
+    assert "sweep 2/2" in text  # a log still learns how far it got
