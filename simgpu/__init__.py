@@ -32,7 +32,16 @@ _EXPORTS = {
     "Timeline": "simgpu.timeline",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "Timeline",
+    "__version__",
+    "build_model",
+    "load_gpu",
+    "load_graph",
+    "load_machine",
+    "run_scheduler",
+    "simulate",
+]
 
 if TYPE_CHECKING:
     from schedulers.base import run_scheduler
