@@ -329,7 +329,7 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
                 sync_args[corr] = {
                     k: _opt_int(args.get(k), f"args.{k}")
                     for k in ("wait_on_cuda_event_record_corr_id", "wait_on_stream", "device",
-                              "stream")
+                              "stream", "wait_on_device")
                 }  # fmt: skip
             elif cat in CALL_CATEGORIES:
                 tid = e.get("tid", 0)  # a thread id may be a name: it only groups calls
@@ -377,7 +377,9 @@ def parse_trace(data: Any, source: str = "<trace>") -> KinetoTrace:
     for a in sync_args.values():
         rc, ws = a["wait_on_cuda_event_record_corr_id"], a["wait_on_stream"]
         if rc is not None and rc >= 0 and ws is not None and ws not in NO_STREAM:
-            rec_stream.setdefault(rc, (ws, a["device"] or 0))
+            # simgpu names the recording device of a cross-GPU wait; Kineto does not
+            dev = a["wait_on_device"] if a["wait_on_device"] is not None else a["device"]
+            rec_stream.setdefault(rc, (ws, dev or 0))
     records, waits, syncs = [], [], []
     for c in calls:
         if c.name in RECORD_CALLS:

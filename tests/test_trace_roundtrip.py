@@ -70,6 +70,10 @@ def test_replay_gets_the_simulated_span_back(name: str, tmp_path: Path) -> None:
     span_ms = _gpu_span_us(res.timeline) / 1e3
     assert rep.recorded_ms == pytest.approx(span_ms, abs=2e-6)  # the trace's whole nanoseconds
     assert abs(rep.simulated_ms - span_ms) <= 0.01 * span_ms, (name, rep.to_json())
+    # every event wait of the schedule is replayed as one, none left to the host gaps
+    waits = sum(1 for c in res.timeline.commands if c.kind == "wait")
+    assert rep.counts["waits"] + rep.counts["graph_waits"] == waits
+    assert rep.counts["waits_host_only"] == rep.counts["records_host_only"] == 0
 
 
 @pytest.mark.parametrize("name", scheduler_names())
