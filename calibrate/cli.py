@@ -18,6 +18,11 @@ from simgpu.output import dumps
 
 
 def _progress(step: str):
+    """A one-line progress bar on a terminal; nothing when stderr is a file or a pipe
+    (carriage-return frames would fill a log)."""
+    if not sys.stderr.isatty():
+        return lambda name, i, n: None
+
     def show(name: str, i: int, n: int) -> None:
         width = 20
         done = width * i // max(n, 1)

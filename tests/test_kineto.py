@@ -513,3 +513,12 @@ def test_every_replay_and_calibrate_flag_has_help():
 
     walk(parser, "")
     assert not missing, missing
+
+
+def test_calibrate_progress_is_silent_off_a_terminal(capsys):
+    from calibrate.cli import _progress
+
+    show = _progress("microbench")  # stderr is captured here: not a terminal
+    for i in range(3):
+        show(f"bench{i}", i, 3)
+    assert capsys.readouterr().err == ""
