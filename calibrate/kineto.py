@@ -21,6 +21,17 @@ times are never used. The host side is replayed one of two ways:
 - ``host="median"``: no gaps; the GPU spec's host costs are the trace's medians
   (:func:`calibrate.fit.fit_host_costs`) — what a simulation of a schedule would use.
 
+simgpu's own traces (:mod:`simgpu.chrome_trace`) read the same way: their GPU is the
+preset they name, and the event records and waits inside a CUDA Graph, which CUPTI does
+not report, are cuda_sync events tied to their cudaGraphLaunch (:class:`GraphNode`), so
+a graph's cross-stream dependencies replay too.
+
+The comparison reports more than the GPU span (first activity start to last end), which
+a trace idle most of its span matches whatever the starts: per-activity start errors
+(mean and p95 of |simulated - recorded| start, from the host origin and with both first
+activities aligned), the GPU busy time (union of activity intervals) per device and per
+stream, and per-stream spans.
+
 What would make the recorded mode exact without the extra device: an optional
 per-command host cost (or absolute issue time) on ``Launch``/``Record``/``Wait`` that
 ``Simulation.host`` uses in place of the spec's per-API cost.
