@@ -352,8 +352,12 @@ def _draw_panel(ax: Axes, tl: Timeline, pr: PanelRows, max_kernels: int | None) 
     return kinds
 
 
+_DEVICE_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+
+
 def _draw_sm_share(ax: Axes, tl: Timeline, end_ms: float) -> None:
     """Share of each device's SMs busy over time, as a step plot in percent."""
+    drawn = 0
     for dev, points in enumerate(tl.counters):
         if not points:
             continue
@@ -361,14 +365,18 @@ def _draw_sm_share(ax: Axes, tl: Timeline, end_ms: float) -> None:
         xs = [t / 1e3 for t, *_ in points] + [end_ms]
         ys = [100.0 * busy / n for _, busy, *_ in points]
         ys.append(ys[-1])
-        ax.step(xs, ys, where="post", linewidth=0.7, color="#4c72b0" if dev == 0 else None)
-        ax.fill_between(xs, ys, step="post", alpha=0.25, color="#4c72b0" if dev == 0 else None)
+        color = _DEVICE_COLORS[dev % len(_DEVICE_COLORS)]
+        ax.step(xs, ys, where="post", linewidth=0.7, color=color, label=f"GPU {dev}")
+        ax.fill_between(xs, ys, step="post", alpha=0.2, color=color)
+        drawn += 1
     ax.set_ylim(0, 105)
     ax.set_yticks([0, 50, 100], ["0", "50", "100%"], fontsize=6)
     ax.set_ylabel("SMs busy", fontsize=7, rotation=0, ha="right", va="center")
     ax.tick_params(axis="x", labelsize=7, labelbottom=True)
     ax.set_xlabel("time (ms)", fontsize=7, labelpad=1)
     ax.grid(linewidth=0.4, alpha=0.5)
+    if drawn > 1:
+        ax.legend(loc="upper right", fontsize=6, ncol=drawn, frameon=False)
 
 
 def _layout(rows: list[tuple[int, int]], max_rows: int) -> tuple[int, float, int]:
