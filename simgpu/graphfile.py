@@ -14,6 +14,7 @@ from typing import Any
 
 from simgpu.errors import FormatError, SimGPUError
 from simgpu.graph import OpGraph
+from simgpu.output import printable
 
 
 @dataclass
@@ -84,13 +85,14 @@ def load_graph(
             g = build_model(spec, batch=batch or 1, image_size=image_size, dtype=dtype or "fp32")
             return LoadedGraph(g, "model", spec=spec)
         raise SimGPUError(
-            f"{spec}: unknown model, and no such file (see `simgpu models`; a graph file "
-            "is simgpu graph JSON, IOS graph JSON or ONNX)"
+            f"{printable(spec)}: unknown model, and no such file (see `simgpu models`; a "
+            "graph file is simgpu graph JSON, IOS graph JSON or ONNX)"
         )
     path = Path(spec)
     if image_size is not None:
         raise SimGPUError(
-            f"{spec}: --image-size applies to built-in models; a graph file has its own shapes"
+            f"{printable(spec)}: --image-size applies to built-in models; a graph file has "
+            "its own shapes"
         )
     if file_format(path) == "onnx":
         from simgpu.models.onnx import load_onnx

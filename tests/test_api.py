@@ -76,3 +76,7 @@ def test_importing_simgpu_is_cheap_and_the_simulator_knows_no_scheduler() -> Non
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_all_lists_exactly_the_exports() -> None:
+    assert set(simgpu.__all__) - {"__version__"} == set(simgpu._EXPORTS)
