@@ -26,7 +26,10 @@ from simgpu.timeline import HostRecord, Timeline
 
 #: What a step waited for, in the order ties are broken (a GPU-side cause first: it
 #: continues the path on the device, where the time was spent).
-CAUSES = ("stream", "event", "queue", "host", "SM space", "synchronize", "host thread", "start")
+CAUSES = (
+    "stream", "event", "queue", "host", "SM space", "synchronize", "host thread", "hand-off",
+    "start",
+)  # fmt: skip
 
 
 @dataclass
@@ -129,7 +132,7 @@ class Explanation:
         the commands it issued while the GPU had nothing before them."""
         return sum(
             (s.end_us - s.start_us if s.side == "host" else 0.0)
-            + (s.wait_us if s.cause in ("host", "host thread") else 0.0)
+            + (s.wait_us if s.cause in ("host", "host thread", "hand-off") else 0.0)
             for s in self.path
         )
 
@@ -580,18 +583,27 @@ def format_text(ex: Explanation, title: str, against_name: str | None = None, to
                                "wait us"], right={0, 1, 6}))  # fmt: skip
     lines.append("")
     lines.append("per stream (us): running, and waiting between commands for each cause")
+    shown = ex.streams
+    if len(shown) > 2 * top:  # the streams that waited most; the JSON has every one
+        shown = sorted(shown, key=lambda s: -(s.event_us + s.queue_us + s.sm_us))[: 2 * top]
+        shown.sort(key=lambda s: (s.device, s.stream))
     rows = [
         [f"d{s.device}/s{s.stream}", str(s.commands), f"{s.busy_us:.1f}", f"{s.host_us:.1f}",
          f"{s.event_us:.1f}", f"{s.queue_us:.1f}", f"{s.sm_us:.1f}", f"{s.after_us:.1f}"]
-        for s in ex.streams
+        for s in shown
     ]  # fmt: skip
     lines.append(_table(rows, ["stream", "commands", "running", "host", "events", "queue",
                                "SM space", "after end"],
                         right=set(range(1, 8))))  # fmt: skip
+    if len(shown) < len(ex.streams):
+        lines.append(
+            f"({len(shown)} of {len(ex.streams)} streams: those that waited most; --json has all)"
+        )
     if ex.ops is not None and against_name is not None:
         both = [o for o in ex.ops if o.delta_us is not None]
-        lost = [o for o in both if o.delta_us > 0][:top]
-        gained = sorted((o for o in both if o.delta_us < 0), key=lambda o: o.delta_us)[:top]
+        # a change under a hundredth of a microsecond is float noise, not a gain
+        lost = [o for o in both if o.delta_us > 0.01][:top]
+        gained = sorted((o for o in both if o.delta_us < -0.01), key=lambda o: o.delta_us)[:top]
         for label, group in (("lost most", lost), ("gained most", gained)):
             lines.append("")
             lines.append(f"ops that {label} against {against_name} (kernel time, us):")
