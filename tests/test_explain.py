@@ -176,3 +176,19 @@ def test_cli_explain_file_text_and_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert "unknown scheduler 'nope'" in err
     err = run_error(capsys, "explain", "no_such.onnx", "--scheduler", "lios")
     assert "no_such.onnx" in err
+
+
+@pytest.mark.parametrize("sched", ["hios", "hios-mr"])
+def test_path_tiles_a_run_on_two_gpus(sched: str) -> None:
+    """Two GPUs with a host thread each (hand-offs between them) and peer copies: the
+    path still covers the run exactly, and every stream's time adds up."""
+    from simgpu.hardware import load_machine
+    from simgpu.models import build_model
+
+    res = run_scheduler(sched, build_model("inception_v3"), load_machine("2xv100-nvlink"))
+    assert {k.device for k in res.timeline.kernels} == {0, 1}
+    _tiles(res.timeline)
+    ex = explain(res.timeline)
+    for s in ex.streams:
+        total = s.busy_us + s.host_us + s.event_us + s.queue_us + s.sm_us + s.after_us
+        assert total == pytest.approx(res.timeline.makespan_us)
