@@ -17,7 +17,6 @@ meets that minimum with nothing else in the way.
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -234,17 +233,29 @@ class _Walker:
         for it in self.items:
             if it.kind == "kernel" and it.queue is not None:
                 self.per_queue[(it.device, it.queue)].append(it)
+        self.queue_pos: dict[int, int] = {}
         for lst in self.per_queue.values():
             lst.sort(key=lambda i: (i.release, i.issue))
+            for i, it in enumerate(lst):
+                self.queue_pos[id(it)] = i
         self.kernels_by_device: dict[int, list[_Item]] = defaultdict(list)
         for it in self.items:
             if it.kind == "kernel":
                 self.kernels_by_device[it.device].append(it)
-        self.host = sorted(tl.host, key=lambda h: (h.start_us, h.end_us))
+        # host calls in the order they were logged: each thread's calls in issue order
+        # (calls of zero cost share their times, so times alone cannot order them)
+        self.host = list(tl.host)
+        self.host_index = {id(h): i for i, h in enumerate(self.host)}
         self.host_by_end: dict[float, list[HostRecord]] = defaultdict(list)
         for h in self.host:
             self.host_by_end[h.end_us].append(h)
-        self.shared_host = not _threads_overlap(self.host)
+        self.shared_host = not _threads_overlap(sorted(self.host, key=lambda h: h.start_us))
+        self.thread_prev: dict[int, HostRecord | None] = {}
+        last: dict[int, HostRecord] = {}
+        for h in self.host:
+            key = 0 if self.shared_host else h.device
+            self.thread_prev[id(h)] = last.get(key)
+            last[key] = h
 
     def _record_of(self, wait: _Item) -> _Item | None:
         """The recording a wait bound to: the latest one done by the time the wait was."""
@@ -281,11 +292,11 @@ class _Walker:
         return cause[2], cause[3], top
 
     def _queue_prev(self, it: _Item) -> _Item | None:
-        """The kernel released before ``it`` from the same hardware queue by another stream."""
+        """The kernel of another stream released just before ``it`` from the same
+        hardware queue (strictly earlier in release order, so the walk cannot cycle)."""
         lst = self.per_queue.get((it.device, it.queue or 0), [])
-        i = bisect.bisect_left([x.release for x in lst], it.release - self.eps)
-        for x in reversed(lst[: i + 1]):
-            if x is not it and x.stream != it.stream and x.release <= it.release + self.eps:
+        for x in reversed(lst[: self.queue_pos.get(id(it), 0)]):
+            if x.stream != it.stream:
                 return x
         return None
 
@@ -383,23 +394,16 @@ class _Walker:
         return prev, prev.end_us
 
     def _host_prev(self, h: HostRecord) -> HostRecord | None:
-        """The host call before ``h`` on its thread (or, across threads, the call whose
-        end released it: a hand-off of an event recorded by another thread)."""
-        best = None
-        for p in self.host:
-            if p.start_us > h.start_us + self.eps:
-                break
-            if p is h or p.end_us > h.start_us + self.eps:
-                continue
-            if not self.shared_host and p.device != h.device:
-                continue
-            if best is None or p.end_us >= best.end_us:
-                best = p
-        if not self.shared_host and (best is None or best.end_us < h.start_us - self.eps):
+        """The host call before ``h`` on its thread or, when that one ended earlier, the
+        call of another thread whose end released it (a hand-off of an event recorded
+        by another thread)."""
+        prev = self.thread_prev.get(id(h))
+        if not self.shared_host and (prev is None or prev.end_us < h.start_us - self.eps):
+            mine = self.host_index[id(h)]
             for p in self.host_by_end.get(h.start_us, []):
-                if p.device != h.device:
+                if p.device != h.device and self.host_index[id(p)] < mine:
                     return p
-        return best
+        return prev
 
     def _device_done(self, device: int, by: float) -> _Item | None:
         """The device's last command to finish before a synchronize returned at ``by``."""

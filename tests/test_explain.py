@@ -110,6 +110,20 @@ def test_host_bound_chain_against_a_cuda_graph() -> None:
     _tiles(graph)
 
 
+def test_host_calls_of_no_cost_do_not_loop() -> None:
+    """Views priced at 0 us (several host calls at one instant): the walk goes back
+    through them in issue order, once each (it once ping-ponged between two)."""
+    k = make_kernel(V100, "k", grid=1, block_us=5.0)
+    cmds: list[Command] = [Launch(f"v{i}", None, 0, host_us=0.0) for i in range(3)]
+    cmds += [Launch("k", k, 0), Launch("v3", None, 1, host_us=0.0)]
+    tl = _run(cmds)
+    path = explain(tl).path
+    hosts = [s.what for s in path if s.kind == "host"]
+    assert hosts == ["dispatch v0", "dispatch v1", "dispatch v2", "launch k"]
+    assert len(path) <= len(tl.host) + len(tl.kernels) + len(tl.commands)
+    _tiles(tl)
+
+
 def two_branches() -> OpGraph:
     """x -> long0 -> long1 -> long2 -> join, and x -> short -> join: the long chain of
     3x3 convs is the critical path, the 1x1 branch is not."""
