@@ -219,6 +219,12 @@ def apply_merges(
         conv, slices = merged_ops(graph, g, nm)
         placed[g[0]] = [conv, *slices]
         dropped.update(g)
+    return rebuild(graph, placed, dropped)
+
+
+def rebuild(graph: OpGraph, placed: dict[str, list[Op]], dropped: set[str]) -> OpGraph:
+    """``graph`` with the ops in ``placed`` standing where the op of each key stood and
+    the other ``dropped`` ops gone: one rewrite's ops take one original's place."""
     out: list[Op] = []
     for op in graph:
         if op.name in placed:

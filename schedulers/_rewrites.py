@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from schedulers._merge import MERGED_ATTR, merged_ops
+from schedulers._merge import MERGED_ATTR, merged_ops, rebuild
 from simgpu.errors import GraphError
 from simgpu.graph import Op, OpGraph
 from simgpu.ops import EPILOGUE_BINARY, EPILOGUE_FLOPS
@@ -204,13 +204,7 @@ def apply_rewrites(
     for name in splits:
         claim([name])
         placed[name] = split_ops(graph, name)
-    out: list[Op] = []
-    for op in graph:
-        if op.name in placed:
-            out.extend(placed[op.name])
-        elif op.name not in dropped:
-            out.append(op)
-    return OpGraph(out, name=graph.name)
+    return rebuild(graph, placed, dropped)
 
 
 def tiny_graph(graph: OpGraph, ops: Sequence[Op]) -> OpGraph:
