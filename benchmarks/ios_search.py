@@ -13,14 +13,16 @@ IOS's own search on a V100 took 48 s (Inception V3), 4,407 s (RandWire) and 3,65
 
 The space is the same only where the graph is: IOS's IR holds a chain of ops (relu,
 separable conv, bn) as one sequential node, this zoo has one op per kernel. By default
-(``--units ops``) r counts ops, a larger space than IOS searched on RandWire and NASNet;
-``--units chains`` counts chains as IOS counts nodes. The two stage counts side by side
+(``--units auto``, the scheduler's default) r counts ops where a part's op-level space is
+searchable exactly (Inception V3) and chains, as IOS counts nodes, where it is not
+(RandWire, NASNet); ``--units ops`` counts ops everywhere (RandWire's and NASNet's parts
+are then refused), ``--units chains`` chains everywhere. The two stage counts side by side
 say how alike the spaces are; the speedup is only like for like where they are close.
 ``--max-states N`` runs the capped mode (off by default: it shrinks the space).
 
     python benchmarks/ios_search.py [--json] [--models M ...] [--gpu v100]
-        [--r 3] [--s 8] [--part-size 64] [--max-states 0] [--units ops]
-        [--state-limit 100000] [--strategy both]
+        [--r 3] [--s 8] [--part-size 64] [--max-states 0] [--units auto]
+        [--state-limit 20000] [--strategy both]
 """
 
 from __future__ import annotations
@@ -139,8 +141,8 @@ def main() -> None:
     ap.add_argument("--s", type=int, default=8)
     ap.add_argument("--part-size", type=int, default=64)
     ap.add_argument("--max-states", type=int, default=0, help="0: no cap (the paper's space)")
-    ap.add_argument("--units", default="ops", choices=("ops", "chains"))
-    ap.add_argument("--state-limit", type=int, default=100_000, help="0: search any part")
+    ap.add_argument("--units", default="auto", choices=("auto", "ops", "chains"))
+    ap.add_argument("--state-limit", type=int, default=20_000, help="0: search any part")
     ap.add_argument("--strategy", default="both")
     args = ap.parse_args()
     machine = Machine.single(load_gpu(args.gpu))

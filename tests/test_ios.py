@@ -396,16 +396,20 @@ def test_no_cap_every_group_has_at_most_r_ops_and_every_stage_s_groups(
 
 
 def test_a_part_too_large_to_search_exactly_is_refused_not_shrunk() -> None:
-    """RandWire's op-level parts have up to 589,130 DP states: the default refuses them,
-    naming the ways out, before measuring anything; IOS's chains fit the limit."""
+    """RandWire's op-level parts have up to 589,130 DP states: ``units="ops"`` refuses
+    them, naming the ways out, before measuring anything; IOS's chains fit the limit,
+    and the default (``auto``) takes chains where ops do not fit, so no part is over."""
     g = build_model("randwire_small")
     p = Profiler(M100)
-    with pytest.raises(SchedulerError, match=r"more than 100000 DP states.*units=chains"):
-        make_scheduler("ios").schedule(g, p)
+    with pytest.raises(SchedulerError, match=r"more than 20000 DP states.*units=chains"):
+        make_scheduler("ios", {"units": "ops"}).schedule(g, p)
     assert p.calls == 0
     parts = plan_parts(g, 64, 0, "chains")
-    assert all(count_states(*unit_masks(g, u), 100_000) <= 100_000 for u in parts)
+    assert all(count_states(*unit_masks(g, u), 20_000) <= 20_000 for u in parts)
     assert max(count_states(*unit_masks(g, u), 10**6) for u in plan_parts(g, 64)) == 589_130
+    auto = plan_parts(g, 64, 0, "auto", 20_000)
+    assert all(count_states(*unit_masks(g, u), 20_000) <= 20_000 for u in auto)
+    assert sorted(o for u in auto for us in u for o in us) == sorted(g.topo_order)
 
 
 def test_chain_units_count_chains_against_r() -> None:
@@ -715,7 +719,8 @@ def test_options_reach_the_scheduler() -> None:
     assert (s.r, s.s, s.part_size, s.strategy) == (1, 3, 50, "merge")
     d = make_scheduler("ios")
     assert (d.r, d.s, d.part_size, d.strategy) == (3, 8, 64, "both")
-    assert (d.max_states, d.units) == (0, "ops")  # the paper's space: no cap, ops as units
+    # no cap; ops as units wherever they fit the state limit, IOS's chains elsewhere
+    assert (d.max_states, d.units, d.state_limit) == (0, "auto", 20_000)
     c = make_scheduler("ios", {"max_states": "20000", "units": "chains"})
     assert (c.max_states, c.units) == (20000, "chains")
 

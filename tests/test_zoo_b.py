@@ -481,5 +481,5 @@ def test_missing_ios_file(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match="no such file"):
         randwire_large(graph_files=[tmp_path / "nope.txt"] * 4)
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(FormatError, match="cannot read"):
+    with pytest.raises(FormatError, match="not UTF-8 text"):
         read_ios_graph(tmp_path / "bin.txt")
