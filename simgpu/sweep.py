@@ -680,16 +680,23 @@ def write_parquet(rows: Sequence[Mapping[str, str]], path: Path) -> bool:
 
 
 class Progress:
-    """A one-line progress bar with an ETA on stderr.
+    """A one-line progress bar with an ETA on stderr, redrawn in place on a terminal.
 
-    On a terminal it redraws in place; elsewhere (logs, CI) it prints a line per tenth.
+    Elsewhere (a log, CI, a pipe) it prints nothing, unless ``lines`` asks for a line
+    per tenth: a redirected stream holds results, not progress frames.
     """
 
-    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        total: int,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        lines: bool = False,
+    ) -> None:
         self.total, self.done, self.failed = total, 0, 0
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled and total > 0
-        self.tty = self.enabled and getattr(self.stream, "isatty", lambda: False)()
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.enabled = enabled and total > 0 and (self.tty or lines)
         self.t0 = time.perf_counter()
         self._last_draw = 0.0
         self._last_tenth = -1

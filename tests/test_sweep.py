@@ -650,7 +650,7 @@ def test_parquet_has_the_same_typed_rows(tmp_path: Path) -> None:
 
 def test_progress_bar_lines_and_eta() -> None:
     buf = io.StringIO()
-    bar = Progress(20, buf)
+    bar = Progress(20, buf, lines=True)  # a log asked for lines: one per tenth
     for i in range(20):
         bar.update(failed=i % 7 == 0)
     bar.close()
@@ -666,7 +666,7 @@ def test_progress_bar_lines_and_eta() -> None:
 
 
 def test_cli_sweep_end_to_end(tmp_path: Path) -> None:
-    """The console script: progress on stderr, a summary on stdout, CSV and Parquet."""
+    """The console script: a summary on stdout (no progress off a terminal), CSV and Parquet."""
     exe = Path(sys.executable).with_name("simgpu")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "simgpu.cli"]
     out = tmp_path / "r.csv"
@@ -676,7 +676,7 @@ def test_cli_sweep_end_to_end(tmp_path: Path) -> None:
     p = subprocess.run(cmd + argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
-    assert "sweep 2/2" in p.stderr and "1 failed" in p.stderr
+    assert "sweep 2/2" not in p.stderr and "\r" not in p.stderr  # no progress off a terminal
     assert "2 combinations: ran 2, 1 failed" in p.stdout
     assert [r["status"] for r in read_results(out)] == ["ok", "error"]
     argv[argv.index("--workers") + 1] = "1"
@@ -821,7 +821,8 @@ def test_a_bad_graph_file_stops_the_sweep_first(
 
 
 def test_progress_into_a_redirected_stderr_has_no_frames(tmp_path: Path) -> None:
-    """stderr to a file (not a terminal): whole lines, never carriage-return redraws."""
+    """stderr to a file (not a terminal): no progress at all, so no carriage-return
+    redraws (issue 18: progress on a terminal only)."""
     exe = Path(sys.executable).with_name("simgpu")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "simgpu.cli"]
     log = tmp_path / "err.log"
@@ -832,4 +833,4 @@ def test_progress_into_a_redirected_stderr_has_no_frames(tmp_path: Path) -> None
     assert p.returncode == 0
     text = log.read_text()
     assert "\r" not in text and "\x1b" not in text
-    assert "sweep 2/2" in text  # a log still learns how far it got
+    assert "sweep 2/2" not in text
