@@ -17,24 +17,9 @@ from typing import Any
 from simgpu.errors import SimGPUError
 from simgpu.limits import check as check_limit
 from simgpu.output import dumps, printable
+from simgpu.output import text_table as _table
 
 EXIT_ERROR = 2
-
-
-def _table(rows: list[list[str]], header: list[str], right: set[int] | None = None) -> str:
-    right = right if right is not None else set(range(1, len(header)))
-    cols = [header, *rows]
-    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
-
-    def fmt(r: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ).rstrip()
-
-    lines = [fmt(header), "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in rows]
-    return "\n".join(lines)
 
 
 # --- loading --------------------------------------------------------------------------

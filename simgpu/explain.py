@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from simgpu.output import text_table as _table
 from simgpu.timeline import HostRecord, Timeline
 
 #: What a step waited for, in the order ties are broken (a GPU-side cause first: it
@@ -626,16 +627,3 @@ def format_text(ex: Explanation, title: str, against_name: str | None = None, to
 
 def _short(text: str, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _table(rows: list[list[str]], header: list[str], right: set[int]) -> str:
-    cols = [header, *rows]
-    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
-
-    def fmt(r: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])

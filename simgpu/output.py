@@ -42,3 +42,19 @@ def printable(text: str) -> str:
         ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
         for ch in text
     )
+
+
+def text_table(rows: list[list[str]], header: list[str], right: set[int] | None = None) -> str:
+    """A plain-text table, columns two spaces apart; ``right`` are the right-aligned
+    columns (default: every column but the first)."""
+    right = right if right is not None else set(range(1, len(header)))
+    cols = [header, *rows]
+    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
