@@ -117,18 +117,7 @@ def _draw_gantt(ax: Axes, tl: Timeline, max_kernels: int | None) -> int:
                     clip_on=True,
                 )
 
-    for kind, marker, color, dy in (
-        ("record", "^", "#2ca02c", 0.3),
-        ("wait", "v", "#d62728", -0.3),
-    ):
-        pts = [
-            (c.done_us / 1e3, row_of[("s", c.device, c.stream)] + dy)
-            for c in tl.commands
-            if c.kind == kind
-        ]
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax.scatter(xs, ys, marker=marker, s=12, color=color, zorder=3, label=f"event {kind}")
+    _draw_events(ax, tl, row_of, s=12, legend=True)
 
     ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5 if rows else 0.5, -0.5)  # first row on top
@@ -332,6 +321,18 @@ def _draw_panel(ax: Axes, tl: Timeline, pr: PanelRows, max_kernels: int | None) 
     for y, xr in sorted(copy_rows.items()):
         ax.broken_barh(xr, (y - 0.3, 0.6), facecolors="none", edgecolor=_COPY_COLOR,
                        hatch="////", linewidth=0.6)  # fmt: skip
+    _draw_events(ax, tl, row_of, s=6, legend=False)
+    fs = 7 if len(pr.rows) <= 16 else 6
+    ax.set_yticks(range(len(pr.rows)), [label for label, _ in pr.rows], fontsize=fs)
+    ax.set_ylim(len(pr.rows) - 0.5 if pr.rows else 0.5, -0.5)  # first row on top
+    ax.grid(axis="x", linewidth=0.4, alpha=0.5)
+    ax.tick_params(axis="x", labelbottom=False)  # the strip under the panel carries them
+    return kinds
+
+
+def _draw_events(ax: Any, tl: Timeline, row_of: dict, s: float, legend: bool) -> None:
+    """Event records (green, up) and waits (red, down) on their streams' rows; a stream
+    without a row (capped away) shows none."""
     for kind, marker, color, dy in (
         ("record", "^", "#2ca02c", 0.3),
         ("wait", "v", "#d62728", -0.3),
@@ -343,13 +344,8 @@ def _draw_panel(ax: Axes, tl: Timeline, pr: PanelRows, max_kernels: int | None) 
         ]
         if pts:
             xs, ys = zip(*pts, strict=True)
-            ax.scatter(xs, ys, marker=marker, s=6, color=color, zorder=3, linewidths=0, alpha=0.8)
-    fs = 7 if len(pr.rows) <= 16 else 6
-    ax.set_yticks(range(len(pr.rows)), [label for label, _ in pr.rows], fontsize=fs)
-    ax.set_ylim(len(pr.rows) - 0.5 if pr.rows else 0.5, -0.5)  # first row on top
-    ax.grid(axis="x", linewidth=0.4, alpha=0.5)
-    ax.tick_params(axis="x", labelbottom=False)  # the strip under the panel carries them
-    return kinds
+            style = {"label": f"event {kind}"} if legend else {"linewidths": 0, "alpha": 0.8}
+            ax.scatter(xs, ys, marker=marker, s=s, color=color, zorder=3, **style)
 
 
 _DEVICE_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
