@@ -13,6 +13,7 @@ import base64
 import functools
 import html
 import math
+import shlex
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -350,8 +351,9 @@ def resimulate(result: Result, scheduler: str | None = None) -> Any:
     return run_scheduler(c.scheduler, graph, machine, dict(c.options), c.runtime or None)
 
 
-def plot_winner_gantt(winner: Result, path: Path) -> None:
-    """Re-simulate the winning combination (and sequential) and stack their Gantt charts."""
+def plot_winner_gantt(winner: Result, path: Path) -> Any:
+    """Re-simulate the winning combination (and sequential) and stack their Gantt charts;
+    the winner's RunResult, for :func:`explain_row`."""
     from simgpu.gantt import plot_gantt, plot_gantt_compare
 
     c = winner.combo
@@ -359,11 +361,48 @@ def plot_winner_gantt(winner: Result, path: Path) -> None:
     title = f"{c.model} b{c.batch} on {winner.hardware}"
     if winner.variant == "sequential":
         plot_gantt(res.timeline, path, title=f"{title}: sequential")
-        return
+        return res
     seq = resimulate(winner, "sequential")
     plot_gantt_compare(
         {f"{title}: sequential": seq.timeline, f"{title}: {winner.variant}": res.timeline}, path
     )
+    return res
+
+
+def explain_command(winner: Result) -> str:
+    """The ``simgpu explain`` command that tells why this row's schedule takes its time."""
+    c = winner.combo
+    argv = ["simgpu", "explain", c.model, "--scheduler", c.scheduler]
+    if c.batch != 1:
+        argv += ["--batch", str(c.batch)]
+    if c.image_size is not None:
+        argv += ["--image-size", str(c.image_size)]
+    if c.dtype != "fp32":
+        argv += ["--dtype", c.dtype]
+    argv += ["--gpu", c.gpu] if c.gpu else ["--machine", c.machine]
+    for k, v in c.options:
+        argv += ["--option", f"{c.scheduler}.{k}={v}"]
+    if c.runtime:
+        argv += ["--runtime", c.runtime]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def explain_row(label: str, winner: Result, res: Any) -> list[str]:
+    """One row of the report's explanation table: where the winner's time goes."""
+    from simgpu.explain import explain
+
+    ex = explain(res.timeline)
+    span = ex.makespan_us or 1.0
+    host = ex.host_bound_us()
+    return [
+        label,
+        winner.variant,
+        _f(ex.makespan_us / 1e3),
+        f"{100 * host / span:.0f}%",
+        f"{100 * (span - host) / span:.0f}%",
+        f"{100 * ex.gpu_busy_us / span:.0f}%",
+        f"`{explain_command(winner)}`",
+    ]
 
 
 # --- tables ---------------------------------------------------------------------------
@@ -594,18 +633,24 @@ def make_report(results: str | Path, out: str | Path | None = None, max_gantt: i
             plot_pareto(rs, stats, images[-1][1])
         wins = winners(rs)
         labels = _config_labels(rs)
+        why: list[list[str]] = []
         for i, cfg in enumerate(sorted(wins)[:max_gantt]):
             w = wins[cfg]
             p = dest / f"gantt_{i + 1:02d}.png"
             try:
-                plot_winner_gantt(w, p)
+                res = plot_winner_gantt(w, p)
             except SimGPUError as e:
                 notes.append(f"no Gantt chart for {w.combo.label()}: {e}")
                 continue
             images.append((f"Winner on {labels[cfg]}, {w.hardware}: {w.variant}", p))
+            why.append(explain_row(f"{labels[cfg]}, {w.hardware}", w, res))
         if len(wins) > max_gantt:
             notes.append(f"Gantt charts for the first {max_gantt} of {len(wins)} configurations")
         tables = _tables(rs, stats)
+        if why:  # the critical path of each charted winner (simgpu explain)
+            head = ["configuration", "winner", "latency ms", "host-bound", "GPU-bound",
+                    "GPU busy", "why, in detail"]  # fmt: skip
+            tables.append(Table("Where the winners' time goes", head, why))
         if notes:
             tables.append(Table("Notes", ["note"], [[n] for n in notes]))
         md = dest / "summary.md"

@@ -4,6 +4,7 @@ front and winners; winners re-simulate to the latency the sweep recorded."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -220,3 +221,25 @@ def test_geomean() -> None:
     assert geomean([2.0, 8.0]) == pytest.approx(4.0)
     assert geomean([1.0, None, math.nan, 0.0, 4.0]) == pytest.approx(2.0)
     assert math.isnan(geomean([]))
+
+
+def test_the_report_says_where_each_winner_s_time_goes(
+    results_csv: Path, tmp_path: Path, capsys
+) -> None:
+    """Issue 18: the report links ``simgpu explain``: per charted winner its host- and
+    GPU-bound shares and the command that explains it in detail, which runs and gives
+    the winner's latency."""
+    import shlex
+
+    from simgpu.report import explain_command
+
+    md = make_report(results_csv, tmp_path / "rep", max_gantt=1).markdown.read_text()
+    assert "## Where the winners' time goes" in md
+    w = winners(load_results(results_csv))[sorted(winners(load_results(results_csv)))[0]]
+    cmd = explain_command(w)
+    assert f"`{cmd}`" in md
+    argv = shlex.split(cmd)[1:]
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["makespan_us"] / 1e3 == pytest.approx(w.get("latency_ms"), rel=1e-9)
