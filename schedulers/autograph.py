@@ -79,6 +79,7 @@ from schedulers._rewrites import (
 )
 from schedulers.base import Profiler, SchedulerError, register
 from simgpu.graph import OpGraph
+from simgpu.limits import check as check_limit
 from simgpu.schedule import StageSchedule, StreamSchedule
 
 Merges = tuple[tuple[str, ...], ...]  # disjoint merge groups, each in definition order
@@ -461,6 +462,8 @@ class AutoGraph:
                 raise SchedulerError(
                     f"option autograph.{key} must be {want}, got {getattr(self, key)}"
                 )
+        for key in ("max_nodes", "budget"):  # evaluations: bounded like any search budget
+            check_limit("budget", getattr(self, key), f"option autograph.{key}")
 
     def schedule(self, graph: OpGraph, profiler: Profiler) -> StageSchedule | StreamSchedule:
         self._check()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import pkgutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -123,9 +124,11 @@ def make_scheduler(name: str, options: Mapping[str, str | Any] | None = None) ->
         if f is None:
             known = ", ".join(fields) or "none"
             raise SchedulerError(f"scheduler '{name}' has no option '{key}' (options: {known})")
-        kwargs[key] = _convert(name, key, raw, f)
-        if "streams" in key and isinstance(kwargs[key], int):
-            check("streams", kwargs[key], f"option {name}.{key}")
+        kwargs[key] = v = _convert(name, key, raw, f)
+        if "streams" in key and isinstance(v, int):
+            check("streams", v, f"option {name}.{key}")
+        if isinstance(v, float) and not math.isfinite(v):  # inf or nan is no weight or rate
+            raise SchedulerError(f"option {name}.{key}: must be a finite number, got {raw!r}")
     return cls(**kwargs)
 
 

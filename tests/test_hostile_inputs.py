@@ -511,3 +511,20 @@ def test_a_machine_of_ten_thousand_gpus_is_refused(tmp_path, capsys) -> None:
     p.write_text(json.dumps({"name": "big", "gpus": ["v100"] * 10_000, "links": []}))
     line = run_error(capsys, "run", "squeezenet1_1", "--scheduler", "hios", "--machine", str(p))
     assert "the number of GPUs is 10,000, over the limit of 128 (set SIMGPU_MAX_GPUS" in line
+
+
+@pytest.mark.parametrize(
+    "option, why",
+    [
+        ("autograph.max_nodes=1000000000000", "over the limit of 100,000 (set SIMGPU_MAX_BUDGET"),
+        ("autograph.alpha=inf", "autograph.alpha: must be a finite number"),
+        ("autograph.relax=nan", "must be a finite number"),
+    ],
+)
+def test_scheduler_options_are_finite_and_bounded(capsys, option, why) -> None:
+    """``autograph.max_nodes=10**12`` searched for hours and ``alpha=inf`` made every
+    cost infinite and still returned a schedule: a float option is finite, a search
+    budget bounded."""
+    line = run_error(capsys, "run", "squeezenet1_1", "--image-size", "64",
+                     "--scheduler", "autograph", "--option", option)  # fmt: skip
+    assert why in line
