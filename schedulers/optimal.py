@@ -43,18 +43,28 @@ from simgpu.kernels import kernel_floor_us
 from simgpu.program import Command, Launch, StreamProgram
 from simgpu.schedule import Schedule, StageSchedule, StreamSchedule
 
+MAX_OPS = 20  # 2^20 subsets take a second or two to enumerate; 2^40 would take days
+MAX_NODES = 10**7  # search nodes and ending candidates: minutes at most
+
 
 @register("optimal", runtime="cudnn")
 @dataclass
 class Optimal:
     """Exact DP over all stage schedules (every ending, every group partition); small graphs."""
 
-    max_ops: int = 12
-    max_nodes: int = 2_000_000
+    max_ops: int = 12  # at most MAX_OPS
+    max_nodes: int = 2_000_000  # search nodes and ending candidates, at most MAX_NODES
 
     def schedule(self, graph: OpGraph, profiler: Profiler) -> StageSchedule:
-        if self.max_ops < 1:
-            raise SchedulerError(f"option optimal.max_ops must be >= 1, got {self.max_ops}")
+        if not 1 <= self.max_ops <= MAX_OPS:
+            raise SchedulerError(
+                f"option optimal.max_ops must be 1..{MAX_OPS} (the DP visits every subset of "
+                f"the ops: 2^n), got {self.max_ops}"
+            )
+        if not 1 <= self.max_nodes <= MAX_NODES:
+            raise SchedulerError(
+                f"option optimal.max_nodes must be 1..{MAX_NODES:,}, got {self.max_nodes}"
+            )
         if len(graph) > self.max_ops:
             raise SchedulerSkipped(
                 f"optimal handles at most {self.max_ops} ops; graph has {len(graph)}"
@@ -139,10 +149,19 @@ class _Search:
         out = []
         e = s
         while e:
+            self._tick()  # 2^|S| subsets: counted, so the node budget bounds the time
             if all(self.succ[i] & s & ~e == 0 for i in self._bits(e)):
                 out.append(e)
             e = (e - 1) & s
         return out
+
+    def _tick(self) -> None:
+        self.nodes += 1
+        if self.nodes > self.budget:
+            raise SchedulerError(
+                f"optimal: graph '{self.graph.name}' needs more than {self.budget} search "
+                f"nodes (raise optimal.max_nodes, or schedule a smaller graph)"
+            )
 
     def _components(self, e: int) -> list[int]:
         comps = []
@@ -209,12 +228,7 @@ class _Search:
         groups: list[int] = []
 
         def rec(j: int) -> None:
-            self.nodes += 1
-            if self.nodes > self.budget:
-                raise SchedulerError(
-                    f"optimal: graph '{self.graph.name}' needs more than {self.budget} search "
-                    f"nodes (raise optimal.max_nodes, or schedule a smaller graph)"
-                )
+            self._tick()
             if max(floor, self._chain_bound(groups)) >= best[2]:
                 return
             if j == len(comps):

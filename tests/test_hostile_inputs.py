@@ -528,3 +528,18 @@ def test_scheduler_options_are_finite_and_bounded(capsys, option, why) -> None:
     line = run_error(capsys, "run", "squeezenet1_1", "--image-size", "64",
                      "--scheduler", "autograph", "--option", option)  # fmt: skip
     assert why in line
+
+
+@pytest.mark.parametrize(
+    "option, why",
+    [
+        ("optimal.max_ops=200", "optimal.max_ops must be 1..20"),
+        ("optimal.max_nodes=1000000000000", "optimal.max_nodes must be 1..10,000,000"),
+    ],
+)
+def test_the_exact_search_cannot_be_asked_for_days(capsys, option, why) -> None:
+    """``optimal.max_ops=200`` enumerated 2^40 subsets of a 40-op graph, whatever its
+    node budget: the sizes it can finish are the only ones it takes."""
+    line = run_error(capsys, "run", "squeezenet1_1", "--image-size", "64",
+                     "--scheduler", "optimal", "--option", option)  # fmt: skip
+    assert why in line
