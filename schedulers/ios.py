@@ -72,6 +72,10 @@ from simgpu.kernels import kernel_floor_us
 from simgpu.schedule import StageSchedule
 
 STRATEGIES = ("parallel", "merge", "both")
+# endings of one DP state (and connected groups of one part): the zoo's largest at r=3,
+# s=8 is about 10,000 (BERT-base); with r=s=64 there can be billions, which no search
+# finishes
+MAX_ENDINGS = 200_000
 UNITS = ("auto", "ops", "chains")
 
 
@@ -386,6 +390,11 @@ class _PartSearch:
                         nxt.append(b)
             level = nxt
             every.extend(nxt)
+            if len(every) > MAX_ENDINGS:
+                raise SchedulerError(
+                    f"ios: more than {MAX_ENDINGS:,} connected groups of at most r={r} units "
+                    "in one part, too many to search exactly; lower ios.r (the paper: r=3)"
+                )
         by_last: list[list[tuple[int, int, int, float, int]]] = [[] for _ in range(m)]
         for a in sorted(every):
             out = closed = 0
@@ -437,6 +446,12 @@ class _PartSearch:
         # cls tracks whether all chosen groups are single convs of one merge class
         stack: list[tuple[int, int, int, int, float, int]] = [(0, 0, 0, 0, 0.0, -2)]
         while stack:
+            if len(found) > MAX_ENDINGS:
+                raise SchedulerError(
+                    f"ios: a state has more than {MAX_ENDINGS:,} endings at r={self.r}, "
+                    f"s={s}, too many to search exactly; lower ios.r or ios.s (the paper: "
+                    "r=3, s=8)"
+                )
             start, E, blocked, count, host, cls = stack.pop()
             count += 1
             for k in range(n - 1, start - 1, -1):

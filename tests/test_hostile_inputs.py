@@ -543,3 +543,11 @@ def test_the_exact_search_cannot_be_asked_for_days(capsys, option, why) -> None:
     line = run_error(capsys, "run", "squeezenet1_1", "--image-size", "64",
                      "--scheduler", "optimal", "--option", option)  # fmt: skip
     assert why in line
+
+
+def test_ios_at_r_and_s_no_search_finishes_is_refused_at_once(capsys) -> None:
+    """``ios.r=64 ios.s=64`` enumerated every connected group of up to 64 ops of a part,
+    for hours: the group and ending counts are bounded and the error names the way out."""
+    line = run_error(capsys, "run", "inception_v3", "--scheduler", "ios",
+                     "--option", "ios.r=64", "--option", "ios.s=64")  # fmt: skip
+    assert "too many to search exactly; lower ios.r" in line
