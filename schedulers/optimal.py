@@ -77,6 +77,7 @@ class Optimal:
                 "predicted_us": total,
                 "states": search.states,
                 "nodes": search.nodes,
+                "scanned": search.scanned,
                 "stage_measurements": search.measured,
             },
         )
@@ -126,6 +127,7 @@ class _Search:
         self.known: dict[int, _Known] = {}
         self.states = 0
         self.nodes = 0
+        self.scanned = 0  # ending candidates looked at
         self.measured = 0
 
     # -- structure ------------------------------------------------------------------------
@@ -149,19 +151,20 @@ class _Search:
         out = []
         e = s
         while e:
-            self._tick()  # 2^|S| subsets: counted, so the node budget bounds the time
+            self.scanned += 1  # 2^|S| subsets: counted, so the budget bounds the time too
+            if self.scanned + self.nodes > self.budget:
+                self._over()
             if all(self.succ[i] & s & ~e == 0 for i in self._bits(e)):
                 out.append(e)
             e = (e - 1) & s
         return out
 
-    def _tick(self) -> None:
-        self.nodes += 1
-        if self.nodes > self.budget:
-            raise SchedulerError(
-                f"optimal: graph '{self.graph.name}' needs more than {self.budget} search "
-                f"nodes (raise optimal.max_nodes, or schedule a smaller graph)"
-            )
+    def _over(self) -> None:
+        raise SchedulerError(
+            f"optimal: graph '{self.graph.name}' needs more than {self.budget} search "
+            f"nodes and ending candidates (raise optimal.max_nodes, or schedule a smaller "
+            "graph)"
+        )
 
     def _components(self, e: int) -> list[int]:
         comps = []
@@ -228,7 +231,9 @@ class _Search:
         groups: list[int] = []
 
         def rec(j: int) -> None:
-            self._tick()
+            self.nodes += 1
+            if self.nodes + self.scanned > self.budget:
+                self._over()
             if max(floor, self._chain_bound(groups)) >= best[2]:
                 return
             if j == len(comps):
