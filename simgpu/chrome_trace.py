@@ -256,24 +256,17 @@ def to_chrome_trace(timeline: Timeline, title: str = "simgpu") -> dict[str, Any]
 
     # --- kernels and peer copies, each with the correlation of the call that issued it ---
     flows: list[tuple[int, int, float, int, int, float]] = []  # host (tid, ts) → GPU (pid, tid, ts)
-    for i, k in enumerate(tl.kernels):
-        j = issuer(k_call.get(i), k.device)
-        if j is None:  # issued before the host log began: a fresh id, as CUPTI gives one
-            corr, next_corr = next_corr, next_corr + 1
-        else:
-            corr = corr_of_call[j]
-            h = tl.host[j]
-            flows.append((h.device, corr, h.start_us, k.device, k.stream, k.start_us))
-        events.append(_kernel_event(k, corr))
-    for i, c in enumerate(tl.copies):
-        j = issuer(c_call.get(i), c.device)
-        if j is None:
-            corr, next_corr = next_corr, next_corr + 1
-        else:
-            corr = corr_of_call[j]
-            h = tl.host[j]
-            flows.append((h.device, corr, h.start_us, c.device, c.stream, c.start_us))
-        events.append(_copy_event(c, corr))
+    activities = [(tl.kernels, k_call, _kernel_event), (tl.copies, c_call, _copy_event)]
+    for records, call_of, event in activities:
+        for i, a in enumerate(records):
+            j = issuer(call_of.get(i), a.device)
+            if j is None:  # issued before the host log began: a fresh id, as CUPTI gives one
+                corr, next_corr = next_corr, next_corr + 1
+            else:
+                corr = corr_of_call[j]
+                h = tl.host[j]
+                flows.append((h.device, corr, h.start_us, a.device, a.stream, a.start_us))
+            events.append(event(a, corr))
 
     # --- stream commands (event record / wait / no-op) ------------------------------------
     for c in tl.commands:

@@ -682,45 +682,31 @@ def write_parquet(rows: Sequence[Mapping[str, str]], path: Path) -> bool:
 class Progress:
     """A one-line progress bar with an ETA on stderr, redrawn in place on a terminal.
 
-    Elsewhere (a log, CI, a pipe) it prints nothing, unless ``lines`` asks for a line
-    per tenth: a redirected stream holds results, not progress frames.
+    Elsewhere (a log, CI, a pipe) it prints nothing: a redirected stream holds results,
+    not progress frames.
     """
 
-    def __init__(
-        self,
-        total: int,
-        stream: TextIO | None = None,
-        enabled: bool = True,
-        lines: bool = False,
-    ) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.total, self.done, self.failed = total, 0, 0
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.enabled = enabled and total > 0 and (self.tty or lines)
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        self.enabled = enabled and total > 0 and tty
         self.t0 = time.perf_counter()
         self._last_draw = 0.0
-        self._last_tenth = -1
 
     def update(self, failed: bool) -> None:
         self.done += 1
         self.failed += failed
         if not self.enabled:
             return
-        if self.tty:
-            now = time.perf_counter()
-            if now - self._last_draw >= 0.1 or self.done == self.total:
-                self._last_draw = now
-                self.stream.write("\r" + self.line())
-                self.stream.flush()
-        else:
-            tenth = self.done * 10 // self.total
-            if tenth > self._last_tenth:
-                self._last_tenth = tenth
-                self.stream.write(self.line() + "\n")
-                self.stream.flush()
+        now = time.perf_counter()
+        if now - self._last_draw >= 0.1 or self.done == self.total:
+            self._last_draw = now
+            self.stream.write("\r" + self.line())
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.tty:
+        if self.enabled:
             self.stream.write("\n")
             self.stream.flush()
 

@@ -648,21 +648,27 @@ def test_parquet_has_the_same_typed_rows(tmp_path: Path) -> None:
             assert t["latency_ms"] is None
 
 
-def test_progress_bar_lines_and_eta() -> None:
-    buf = io.StringIO()
-    bar = Progress(20, buf, lines=True)  # a log asked for lines: one per tenth
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_redraws_in_place_with_an_eta() -> None:
+    buf = _Terminal()
+    bar = Progress(20, buf)
     for i in range(20):
         bar.update(failed=i % 7 == 0)
     bar.close()
-    lines = buf.getvalue().splitlines()
-    assert len(lines) == 11  # not a terminal: the first row, then one line per tenth
-    assert lines[-1].startswith("sweep 20/20 [########################] 100%")
-    assert "ETA 0:00" in lines[-1] and "3 failed" in lines[-1]
-    assert "ETA" in lines[0]
-    quiet = io.StringIO()
-    bar = Progress(5, quiet, enabled=False)
-    bar.update(False)
-    assert quiet.getvalue() == ""
+    frames = buf.getvalue().split("\r")[1:]
+    assert frames  # the first row, then at most one frame per 0.1 s, and the last
+    assert frames[-1].startswith("sweep 20/20 [########################] 100%")
+    assert "ETA 0:00" in frames[-1] and "3 failed" in frames[-1] and frames[-1].endswith("\n")
+    assert "ETA" in frames[0] and frames[0].startswith("sweep 1/20")
+    for stream, enabled in ((io.StringIO(), True), (_Terminal(), False)):
+        bar = Progress(5, stream, enabled=enabled)  # not a terminal, or --quiet: nothing
+        bar.update(False)
+        bar.close()
+        assert stream.getvalue() == ""
 
 
 def test_cli_sweep_end_to_end(tmp_path: Path) -> None:

@@ -42,15 +42,19 @@ def scheduler_list(names: list[str] | None) -> list[str]:
 
 
 def kernels_to_simulate(
-    workload: Workload, gpu: GPUSpec, schedulers: list[str], budget: int
+    workload: Workload,
+    gpu: GPUSpec,
+    schedulers: list[str],
+    budget: int,
+    cache: KernelCache | None = None,
 ) -> int:
     """How many kernels a comparison will simulate, known before it simulates any:
     per tenant its kernels per request times its requests, times the runs (each
     baseline once, the search its budget plus one: its baselines are cached). A duration
     gives the requests: rate x duration (poisson), duration / period (periodic), and for
     a closed loop duration / the request's critical path on an idle GPU, which no
-    request can beat."""
-    cache = KernelCache(gpu)
+    request can beat. ``cache``: the comparison's, so ops are lowered once."""
+    cache = cache if cache is not None else KernelCache(gpu)
     per_run = 0.0
     for t in workload.tenants:
         g = t.graph
@@ -87,12 +91,12 @@ def compare(
     """Each named policy's metrics (search's seed defaults to the workload's), every
     request's host calls priced by ``runtime`` (None: the GPU's flat costs)."""
     names = scheduler_list(schedulers)
+    ctx = TenantContext(workload, gpu, runtime)
     check_limit(
         "simulated_kernels",
-        kernels_to_simulate(workload, gpu, names, budget),
+        kernels_to_simulate(workload, gpu, names, budget, ctx.cache),
         "the kernels this comparison would simulate (requests x kernels x runs)",
     )
-    ctx = TenantContext(workload, gpu, runtime)
     ev = Evaluator(ctx)
     out: list[PolicyResult] = []
     for name in names:
