@@ -23,6 +23,14 @@ from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec, Machine
 from simgpu.kernels import Kernel, KernelCache, signature
 from simgpu.limits import check
+from simgpu.memory import (
+    MemoryLimitError,
+    MemoryReport,
+    Tensors,
+    account,
+    check_limit_feasible,
+    tensors_of,
+)
 from simgpu.program import Copy, Launch, Record, StreamProgram, Synchronize, Wait, lower
 from simgpu.runtimes import Runtime, get_runtime
 from simgpu.schedule import Schedule
@@ -54,6 +62,7 @@ class SchedulerInfo:
     description: str
     multi_gpu: bool
     runtime: str = "pytorch-eager"  # the runtime its paper ran on (simgpu.runtimes)
+    memory_aware: bool = False  # keeps its schedules within a memory limit
 
 
 REGISTRY: dict[str, SchedulerInfo] = {}
@@ -62,11 +71,17 @@ _discovered = False
 
 
 def register(
-    name: str, *, multi_gpu: bool = False, runtime: str = "pytorch-eager"
+    name: str,
+    *,
+    multi_gpu: bool = False,
+    runtime: str = "pytorch-eager",
+    memory_aware: bool = False,
 ) -> Callable[[type], type]:
     """Class decorator: make a scheduler available by ``name``. ``runtime`` is the
     runtime its paper measured on; a schedule asking for a CUDA Graph (its
-    ``graph_mode`` option) runs as ``cuda-graph`` whatever the paper's runtime."""
+    ``graph_mode`` option) runs as ``cuda-graph`` whatever the paper's runtime.
+    ``memory_aware``: it keeps its schedule within ``profiler.memory_limit`` (bytes per
+    GPU) when one is set; the others' schedules are only checked against it."""
 
     def deco(cls: type) -> type:
         if name in REGISTRY and REGISTRY[name].cls is not cls:
@@ -74,8 +89,11 @@ def register(
         cls.name = name
         cls.multi_gpu = multi_gpu
         cls.runtime = runtime
+        cls.memory_aware = memory_aware
         doc = (cls.__doc__ or "").strip().splitlines()
-        REGISTRY[name] = SchedulerInfo(name, cls, doc[0] if doc else "", multi_gpu, runtime)
+        REGISTRY[name] = SchedulerInfo(
+            name, cls, doc[0] if doc else "", multi_gpu, runtime, memory_aware
+        )
         return cls
 
     return deco
@@ -181,6 +199,8 @@ class Profiler:
     repeat: int = 5
     # how ops become host calls (simgpu.runtimes); None: the GPU's flat launch costs
     runtime: Runtime | None = None
+    # bytes per GPU a memory-aware scheduler must keep its schedule within (None: no cap)
+    memory_limit: int | None = None
     calls: int = 0
     cache: dict[tuple, float] = field(default_factory=dict)
     gpu_search_us: float = 0.0
@@ -192,6 +212,29 @@ class Profiler:
 
     def __post_init__(self) -> None:
         self.kernels = KernelCache(self.machine.gpu)
+        self._tensors: dict[int, tuple[OpGraph, Tensors]] = {}
+
+    def tensors(self, graph: OpGraph) -> Tensors:
+        """The tensor table of ``graph`` on this GPU (simgpu.memory), made once per graph:
+        what a memory-aware search asks (live bytes, footprints, bounds)."""
+        hit = self._tensors.get(id(graph))
+        if hit is None or hit[0] is not graph:
+            hit = self._tensors[id(graph)] = (graph, tensors_of(graph, self.gpu, self.kernels))
+        return hit[1]
+
+    def memory(self, schedule: Schedule, graph: OpGraph) -> MemoryReport:
+        """Simulate ``schedule`` and replay its allocations (no limit applied): the peak a
+        memory-aware scheduler compares with ``memory_limit``. Not memoised, not counted
+        as a profiling run: a real GPU reports its memory on the runs it times."""
+        program = self.program(schedule, graph)
+        tl = simulate(program, self.machine)
+        return account(tl, program, schedule.graph or graph, self.machine)
+
+    def fits(self, schedule: Schedule, graph: OpGraph) -> bool:
+        """Whether ``schedule`` stays within ``memory_limit`` (always, without one)."""
+        if self.memory_limit is None:
+            return True
+        return self.memory(schedule, graph).peak_allocated <= self.memory_limit
 
     @property
     def gpu(self) -> GPUSpec:
@@ -360,6 +403,7 @@ class RunResult:
     profiler_distinct: int
     gpu_search_s: float
     runtime: str = "pytorch-eager"
+    memory: MemoryReport | None = None  # peak allocated/reserved bytes (simgpu.memory)
 
     @property
     def latency_ms(self) -> float:
@@ -380,18 +424,24 @@ def run_scheduler(
     machine: Machine,
     options: Mapping[str, Any] | None = None,
     runtime: str | Runtime | None = None,
+    memory_limit: int | None = None,
 ) -> RunResult:
     """Schedule ``graph`` with ``name``, lower the schedule and simulate it once.
 
     The scheduler searches and its schedule runs under ``runtime`` (a name or a
-    Runtime), by default the one its paper ran on (:func:`runtime_of`)."""
+    Runtime), by default the one its paper ran on (:func:`runtime_of`).
+    ``memory_limit`` (bytes per GPU): a memory-aware scheduler schedules within it; any
+    schedule whose live tensors exceed it raises :class:`MemoryLimitError`, as does a
+    limit below what every schedule must hold."""
     sched = make_scheduler(name, options)
     rt = runtime_of(sched, runtime)
     if not sched.multi_gpu and len(machine.devices) > 1:
         machine_for_search = Machine(machine.name, machine.devices[:1])
     else:
         machine_for_search = machine
-    profiler = Profiler(machine_for_search, runtime=rt)
+    profiler = Profiler(machine_for_search, runtime=rt, memory_limit=memory_limit)
+    if memory_limit is not None:
+        check_limit_feasible(profiler.tensors(graph), memory_limit, len(machine.devices))
     t0 = time.perf_counter()
     schedule = sched.schedule(graph, profiler)
     schedule_s = time.perf_counter() - t0
@@ -399,6 +449,12 @@ def run_scheduler(
         schedule, graph, list(machine.devices), name=name, cache=profiler.kernels, runtime=rt
     )
     timeline = simulate(program, machine)
+    try:
+        memory = account(timeline, program, schedule.graph or graph, machine, memory_limit)
+    except MemoryLimitError as e:
+        if getattr(sched, "memory_aware", False):
+            raise
+        raise MemoryLimitError(f"{name} does not schedule within a memory limit: {e}") from None
     return RunResult(
         name,
         schedule,
@@ -409,4 +465,5 @@ def run_scheduler(
         profiler.distinct,
         profiler.gpu_search_s,
         rt.name,
+        memory,
     )

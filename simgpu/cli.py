@@ -133,6 +133,7 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
         schedule_bound_us,
     )
     from simgpu.graphfile import image_size_of
+    from simgpu.memory import check_limit_feasible, mb, tensors_of
 
     graph = loaded.graph
     machine = _machine(args)
@@ -149,6 +150,10 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
     runtimes = {}  # unknown names and bad options stop the command before anything runs
     for n in names:
         runtimes[n] = runtime_of(make_scheduler(n, options.get(n)), runtime).name
+    limit = _limit_bytes(args)
+    tensors = tensors_of(graph, machine.gpu)
+    if limit is not None:  # below what any schedule must hold: one error, nothing runs
+        check_limit_feasible(tensors, limit, len(machine.devices))
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
     skipped: dict[str, str] = {}  # schedulers that do not apply to this model by design
@@ -156,7 +161,7 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
     for n in names:  # a scheduler that fails on this model is reported, the rest go on
         progress.start(n)
         try:
-            results[n] = run_scheduler(n, graph, machine, options.get(n), runtimes[n])
+            results[n] = run_scheduler(n, graph, machine, options.get(n), runtimes[n], limit)
             progress.finish(n, f"{results[n].latency_ms:.3f} ms")
         except SchedulerSkipped as e:
             skipped[n] = _one_line(e)
@@ -223,6 +228,8 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
                 "sm_utilisation": r.timeline.mean_sm_utilisation(),
                 "lower_bound_ms": bound,
                 "bound_gap": r.latency_ms / bound - 1.0 if bound > 0 else None,
+                "peak_memory_mb": r.memory.peak_memory_mb,
+                "reserved_memory_mb": r.memory.reserved_memory_mb,
             }
         )
     best = min(results.values(), key=lambda r: (r.latency_ms, r.scheduler))
@@ -244,6 +251,9 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
             "work_bound_ms": work_us / 1e3,
             "host_bound_ms": host_us / 1e3,
             "binding_bound": binds,
+            "memory_limit_mb": None if limit is None else mb(limit),
+            "memory_lower_bound_mb": mb(tensors.lower_bound(len(machine.devices))),
+            "sequential_peak_memory_mb": mb(tensors.sequential_peak()),
             "results": rows,
         }
         print(dumps(out))
@@ -262,7 +272,7 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
     for r in rows:
         if r["status"] != "ok":
             why = r.get("error") or r["reason"]
-            table.append([r["scheduler"], r["runtime"], r["status"], *["-"] * 9, why])
+            table.append([r["scheduler"], r["runtime"], r["status"], *["-"] * 11, why])
             continue
         table.append(
             [
@@ -278,6 +288,8 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
                 str(r["profiler_calls"]),
                 f"{r['gpu_search_s']:.2f}",
                 "-" if r["bound_gap"] is None else f"{100 * r['bound_gap']:.1f}%",
+                f"{r['peak_memory_mb']:.1f}",
+                f"{r['reserved_memory_mb']:.0f}",
                 "",
             ]
         )
@@ -294,10 +306,18 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
         "profiler",
         "GPU search s",
         "vs bound",
+        "peak MB",
+        "reserved MB",
         "note",
     ]
     print(_table(table, header, right=set(range(2, len(header) - 1))))
     print("speedup: over one stream (sequential) under the same runtime")
+    cap = "" if limit is None else f"; limit {mb(limit):.1f} MB per GPU"
+    print(
+        f"memory: peak = live tensors at their most, weights included; reserved = what the "
+        f"caching allocator holds. Any schedule needs {mb(tensors.lower_bound(len(machine.devices))):.1f} MB; "
+        f"one stream in topological order peaks at {mb(tensors.sequential_peak()):.1f} MB{cap}"
+    )
     for label, path in written:
         print(f"{label}: {path}")
     return 0
@@ -344,6 +364,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from schedulers.base import Profiler, make_scheduler, parse_options, runtime_of
     from simgpu.graph import read_json
     from simgpu.hardware import Machine
+    from simgpu.memory import account, check_limit_feasible, tensors_of
     from simgpu.program import lower, validate_program
     from simgpu.runtimes import get_runtime
     from simgpu.schedule import check_rewrite, schedule_from_json
@@ -374,6 +395,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             )
     machine = _machine(args)
     override = _runtime_arg(args)
+    limit = _limit_bytes(args)
+    if limit is not None:
+        check_limit_feasible(tensors_of(graph, machine.gpu), limit, len(machine.devices))
     if args.schedule:
         schedule = schedule_from_json(read_json(args.schedule), source=args.schedule)
         check_rewrite(graph, schedule, args.schedule)
@@ -389,10 +413,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         runtime = runtime_of(sched, override)
         # a single-GPU scheduler searches on device 0, as run_scheduler does
         search = machine if sched.multi_gpu else Machine(machine.name, machine.devices[:1])
-        schedule = sched.schedule(graph, Profiler(search, runtime=runtime))
+        schedule = sched.schedule(graph, Profiler(search, runtime=runtime, memory_limit=limit))
     program = lower(schedule, graph, machine, name=source, runtime=runtime)
     validate_program(program, schedule.graph or graph)
     tl = simulate(program, machine)
+    memory = account(tl, program, schedule.graph or graph, machine, limit)
     from simgpu.chrome_trace import write_chrome_trace
     from simgpu.gantt import plot_gantt
 
@@ -420,6 +445,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "batch": graph.inputs[0].output_shape[0] if graph.inputs else None,
         "sm_utilisation": tl.mean_sm_utilisation(),
         "kernel_time_ms": tl.kernel_time_us() / 1e3,
+        "peak_memory_mb": memory.peak_memory_mb,
+        "reserved_memory_mb": memory.reserved_memory_mb,
+        "memory_lower_bound_mb": memory.to_json()["memory_lower_bound_mb"],
+        "sequential_peak_memory_mb": memory.to_json()["sequential_peak_mb"],
     }
     if fmt == "ios":
         from simgpu.models.ios import ios_nodes
@@ -940,6 +969,26 @@ def _non_negative(text: str) -> int:
     return v
 
 
+def _memory_mb(text: str) -> float:
+    """--memory-limit: a positive, finite number of MB."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MB, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0 or v > 2**30:
+        raise argparse.ArgumentTypeError(f"expected a positive number of MB, got {text!r}")
+    return v
+
+
+def _limit_bytes(args: argparse.Namespace) -> int | None:
+    from simgpu.memory import MB
+
+    v = getattr(args, "memory_limit", None)
+    return None if v is None else int(v * MB)
+
+
 def _version() -> str:
     """The installed package's version (its metadata), else the source tree's."""
     from importlib.metadata import PackageNotFoundError, version
@@ -966,6 +1015,10 @@ GPU_HELP = "GPU preset or GPU JSON file (default v100; see `simgpu gpus`)"
 MACHINE_HELP = (
     "machine preset or JSON file: several GPUs and their links, instead of --gpu "
     "(see `simgpu machines`)"
+)
+MEMORY_HELP = (
+    "memory per GPU in MB (MiB): memory-aware schedulers (ios, lios, heft, nimble, opara, "
+    "hios) schedule within it; any schedule whose live tensors exceed it is reported failed"
 )
 OPTION_HELP = (
     "scheduler option, repeatable, e.g. ios.r=3 (each scheduler's options, types and "
@@ -1012,6 +1065,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE", help=OPTION_HELP)
     r.add_argument("--runtime", help=RUNTIME_HELP)
+    r.add_argument("--memory-limit", type=_memory_mb, metavar="MB", help=MEMORY_HELP)
     outputs(r, "the fastest schedule")
     r.add_argument("--schedule-out", metavar="FILE", help="write the fastest schedule as JSON")
     r.set_defaults(func=cmd_run)
@@ -1031,6 +1085,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime", help=RUNTIME_HELP)
     s.add_argument("--gpu", default=None, help=GPU_HELP)
     s.add_argument("--machine", help=MACHINE_HELP)
+    s.add_argument("--memory-limit", type=_memory_mb, metavar="MB", help=MEMORY_HELP)
     s.add_argument(
         "--batch",
         type=_positive,

@@ -79,6 +79,9 @@ class GPUSpec:
     # fitted costs of library kernels ({"units": {...}}, see simgpu.costs); empty: the
     # committed fit of this GPU's architecture
     library_costs: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # the caching allocator's sizes and per-op output/workspace bytes (simgpu.allocator:
+    # check_memory_json); empty: PyTorch's defaults and sizes from shapes and algorithms
+    memory: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -97,6 +100,13 @@ class GPUSpec:
         if not isinstance(self.library_costs, Mapping):
             raise SpecError(f"GPU '{self.name}': library_costs must be an object")
         object.__setattr__(self, "library_costs", dict(self.library_costs))
+        if not isinstance(self.memory, Mapping):
+            raise SpecError(f"GPU '{self.name}': memory must be an object")
+        object.__setattr__(self, "memory", dict(self.memory))
+        if self.memory:
+            from simgpu.allocator import check_memory_json
+
+            check_memory_json(self.memory, f"GPU '{self.name}': memory")
         if self.library_costs:  # checked here, so a bad file fails when it is read
             from simgpu.costs import calls_from_json, units_from_json
 
@@ -109,7 +119,7 @@ class GPUSpec:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name in ("name", "compute_capability", "peak_tflops", "kernel_table",
-                          "library_costs"):  # fmt: skip
+                          "library_costs", "memory"):  # fmt: skip
                 continue
             if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
                 raise SpecError(f"GPU '{self.name}': field {f.name} must be a number, got {v!r}")
@@ -179,6 +189,7 @@ class GPUSpec:
         d["peak_tflops"] = dict(self.peak_tflops)
         d["kernel_table"] = dict(self.kernel_table)
         d["library_costs"] = dict(self.library_costs)
+        d["memory"] = dict(self.memory)
         return d
 
 

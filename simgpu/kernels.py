@@ -75,6 +75,9 @@ class Kernel:
     # the least time a block's progress takes in any company (its main loop's latency
     # chain): other kernels' warps may use the SM meanwhile (simgpu.sharing.demand)
     latency_us: float = 0.0
+    # device memory the library call holds while it runs (split-K partials, Winograd's
+    # transformed tensors); every kernel of the call carries the call's figure
+    workspace_bytes: int = 0
     # the simulator's per-GPU constants of this kernel, made on first use (a memo: not
     # part of the kernel's value, not copied by ``dataclasses.replace``)
     sim: Any = field(default=None, init=False, repr=False, compare=False)
@@ -271,6 +274,8 @@ def cheapest(op: str, candidates: list[Candidate], gpu: GPUSpec) -> list[Kernel]
             continue
         t = plan_time_us(ks, gpu)
         if t < best_t:
+            if cand.workspace:
+                ks = [dataclasses.replace(k, workspace_bytes=cand.workspace) for k in ks]
             best, best_t = ks, t
     if best is None:
         raise LoweringError(f"op '{op}': no library kernel (GEMM tile) fits on an SM of {gpu.name}")

@@ -127,6 +127,7 @@ class KernelSpec:
 class Candidate:
     algorithm: str
     kernels: tuple[KernelSpec, ...]
+    workspace: int = 0  # bytes of scratch the call holds (cuDNN's workspace size)
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -225,7 +226,7 @@ def gemm_candidates(
                     outs = batch * m * n
                     ks += (stream_spec("splitk_reduce", outs, float(outs * s), partials + outs * size,
                                        dtype, gpu),)  # fmt: skip
-                out.append(Candidate(name, ks))
+                out.append(Candidate(name, ks, int(partials)))
     return out
 
 
@@ -278,8 +279,9 @@ def conv_candidates(
             # cuDNN's non-fused Winograd multiplies on CUDA cores
             gemms = gemm_candidates(f"winograd{mt}x{mt}_gemm", a2, tiles, cout, c, dtype, io,
                                     0.0, gpu, False, library)  # fmt: skip
-            for g in gemms:
-                out.append(Candidate(f"winograd{mt}x{mt}", (data, filt, *g.kernels, outp)))
+            for g in gemms:  # workspace: the transformed input, filter and output
+                out.append(Candidate(f"winograd{mt}x{mt}", (data, filt, *g.kernels, outp),
+                                     int(io) + g.workspace))  # fmt: skip
     return out
 
 

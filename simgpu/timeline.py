@@ -73,6 +73,20 @@ class HostRecord(NamedTuple):
 
 
 @dataclass
+class MemoryTrack:
+    """One device's memory over a run (:mod:`simgpu.memory` fills it): ``samples`` are
+    (time_us, allocated bytes, reserved bytes) at every change."""
+
+    device: int
+    samples: list[tuple[float, int, int]]
+    peak_allocated: int
+    peak_reserved: int
+    peak_at_us: float
+    peak_op: str | None
+    weights: int
+
+
+@dataclass
 class Timeline:
     """A finished run. ``counters`` sample SMs busy, DRAM GB/s and the fraction of the
     GPU's compute in use at every change."""
@@ -92,6 +106,8 @@ class Timeline:
     sm_transitions: list[list[tuple[float, int, list[int]]]] = field(default_factory=list)
     events: int = 0  # SimPy events scheduled, for the throughput benchmark
     copies: list[CopyRecord] = field(default_factory=list)  # peer copies, by start
+    # per device, set by simgpu.memory.account (None: memory not accounted for this run)
+    memory: list[MemoryTrack] | None = None
 
     def sm_busy(self, device: int = 0) -> np.ndarray:
         """Microseconds each SM of ``device`` had a resident block."""
