@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from simgpu.allocator import AllocatorConfig, CachingAllocator, config_from
 from simgpu.errors import SimGPUError
@@ -213,6 +214,20 @@ def tensors_of(
 # --- replaying a run's allocations ----------------------------------------------------
 
 
+class Interval(NamedTuple):
+    """One allocation: ``key`` is the storage root's op name, ``op#workspace`` or
+    ``root@device`` (a peer copy's buffer); ``end_us`` is None while it is never freed
+    (weights, the graph's inputs and outputs). ``nbytes`` is the rounded request."""
+
+    key: str
+    op: str
+    device: int
+    stream: int
+    start_us: float
+    end_us: float | None
+    nbytes: int
+
+
 @dataclass
 class MemoryReport:
     """Peak allocated and reserved bytes of a run, per device, and the bounds."""
@@ -221,6 +236,8 @@ class MemoryReport:
     lower_bound: int
     sequential_peak: int
     notes: list[str] = field(default_factory=list)
+    # every allocation of the run: what it was, where, and when it lived
+    intervals: list[Interval] = field(default_factory=list)
 
     @property
     def peak_allocated(self) -> int:
@@ -334,7 +351,7 @@ def account(
     makespan = timeline.makespan_us
     for r in t.inputs:
         ev(0.0, _ALLOC, spans[r][0], spans[r][1], r, r)
-    for r, size in t.size.items():
+    for r in t.size:
         if r in t.inputs:
             continue
         dev, stream, start, end = spans[r]
@@ -375,15 +392,24 @@ def account(
                 alloc[d].alloc(t.weights[op], 0)
         tracks[d].samples[0] = (0.0, alloc[d].allocated, alloc[d].reserved)
     live: dict[str, object] = {}
+    born: dict[str, int] = {}  # key -> index in intervals
+    intervals: list[Interval] = []
+    for d in range(ndev):
+        for op in graph.ops:
+            if t.weights[op] and spans[op][0] == d:
+                intervals.append(Interval(f"{op}#weights", op, d, 0, 0.0, None, t.weights[op]))
     for time, kind, _, dev, stream, key, op in events:
         a = alloc[dev]
         if kind == _FREE:
             a.free(live.pop(key), deferred=program.graph_mode and key in cross)  # type: ignore[arg-type]
+            intervals[born[key]] = intervals[born[key]]._replace(end_us=time)
         else:
             need = sizes[key]
             if limit_bytes is not None and a.allocated + need > limit_bytes:
                 raise MemoryLimitError(_over(op, key, dev, time, need, a.allocated, limit_bytes))
             live[key] = a.alloc(need, stream)
+            born[key] = len(intervals)
+            intervals.append(Interval(key, op, dev, stream, time, None, need))
         tr = tracks[dev]
         if a.allocated > tr.peak_allocated:
             tr.peak_allocated, tr.peak_at_us, tr.peak_op = a.allocated, time, op
@@ -398,7 +424,7 @@ def account(
         tr.peak_allocated = max(tr.peak_allocated, alloc[d].peak_allocated)
         if tr.samples[-1][0] < makespan:
             tr.samples.append((makespan, alloc[d].allocated, alloc[d].reserved))
-    report = MemoryReport(tracks, t.lower_bound(ndev), t.sequential_peak())
+    report = MemoryReport(tracks, t.lower_bound(ndev), t.sequential_peak(), intervals=intervals)
     capacity = min(int(g.memory_gb * (1 << 30)) for g in gpus)
     if report.peak_allocated > capacity:
         report.notes.append(
