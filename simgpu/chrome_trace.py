@@ -23,7 +23,12 @@ beside a profiled one in Perfetto (ui.perfetto.dev) or chrome://tracing, and tha
 * event record / wait / no-op commands also as instant (``"i"``) events on their stream
   track, so zero-length ones stay visible;
 * ``ac2g`` flow arrows from each host launch (or graph launch) to every kernel it issued;
-* per-GPU counter tracks "SMs busy", "DRAM GB/s" and "SM compute %".
+* per-GPU counter tracks "SMs busy", "DRAM GB/s" and "SM compute %", and, where the run's
+  memory was accounted (``timeline.memory``, :mod:`simgpu.memory`), a "GPU memory (MB)"
+  counter with two series, ``allocated`` and ``reserved`` (MiB), at every change of either;
+  ``otherData`` then carries each device's peaks. Kineto writes memory as ``[memory]``
+  instant events of the CPU allocator's log; a counter shows the same curve in Perfetto
+  without pretending to be such a log, and readers of kernels and calls skip it.
 
 Times are written in whole nanoseconds (three decimals of a microsecond) and a slice's
 duration is its rounded end minus its rounded start, so rounding never makes two slices
@@ -38,11 +43,20 @@ from collections.abc import Iterable, Sequence
 from os import PathLike
 from typing import Any
 
-from simgpu.timeline import CommandRecord, CopyRecord, HostRecord, KernelRecord, Timeline
+from simgpu.memory import MB
+from simgpu.timeline import (
+    CommandRecord,
+    CopyRecord,
+    HostRecord,
+    KernelRecord,
+    MemoryTrack,
+    Timeline,
+)
 
 SM_COUNTER = "SMs busy"
 DRAM_COUNTER = "DRAM GB/s"
 COMPUTE_COUNTER = "SM compute %"  # share of the GPU's sustained compute in use
+MEMORY_COUNTER = "GPU memory (MB)"  # series "allocated" and "reserved", in MiB
 
 # The simulator's host API names and the CUDA runtime calls they stand for.
 CUDA_API = {
@@ -84,6 +98,7 @@ def _n_devices(tl: Timeline) -> int:
     idx = [k.device for k in tl.kernels] + [c.device for c in tl.commands]
     idx += [c.device for c in tl.copies] + [c.dst for c in tl.copies]
     idx += [h.device for h in tl.host]
+    idx += [m.device for m in tl.memory or ()]
     return max([len(tl.gpu_names), len(tl.counters), *(i + 1 for i in idx)])
 
 
@@ -214,6 +229,28 @@ def _copy_event(c: CopyRecord, corr: int) -> dict[str, Any]:
         "dur": dur,
         "args": cargs,
     }
+
+
+def _mb(nbytes: int) -> float:
+    return round(nbytes / MB, 6)
+
+
+def _memory_events(track: MemoryTrack) -> list[dict[str, Any]]:
+    """One counter event per sample of ``track``; samples that round to one nanosecond
+    keep the last (the state after everything at that instant)."""
+    out: dict[float, dict[str, Any]] = {}
+    for t, allocated, reserved in track.samples:
+        ts = _t(t)
+        out[ts] = {
+            "ph": "C",
+            "cat": "memory",
+            "name": MEMORY_COUNTER,
+            "pid": track.device,
+            "tid": 0,
+            "ts": ts,
+            "args": {"allocated": _mb(allocated), "reserved": _mb(reserved)},
+        }
+    return list(out.values())
 
 
 def to_chrome_trace(timeline: Timeline, title: str = "simgpu") -> dict[str, Any]:
@@ -431,9 +468,33 @@ def to_chrome_trace(timeline: Timeline, title: str = "simgpu") -> dict[str, Any]
                     }
                 )
 
+    for track in tl.memory or ():
+        events.extend(_memory_events(track))
+
     # Stable sort keeps construction order (itself deterministic) among full ties.
     events.sort(key=lambda e: (e["ts"], _RANK[e["ph"]], e["pid"], e["tid"], e["name"]))
 
+    other: dict[str, Any] = {
+        "title": title,
+        "generator": "simgpu",
+        "makespan_us": _t(tl.makespan_us),
+        "gpu_names": list(tl.gpu_names),
+        "sm_counts": [int(n) for n in tl.sm_counts],
+        "kernels": len(tl.kernels),
+        "copies": len(tl.copies),
+    }
+    if tl.memory is not None:
+        other["memory"] = [
+            {
+                "device": m.device,
+                "peak_memory_mb": _mb(m.peak_allocated),
+                "reserved_memory_mb": _mb(m.peak_reserved),
+                "peak_at_us": _t(m.peak_at_us),
+                "peak_op": m.peak_op,
+                "weights_mb": _mb(m.weights),
+            }
+            for m in tl.memory
+        ]
     return {
         "traceEvents": meta + events,
         "displayTimeUnit": "ns",
@@ -445,15 +506,7 @@ def to_chrome_trace(timeline: Timeline, title: str = "simgpu") -> dict[str, Any]
             }
             for dev in range(n_dev)
         ],
-        "otherData": {
-            "title": title,
-            "generator": "simgpu",
-            "makespan_us": _t(tl.makespan_us),
-            "gpu_names": list(tl.gpu_names),
-            "sm_counts": [int(n) for n in tl.sm_counts],
-            "kernels": len(tl.kernels),
-            "copies": len(tl.copies),
-        },
+        "otherData": other,
     }
 
 

@@ -8,7 +8,7 @@ caller's pyplot backend or global state.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any
@@ -149,6 +149,61 @@ def _draw_sm_busy(ax: Axes, tl: Timeline) -> None:
         ax.legend(loc="upper right", fontsize=7)
 
 
+# --- the memory panel -------------------------------------------------------------------
+#
+# Where a run's memory was accounted (``timeline.memory``, set by simgpu.memory), its live
+# bytes per device over time: allocated as a filled step line, the caching allocator's
+# reserved bytes as a dashed line, and the peak allocated marked and labelled. MB is MiB.
+
+_MEM_IN = 0.9  # inches of the memory panel in plot_gantt
+_CMP_MEM_IN = 0.6  # inches of the memory band under each panel's rows in the comparison
+_RESERVED_STYLE = {"linestyle": "--", "linewidth": 0.8}
+_MIB = float(1 << 20)
+
+
+def memory_top_mb(timelines: Iterable[Timeline]) -> float:
+    """The largest reserved (or allocated) MB of any device of any run: one scale for all
+    the memory panels of a comparison, so their heights compare."""
+    top = 0.0
+    for tl in timelines:
+        for m in tl.memory or ():
+            top = max(top, m.peak_reserved / _MIB, m.peak_allocated / _MIB)
+            top = max([top, *(max(a, r) / _MIB for _, a, r in m.samples)])
+    return top
+
+
+def _draw_memory(ax: Axes, tl: Timeline, axis_ms: float, top_mb: float, fs: float) -> None:
+    """Allocated (filled step) and reserved (dashed step) MB per device to the end of the
+    run, the peak marked; ``axis_ms`` is where the time axis ends (its label's side)."""
+    tracks = [m for m in tl.memory or () if m.samples]
+    end_ms = _x_end_ms(tl)
+    for m in tracks:
+        color = _DEVICE_COLORS[m.device % len(_DEVICE_COLORS)]
+        xs = [t / 1e3 for t, _, _ in m.samples] + [end_ms]
+        alloc = [a / _MIB for _, a, _ in m.samples]
+        res = [r / _MIB for _, _, r in m.samples]
+        alloc.append(alloc[-1])
+        res.append(res[-1])
+        who = f"GPU {m.device} " if len(tracks) > 1 else ""
+        ax.fill_between(xs, alloc, step="post", alpha=0.3, color=color, linewidth=0)
+        ax.step(xs, alloc, where="post", linewidth=0.8, color=color, label=f"{who}allocated")
+        ax.step(xs, res, where="post", color=color, label=f"{who}reserved", **_RESERVED_STYLE)
+        peak = m.peak_allocated / _MIB
+        ax.plot([m.peak_at_us / 1e3], [peak], marker="v", color="#d62728", markersize=4,
+                linestyle="", zorder=4)  # fmt: skip
+        what = f"peak {peak:.1f} MB" + (f" ({m.peak_op})" if m.peak_op else "")
+        right = m.peak_at_us / 1e3 > 0.6 * axis_ms  # keep the label inside the axes
+        ax.annotate(what, (m.peak_at_us / 1e3, peak), xytext=(-4 if right else 4, 2),
+                    textcoords="offset points", ha="right" if right else "left", va="bottom",
+                    fontsize=fs, color="#d62728", clip_on=True)  # fmt: skip
+    ax.set_ylim(0, max(top_mb, 1e-3) * 1.3)  # room for the peak's label
+    ax.set_ylabel("MB", fontsize=fs + 1)
+    ax.tick_params(axis="y", labelsize=fs)
+    ax.grid(linewidth=0.4, alpha=0.5)
+    if tracks:
+        ax.legend(loc="upper right", fontsize=fs, ncol=2 * len(tracks), frameon=False)
+
+
 def plot_gantt(
     timeline: Timeline,
     path: str | PathLike[str],
@@ -164,15 +219,29 @@ def plot_gantt(
     tl = timeline
     n_rows = max(len(_rows(tl)), 1)
     gantt_h = 0.8 + _ROW_IN * n_rows
-    fig = Figure(figsize=(_WIDTH_IN, gantt_h + 1.8), layout="constrained")
-    ax, ax_sm = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [gantt_h, 1.3]})
+    ratios = [gantt_h, _MEM_IN, 1.3] if tl.memory else [gantt_h, 1.3]
+    fig = Figure(figsize=(_WIDTH_IN, sum(ratios) + 0.5), layout="constrained")
+    axes = fig.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios})
+    ax, ax_sm = axes[0], axes[-1]
     drawn = _draw_gantt(ax, tl, max_kernels)
+    if tl.memory:
+        _draw_memory(axes[1], tl, _x_end_ms(tl), memory_top_mb([tl]), fs=7)
     _draw_sm_busy(ax_sm, tl)
     ax_sm.set_xlabel("time (ms)")
     head = title or "simgpu"
     note = f", first {drawn} of {len(tl.kernels)} kernels" if drawn < len(tl.kernels) else ""
-    ax.set_title(f"{head} — makespan {tl.makespan_us / 1e3:.3f} ms{note}", fontsize=10)
+    ax.set_title(f"{head} — makespan {tl.makespan_us / 1e3:.3f} ms{_memory_note(tl)}{note}",
+                 fontsize=10)  # fmt: skip
     save_figure(fig, path, dpi=120)
+
+
+def _memory_note(tl: Timeline) -> str:
+    """ ", peak X MB, reserved Y MB" (the largest device's) where memory was accounted."""
+    if not tl.memory:
+        return ""
+    peak = max(m.peak_allocated for m in tl.memory) / _MIB
+    reserved = max(m.peak_reserved for m in tl.memory) / _MIB
+    return f", peak {peak:.1f} MB, reserved {reserved:.1f} MB"
 
 
 # --- the comparison chart of ``simgpu run`` -----------------------------------------------
@@ -181,7 +250,9 @@ def plot_gantt(
 # thread(s) and the streams that ran anything (at most ``max_rows`` of them, the busiest;
 # a note in its title says how many more there were), coloured by kernel kind with one
 # key for the figure, and under it a strip of the share of SMs busy with its own time
-# axis. The figure is at most MAX_WIDTH_PX x MAX_HEIGHT_PX whatever the model and the
+# axis. Where a run's memory was accounted, a band under the panel's rows shows its memory
+# (see _draw_memory), on one MB scale for all panels. The band is a child axes of the
+# panel (it moves and sizes with it, and the figure keeps two axes per panel). The figure is at most MAX_WIDTH_PX x MAX_HEIGHT_PX whatever the model and the
 # number of schedules: rows per panel shrink first, then the resolution.
 
 MAX_WIDTH_PX = 2000
@@ -375,15 +446,15 @@ def _draw_sm_share(ax: Axes, tl: Timeline, end_ms: float) -> None:
         ax.legend(loc="upper right", fontsize=6, ncol=drawn, frameon=False)
 
 
-def _layout(rows: list[tuple[int, int]], max_rows: int) -> tuple[int, float, int]:
+def _layout(rows: list[tuple[int, int, float]], max_rows: int) -> tuple[int, float, int]:
     """(stream rows per panel, figure height in inches, dpi) for panels of (host rows,
-    stream rows) that keep the figure within MAX_HEIGHT_PX: fewer stream rows per panel
-    first (down to 2), then a lower resolution."""
+    stream rows, memory band inches) that keep the figure within MAX_HEIGHT_PX: fewer
+    stream rows per panel first (down to 2), then a lower resolution."""
 
     def height(cap: int) -> float:
         return _KEY_IN + sum(
-            _PANEL_HEAD_IN + _CMP_ROW_IN * max(h + min(n, cap) + (n > cap), 1) + _STRIP_IN
-            for h, n in rows
+            _PANEL_HEAD_IN + _CMP_ROW_IN * max(h + min(n, cap) + (n > cap), 1) + mem + _STRIP_IN
+            for h, n, mem in rows
         )
 
     cap = max(max_rows, 1)
@@ -407,21 +478,29 @@ def gantt_compare_figure(
     items = sorted(timelines.items(), key=lambda kv: (kv[1].makespan_us, kv[0]))
     if not items:
         raise ValueError("plot_gantt_compare needs at least one timeline")
-    rows = [(len({h.device for h in tl.host}), len(_ran_something(tl))) for _, tl in items]
+    mem_in = [_CMP_MEM_IN if tl.memory else 0.0 for _, tl in items]
+    rows = [
+        (len({h.device for h in tl.host}), len(_ran_something(tl)), mem)
+        for (_, tl), mem in zip(items, mem_in, strict=True)
+    ]
     cap, height, dpi = _layout(rows, max_rows)
     prs = [panel_rows(tl, cap) for _, tl in items]
     fig = Figure(figsize=(_WIDTH_IN, height), layout="constrained")
     ratios: list[float] = []
-    for pr in prs:
-        ratios += [_PANEL_HEAD_IN * 0.4 + _CMP_ROW_IN * max(len(pr.rows), 1), _STRIP_IN * 0.55]
+    for pr, mem in zip(prs, mem_in, strict=True):
+        rows_in = _CMP_ROW_IN * max(len(pr.rows), 1)
+        ratios += [_PANEL_HEAD_IN * 0.4 + rows_in + mem, _STRIP_IN * 0.55]
     axes = fig.subplots(len(ratios), 1, sharex=True, squeeze=False,
                         gridspec_kw={"height_ratios": ratios})[:, 0]  # fmt: skip
     end = max(_x_end_ms(tl) for _, tl in items)
     best = items[0][1].makespan_us
+    top_mb = memory_top_mb(tl for _, tl in items)
     kinds: set[str] = set()
     for i, ((name, tl), pr) in enumerate(zip(items, prs, strict=True)):
         ax, strip = axes[2 * i], axes[2 * i + 1]
         kinds |= _draw_panel(ax, tl, pr, max_kernels)
+        if tl.memory:
+            _memory_band(ax, tl, len(pr.rows), end, top_mb)
         _draw_sm_share(strip, tl, end)
         ms = tl.makespan_us / 1e3
         if i == 0:
@@ -429,6 +508,8 @@ def gantt_compare_figure(
         else:
             ratio = tl.makespan_us / best if best > 0 else float("inf")
             head = f"{i + 1}. {name} — {ms:.3f} ms  ({ratio:.2f}x the fastest)"
+        if tl.memory:
+            head += "  ·  " + _memory_note(tl).lstrip(", ")
         if pr.hidden_streams:
             head += (f"  ·  {pr.hidden_streams} more streams not shown, their "
                      f"{pr.hidden_kernels} kernels ({100 * pr.hidden_share:.0f}% of kernel time) "
@@ -462,6 +543,22 @@ def gantt_compare_figure(
     return fig, dpi
 
 
+def _memory_band(ax: Axes, tl: Timeline, n_rows: int, end_ms: float, top_mb: float) -> None:
+    """The memory panel of a comparison panel: the rows' axes grow by the band's height
+    below the last row and a child axes sharing their time axis fills it."""
+    from matplotlib.ticker import MaxNLocator
+
+    band = _CMP_MEM_IN / _CMP_ROW_IN  # in rows
+    rows = max(n_rows, 1)
+    ax.set_ylim(rows - 0.5 + band, -0.5)
+    frac = band / (rows + band)
+    mem = ax.inset_axes((0.0, 0.0, 1.0, frac * 0.92), sharex=ax)
+    _draw_memory(mem, tl, end_ms, top_mb, fs=6)
+    mem.set_ylabel("MB", fontsize=7, rotation=0, ha="right", va="center")
+    mem.tick_params(axis="x", labelbottom=False)
+    mem.yaxis.set_major_locator(MaxNLocator(nbins=3))
+
+
 def plot_gantt_compare(
     timelines: Mapping[str, Timeline],
     path: str | PathLike[str],
@@ -478,6 +575,7 @@ def plot_gantt_compare(
 __all__ = [
     "gantt_compare_figure",
     "kernel_kind",
+    "memory_top_mb",
     "op_color",
     "panel_rows",
     "plot_gantt",
