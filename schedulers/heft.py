@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from schedulers._memory import FREE_CANDIDATES, LOOKAHEAD, LiveModel, fit_list_schedule
 from schedulers.base import Profiler, SchedulerError, register
 from schedulers.lios import op_latencies, priority_order, upward_rank
 from simgpu.graph import OpGraph
@@ -35,7 +36,7 @@ def earliest_slot(busy: list[tuple[float, float, int]], ready: float, length: fl
     return t
 
 
-@register("heft", runtime="cudnn")
+@register("heft", runtime="cudnn", memory_aware=True)
 @dataclass
 class HEFT:
     """HEFT: rank order, insertion-based earliest-finish placement on k streams."""
@@ -50,28 +51,94 @@ class HEFT:
         lat = op_latencies(graph, profiler)
         key = priority_order(graph, upward_rank(graph, lat))
         order = sorted(graph.ops, key=key.__getitem__)
-        busy: list[list[tuple[float, float, int]]] = [[] for _ in range(self.streams)]
-        where: dict[str, int] = {}
-        finish: dict[str, float] = {}
-        for seq, op in enumerate(order):
-            best: tuple[float, float, int] | None = None
-            for s in range(self.streams):
-                ready = max(
-                    (finish[u] + (comm if where[u] != s else 0.0) for u in graph.predecessors(op)),
-                    default=0.0,
-                )
-                start = earliest_slot(busy[s], ready, lat[op])
-                cand = (start + lat[op], start, s)
-                if best is None or cand < best:
-                    best = cand
-            assert best is not None
-            end, start, s = best
-            bisect.insort(busy[s], (start, end, seq))
-            where[op] = s
-            finish[op] = end
-        streams = [[order[seq] for _, _, seq in b] for b in busy if b]
-        return StreamSchedule(
-            streams,
-            graph_mode=self.graph_mode,
-            meta={"model_latency_us": max(finish.values(), default=0.0)},
-        )
+
+        def build(width: int, model: LiveModel | None) -> StreamSchedule:
+            return heft_schedule(graph, lat, order, width, comm, self.graph_mode, model)
+
+        if profiler.memory_limit is None:
+            return build(self.streams, None)
+        return fit_list_schedule("heft", graph, profiler, build, self.streams, self.graph_mode)
+
+
+def heft_schedule(
+    graph: OpGraph,
+    lat: dict[str, float],
+    order: list[str],
+    width: int,
+    comm: float,
+    graph_mode: bool,
+    model: LiveModel | None = None,
+) -> StreamSchedule:
+    """HEFT's placement of ``order`` (rank order) on ``width`` streams. With a ``model``
+    (a memory limit), an op goes only where the estimated live bytes stay within its
+    budget: the earliest-finishing stream slot where they do; else, delayed, after an
+    op whose end frees bytes, on that op's stream (so stream order enforces the delay
+    in the real run); else a lower-ranked ready op goes first (at most ``LOOKAHEAD``
+    tried; if none fits, the first is placed anyway, counted in ``model.forced``)."""
+    busy: list[list[tuple[float, float, int]]] = [[] for _ in range(width)]
+    where: dict[str, int] = {}
+    finish: dict[str, float] = {}
+    seq_of = {op: i for i, op in enumerate(order)}
+
+    def placements(op: str) -> list[tuple[float, float, int]]:
+        out = []
+        for s in range(width):
+            ready = max(
+                (finish[u] + (comm if where[u] != s else 0.0) for u in graph.predecessors(op)),
+                default=0.0,
+            )
+            start = earliest_slot(busy[s], ready, lat[op])
+            out.append((start + lat[op], start, s))
+        return out
+
+    def delayed(
+        op: str, natural: list[tuple[float, float, int]]
+    ) -> tuple[float, float, int] | None:
+        assert model is not None
+        earliest = min(start for _, start, _ in natural)
+        for t, x in model.frees_after(earliest)[:FREE_CANDIDATES]:
+            s = where[x]
+            start = earliest_slot(busy[s], max(natural[s][1], t), lat[op])
+            if model.fits(op, start, start + lat[op]):
+                return (start + lat[op], start, s)
+        return None
+
+    remaining = list(order)
+    while remaining:
+        if model is None:
+            op = remaining.pop(0)
+            best = min(placements(op))
+        else:
+            op, best = _fitting(graph, remaining, where, placements, delayed, model, lat)
+            remaining.remove(op)
+        end, start, s = best
+        bisect.insort(busy[s], (start, end, seq_of[op]))
+        where[op] = s
+        finish[op] = end
+        if model is not None:
+            model.place(op, start, end)
+    streams = [[order[seq] for _, _, seq in b] for b in busy if b]
+    meta: dict = {"model_latency_us": max(finish.values(), default=0.0)}
+    if model is not None:
+        meta["memory_model_over"] = model.forced
+    return StreamSchedule(streams, graph_mode=graph_mode, meta=meta)
+
+
+def _fitting(graph, remaining, where, placements, delayed, model, lat):
+    """The highest-ranked ready op that fits (undelayed first, then delayed) and its slot."""
+    tried = []
+    for op in remaining:
+        if len(tried) >= LOOKAHEAD:
+            break
+        if any(u not in where for u in graph.predecessors(op)):
+            continue
+        tried.append(op)
+        natural = placements(op)
+        fitting = [p for p in natural if model.fits(op, p[1], p[0])]
+        if fitting:
+            return op, min(fitting)
+        late = delayed(op, natural)
+        if late is not None:
+            return op, late
+    model.forced += 1
+    return tried[0], min(placements(tried[0]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from schedulers._memory import LOOKAHEAD, LiveModel, fit_list_schedule
 from schedulers.base import Profiler, SchedulerError, register
 from simgpu.graph import OpGraph
 from simgpu.schedule import StreamSchedule
@@ -41,7 +42,7 @@ def priority_order(graph: OpGraph, rank: dict[str, float]) -> dict[str, tuple[fl
     return {n: (-rank[n], pos[n]) for n in graph.ops}
 
 
-@register("lios", runtime="cudnn")
+@register("lios", runtime="cudnn", memory_aware=True)
 @dataclass
 class LIOS:
     """LIOS: latency-rank priority, earliest-finish stream selection over k streams."""
@@ -53,27 +54,91 @@ class LIOS:
         if self.streams < 1:
             raise SchedulerError(f"lios: streams must be at least 1, got {self.streams}")
         lat = op_latencies(graph, profiler)
-        rank = upward_rank(graph, lat)
-        key = priority_order(graph, rank)
-        indeg = {n: len(graph.predecessors(n)) for n in graph.ops}
-        ready = [(key[n], n) for n in graph.ops if indeg[n] == 0]
-        heapq.heapify(ready)
-        free = [0.0] * self.streams  # when each stream's last op ends, in the model
-        finish: dict[str, float] = {}
-        out: list[list[str]] = [[] for _ in range(self.streams)]
-        while ready:
+        key = priority_order(graph, upward_rank(graph, lat))
+
+        def build(width: int, model: LiveModel | None) -> StreamSchedule:
+            return list_schedule(graph, lat, key, width, self.graph_mode, model)
+
+        if profiler.memory_limit is None:
+            return build(self.streams, None)
+        return fit_list_schedule("lios", graph, profiler, build, self.streams, self.graph_mode)
+
+
+def list_schedule(
+    graph: OpGraph,
+    lat: dict[str, float],
+    key: dict[str, tuple[float, int]],
+    width: int,
+    graph_mode: bool,
+    model: LiveModel | None = None,
+) -> StreamSchedule:
+    """LIOS's list scheduling on ``width`` streams. With a ``model`` (a memory limit), an
+    op is placed only where the estimated live bytes stay within its budget: on the
+    earliest-finishing stream where they do, else a lower-priority ready op goes first
+    and the op waits (at most ``LOOKAHEAD`` tried; if none fits, the first is placed
+    anyway and counted in ``model.forced``)."""
+    indeg = {n: len(graph.predecessors(n)) for n in graph.ops}
+    ready = [(key[n], n) for n in graph.ops if indeg[n] == 0]
+    heapq.heapify(ready)
+    free = [0.0] * width  # when each stream's last op ends, in the model
+    finish: dict[str, float] = {}
+    out: list[list[str]] = [[] for _ in range(width)]
+
+    def inputs_done(op: str) -> float:
+        return max((finish[u] for u in graph.predecessors(op)), default=0.0)
+
+    while ready:
+        if model is None:
             _, op = heapq.heappop(ready)
-            inputs_done = max((finish[u] for u in graph.predecessors(op)), default=0.0)
-            s = min(range(self.streams), key=lambda i: (max(free[i], inputs_done), i))
-            finish[op] = free[s] = max(free[s], inputs_done) + lat[op]
-            out[s].append(op)
-            for v in graph.successors(op):
-                indeg[v] -= 1
-                if indeg[v] == 0:
-                    heapq.heappush(ready, (key[v], v))
-        streams = [s for s in out if s]
-        return StreamSchedule(
-            streams,
-            graph_mode=self.graph_mode,
-            meta={"model_latency_us": max(finish.values(), default=0.0)},
-        )
+            done = inputs_done(op)
+            s = min(range(width), key=lambda i: (max(free[i], done), i))
+        else:
+            op, s = _fitting(graph, ready, free, lat, model, inputs_done)
+            done = inputs_done(op)
+        start = max(free[s], done)
+        finish[op] = free[s] = start + lat[op]
+        out[s].append(op)
+        if model is not None:
+            model.place(op, start, finish[op])
+        for v in graph.successors(op):
+            indeg[v] -= 1
+            if indeg[v] == 0:
+                heapq.heappush(ready, (key[v], v))
+    streams = [s for s in out if s]
+    meta: dict = {"model_latency_us": max(finish.values(), default=0.0)}
+    if model is not None:
+        meta["memory_model_over"] = model.forced
+    return StreamSchedule(streams, graph_mode=graph_mode, meta=meta)
+
+
+def _fitting(
+    graph: OpGraph,
+    ready: list[tuple[tuple[float, int], str]],
+    free: list[float],
+    lat: dict[str, float],
+    model: LiveModel,
+    inputs_done,
+) -> tuple[str, int]:
+    """The highest-priority ready op that fits somewhere, and its earliest-start stream
+    among those where it fits; popped from ``ready`` (the others tried go back)."""
+    tried = []
+    choice: tuple[str, int] | None = None
+    while ready and len(tried) < LOOKAHEAD and choice is None:
+        item = heapq.heappop(ready)
+        tried.append(item)
+        op = item[1]
+        done = inputs_done(op)
+        for s in sorted(range(len(free)), key=lambda i: (max(free[i], done), i)):
+            start = max(free[s], done)
+            if model.fits(op, start, start + lat[op]):
+                choice = (op, s)
+                break
+    if choice is None:
+        op = tried[0][1]
+        done = inputs_done(op)
+        choice = (op, min(range(len(free)), key=lambda i: (max(free[i], done), i)))
+        model.forced += 1
+    for item in tried:
+        if item[1] != choice[0]:
+            heapq.heappush(ready, item)
+    return choice

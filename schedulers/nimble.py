@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from schedulers._memory import merge_until_fits
 from schedulers.base import Profiler, SchedulerError, register
 from simgpu.graph import OpGraph
 from simgpu.schedule import StreamSchedule
@@ -98,7 +99,7 @@ def nimble_streams(graph: OpGraph, cover: str = "reduced") -> tuple[list[list[st
     return streams, meta
 
 
-@register("nimble", runtime="cuda-graph")
+@register("nimble", runtime="cuda-graph", memory_aware=True)
 @dataclass
 class Nimble:
     """Nimble: matching on the transitive reduction -> streams; one CUDA Graph launch."""
@@ -108,10 +109,13 @@ class Nimble:
 
     def schedule(self, graph: OpGraph, profiler: Profiler) -> StreamSchedule:
         streams, meta = nimble_streams(graph, self.cover)
-        return StreamSchedule(streams, graph_mode=self.graph_mode, meta=meta)
+        sched = StreamSchedule(streams, graph_mode=self.graph_mode, meta=meta)
+        if profiler.memory_limit is None:
+            return sched
+        return merge_until_fits(self.name, graph, profiler, sched)
 
 
-@register("nimble-eager")
+@register("nimble-eager", memory_aware=True)
 @dataclass
 class NimbleEager(Nimble):
     """Nimble's stream assignment issued kernel by kernel (no CUDA Graph)."""

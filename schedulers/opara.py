@@ -36,6 +36,7 @@ import heapq
 import itertools
 from dataclasses import dataclass
 
+from schedulers._memory import merge_until_fits
 from schedulers.base import Profiler, SchedulerError, register
 from schedulers.nimble import chains, nimble_streams
 from simgpu.graph import OpGraph
@@ -118,7 +119,7 @@ def launch_order(graph: OpGraph, streams: list[list[str]], demand: dict[str, Dem
     return out
 
 
-@register("opara", runtime="cuda-graph")
+@register("opara", runtime="cuda-graph", memory_aware=True)
 @dataclass
 class Opara:
     """Opara: one-pass concurrent streams, resource-aware launch order, one CUDA Graph."""
@@ -143,4 +144,9 @@ class Opara:
             "compute_bound": sum(1 for d in demand.values() if d.kind == COMPUTE),
             "memory_bound": sum(1 for d in demand.values() if d.kind == MEMORY),
         }
-        return StreamSchedule(streams, graph_mode=self.graph_mode, meta=meta, order=order)
+        sched = StreamSchedule(streams, graph_mode=self.graph_mode, meta=meta, order=order)
+        if profiler.memory_limit is None:
+            return sched
+        return merge_until_fits(
+            "opara", graph, profiler, sched, lambda ss: launch_order(graph, ss, demand)
+        )
