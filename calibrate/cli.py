@@ -156,7 +156,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     )
     meta = {"model": args.model, "batch": args.batch, "dtype": args.dtype}
     write_table(args.out, profiles, meta)
-    print(f"{args.model}: {len(profiles)} distinct ops -> {args.out}")
+    mem = sum(p.peak_memory_bytes is not None for p in profiles)
+    print(f"{args.model}: {len(profiles)} distinct ops ({mem} with peak memory) -> {args.out}")
     return 0
 
 
@@ -247,7 +248,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from calibrate.fit import calibration, fit_device_latencies, fit_host_costs, write_json
     from calibrate.kineto import load_trace
     from calibrate.microbench import analyse
-    from calibrate.profile import read_table
+    from calibrate.profile import add_memory_ops, read_memory_ops, read_table
     from simgpu.hardware import gpu_from_json
 
     traces = [load_trace(t) for t in args.trace or []]
@@ -265,14 +266,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
         fields.update(mb["fields"])
         fits["microbench"] = mb
     table: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
     for path in args.kernel_table or []:
         table.update(read_table(path))
+        memory.update(read_memory_ops(path))
     if not fields and not table:
         raise CalibrationError("nothing to fit: give --trace, --microbench or --kernel-table")
     data = calibration(base, fields, table, fits, name=args.name)
+    data["gpu"] = add_memory_ops(data["gpu"], memory)
+    g = gpu_from_json(dict(data["gpu"]), source=args.out)  # refuse to write what cannot load
     write_json(data, args.out)
-    g = gpu_from_json(data, source=args.out)
-    _emit(args, data, f"{g.name}: {len(fields)} fitted fields, {len(table)} kernel-table ops -> {args.out}")  # fmt: skip
+    _emit(args, data, f"{g.name}: {len(fields)} fitted fields, {len(table)} kernel-table ops, "
+                      f"{len(memory)} measured op memories -> {args.out}")  # fmt: skip
     return 0
 
 
@@ -328,7 +333,13 @@ def cmd_all(args: argparse.Namespace) -> int:
     from calibrate.fit import calibration, write_json
     from calibrate.microbench import BENCHES, analyse, run
     from calibrate.probe import probe
-    from calibrate.profile import profile_graph, read_table, write_table
+    from calibrate.profile import (
+        add_memory_ops,
+        profile_graph,
+        read_memory_ops,
+        read_table,
+        write_table,
+    )
     from simgpu.hardware import gpu_from_json
     from simgpu.models import build_model
 
@@ -343,6 +354,7 @@ def cmd_all(args: argparse.Namespace) -> int:
     run(out / "microbench", device=args.device, benches=BENCHES, progress=_progress("microbench"))
     mb = analyse(out / "microbench", spec)
     table: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
     for model in args.model or []:
         kt = out / f"kernels-{model}.json"
         if not kt.exists():
@@ -351,7 +363,10 @@ def cmd_all(args: argparse.Namespace) -> int:
                 kt, profile_graph(g, args.device, progress=_progress(model)), {"model": model}
             )
         table.update(read_table(kt))
+        memory.update(read_memory_ops(kt))
     data = calibration(base, mb["fields"], table, {"microbench": mb})
+    data["gpu"] = add_memory_ops(data["gpu"], memory)
+    gpu_from_json(dict(data["gpu"]), source="calibration")
     write_json(data, out / "calibration.json")
     print(f"calibration -> {out / 'calibration.json'}")
     return 0
@@ -453,7 +468,15 @@ def add_commands(sub: Any) -> None:
     m.add_argument("--json", action="store_true", help="print the whole analysis as JSON")
     m.set_defaults(func=cmd_microbench)
 
-    pr = cs.add_parser("profile", help="time every distinct op of a model alone -> kernel table")
+    pr = cs.add_parser(
+        "profile",
+        help="time every distinct op of a model alone -> kernel table",
+        description="Time every distinct op of a model alone on the GPU, read its kernels "
+        "from the profiler, and measure its memory: torch.cuda.max_memory_allocated over "
+        "one call less what was allocated before it (peak_memory_bytes), the returned "
+        "tensor's storage (output_bytes) and the difference (workspace_bytes). The "
+        "file's memory_ops go into a calibration's memory.ops (calibrate fit).",
+    )
     pr.add_argument("model", help="built-in model name (simgpu models lists them)")
     pr.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     pr.add_argument(

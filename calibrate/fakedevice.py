@@ -8,6 +8,14 @@ simulator, with deterministic noise (seeded per primitive and argument, so resul
 not depend on call order). No torch, no CUDA. Nothing it produces is a measurement: its
 files say ``"fake": true``.
 
+Memory comes from the simulator's own accounting (:mod:`simgpu.memory`) on the true GPU,
+where one difference from the model is planted, as the real executor has it: an op with a
+fused activation runs as two PyTorch calls, so its pre-activation tensor is a transient
+of the op's output size (:meth:`FakeDevice.memory_gpu`). ``op_memory`` reports an op's
+output and its peak over its inputs; ``program_memory`` a run's peak allocated bytes less
+the weights and the graph's inputs, as :meth:`calibrate.executor.Executor.peak_memory`
+measures them on a GPU.
+
 Its clock is virtual: each primitive advances it by about what the real GPU would take
 (kernel times x repeats, plus set-up costs such as a CUDA context, a CuPy compile or a
 profiler session), on top of the CPU time that really passes. So the dry run exercises
@@ -99,6 +107,8 @@ class FakeDevice:
         self.virtual_s = 0.0
         self._t0 = time.monotonic()
         self._caches: dict[int, KernelCache] = {}
+        self._memory_gpus: dict[int, GPUSpec] = {}
+        self._op_tensors: dict[int, Any] = {}
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -127,6 +137,8 @@ class FakeDevice:
 
     def release(self) -> None:
         self._caches.clear()
+        self._memory_gpus.clear()
+        self._op_tensors.clear()
 
     # --- probe ---------------------------------------------------------------------------------
 
@@ -278,6 +290,60 @@ class FakeDevice:
             op: [self._config(k, "op_kernels", graph.name, op) for k in cache.lower(graph, op)]
             for op in ops
         }
+
+    # --- memory ---------------------------------------------------------------------------------
+
+    def memory_gpu(self, graph: OpGraph) -> GPUSpec:
+        """The true GPU with the planted memory of ``graph``: each op with a fused
+        activation holds its pre-activation tensor (its output's size) while it runs."""
+        from simgpu.memory import tensors_of
+
+        key = id(graph)
+        if key not in self._memory_gpus:
+            t = tensors_of(graph, self.gpu, self._cache(graph))
+            ops = {
+                name: {"workspace_bytes": t.workspace[name] + t.size[name]}
+                for name in graph.topo_order
+                if graph[name].attrs.get("activation") is not None and name in t.size
+            }
+            self._memory_gpus[key] = self.gpu.replace(memory={"ops": ops}) if ops else self.gpu
+        return self._memory_gpus[key]
+
+    def op_memory(self, graph: OpGraph, op: str) -> dict[str, int]:
+        """One call's memory, as :func:`calibrate.profile.op_peak_memory` measures it:
+        the op's output and workspace (both in allocator blocks) at once."""
+        from calibrate.profile import memory_entry
+        from simgpu.memory import tensors_of
+        from simgpu.ops import numel
+
+        if not self._cache(graph).lower(graph, op):
+            raise CalibrationError(f"op '{op}' has no device work")
+        self._enter("op_memory", op, 0.002)
+        key = id(graph)
+        if key not in self._op_tensors:
+            self._op_tensors[key] = tensors_of(graph, self.memory_gpu(graph), self._cache(graph))
+        t = self._op_tensors[key]
+        o = graph[op]
+        return memory_entry(t.size[op] + t.workspace[op], numel(o.output_shape) * o.dtype_bytes)
+
+    def program_memory(self, program: StreamProgram, graph: OpGraph) -> dict[str, int]:
+        """One run's peak allocated bytes beyond the weights and the graph's inputs, as
+        :meth:`calibrate.executor.Executor.peak_memory` measures them, from the
+        simulator's accounting of the run on the true GPU."""
+        from simgpu.memory import account, tensors_of
+        from simgpu.sim.engine import simulate
+
+        true = self._on_truth(program, graph)
+        tl = simulate(true, self.gpu)
+        self._enter("program_memory", program.name, 0.1 + (tl.makespan_us + 30.0) / 1e6)
+        kernels: dict[str, list[Any]] = {}
+        for c in true.commands:
+            if isinstance(c, Launch) and c.kernel is not None:
+                kernels.setdefault(c.op, []).append(c.kernel)
+        gpu = self.memory_gpu(graph)
+        t = tensors_of(graph, gpu, kernels)
+        report = account(tl, true, graph, gpu, tensors=t)
+        return {"peak_memory_bytes": report.peak_allocated - t.resident()}
 
     # --- schedules -----------------------------------------------------------------------------
 

@@ -15,7 +15,9 @@ One :class:`Score` per dataset, of three kinds:
   when each starts), as ``simgpu replay FILE``: one row, recorded vs simulated GPU span.
 - ``schedules`` — recorded validation files (``"format": "simgpu.validation"``,
   :mod:`calibrate.validate`): every schedule's measured latency vs the latency that
-  today's code simulates for it.
+  today's code simulates for it. Where the file records measured peak memory, the row's
+  ``extra.memory`` scores it the same way (simulated / measured peak, MAPE, the worst
+  schedule), and the text report gives it a line.
 
 Ratios are simulated / measured. MAPE is ``mean(|p - m| / m) * 100``; the worst row is
 the one furthest from 1 in log scale (twice too slow and twice too fast weigh the same).
@@ -310,10 +312,35 @@ def score_validation(data: dict[str, Any], path: Path, gpu: GPUSpec | None = Non
         "device": data.get("device"),
         "kendall_tau": kendall_tau(meas, sim) if len(rows) >= 2 else None,
     }
+    memory = memory_score(rows, path.name)
+    if memory is not None:
+        extra["memory"] = memory
     return score(f"validation {path.name.removesuffix('.json')}", spec_name, sim, meas,
                  [f"{path.name}:{r['scheduler']}" for r in rows], kind="schedules",
                  skipped=tuple(skipped), path=_shown(path), recorded_gpu=recorded_gpu,
                  extra=extra)  # fmt: skip
+
+
+def memory_score(rows: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any] | None:
+    """Simulated vs measured peak memory over the rows (re-simulated schedules) that
+    have both: ``{"n", "mape", "median_ratio", "worst": {"source", "ratio"}}``; None
+    when no row has them. A zero measured peak has no ratio: such a row counts in
+    ``n`` only (``zero_measured``)."""
+    pairs = [(r["simulated_peak_memory_bytes"], r["measured_peak_memory_bytes"], r["scheduler"])
+             for r in rows if r.get("measured_peak_memory_bytes") is not None
+             and r.get("simulated_peak_memory_bytes") is not None]  # fmt: skip
+    if not pairs:
+        return None
+    ratios = [(s / m, who) for s, m, who in pairs if m > 0]
+    out: dict[str, Any] = {"n": len(pairs), "zero_measured": len(pairs) - len(ratios)}
+    if ratios:
+        worst = max(ratios, key=lambda x: _distance(x[0]))
+        out.update(
+            mape=statistics.fmean(abs(r - 1) * 100.0 for r, _ in ratios),
+            median_ratio=statistics.median(r for r, _ in ratios),
+            worst={"source": f"{name}:{worst[1]}", "ratio": worst[0]},
+        )
+    return out
 
 
 def _json_files(dirs: Sequence[Path]) -> list[Path]:
@@ -440,6 +467,14 @@ def format_report(report: Report) -> str:
             ).rstrip()
 
         lines += [fmt(head), "  ".join("-" * w for w in widths), *(fmt(b) for b in body)]
+    for r in report.rows:
+        m = r.extra.get("memory") if r.kind == "schedules" else None
+        if m and "mape" in m:
+            lines.append(
+                f"{r.dataset}: peak memory of {m['n']} schedule(s), simulated vs measured: "
+                f"MAPE {_pct(m['mape'])}, median sim/meas {_num(m['median_ratio'])}, worst "
+                f"{_num(m['worst']['ratio'])} ({m['worst']['source']})"
+            )
     for r in report.rows:
         if r.skipped:
             src, why = r.skipped[0]

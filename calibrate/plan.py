@@ -15,15 +15,18 @@ Steps, most valuable first (each a set of sub-steps, the unit of resume):
    FMA kernels and memory-bound copies at three grid sizes each, alone and in pairs on
    two streams (:mod:`calibrate.corun`) -> ``corun/*.json``.
 4. ``profile/<model>-b<batch>`` — every distinct op of the model timed alone, with the
-   kernels the profiler saw -> ``kernels-<model>-b<batch>.json`` (a kernel table,
-   :mod:`calibrate.profile`'s format); resumable per op.
+   kernels the profiler saw and its memory (peak over its inputs, output, workspace:
+   :func:`calibrate.profile.op_peak_memory`) -> ``kernels-<model>-b<batch>.json`` (a
+   kernel table, :mod:`calibrate.profile`'s format); resumable per op.
 5. ``validate/<model>`` — every single-GPU scheduler's program replayed by the executor,
-   against its simulated latency -> ``validation-<model>.json``
+   against its simulated latency, and its peak memory against the simulated one
+   (:data:`calibrate.validate.MEMORY_NOTE`) -> ``validation-<model>.json``
    (:mod:`calibrate.validate`'s format: ``simgpu calibrate validate --recorded FILE``
    re-simulates it anywhere) and one Kineto trace, ``kineto-<model>.json.gz``;
    resumable per scheduler.
 6. ``fit`` — ``calibration.json`` (probe spec + microbenchmark fields + kernel tables,
-   :func:`calibrate.fit.calibration`), and ``summary`` — ``summary.json`` / ``summary.md``:
+   :func:`calibrate.fit.calibration`, + the ops' measured memory as ``memory.ops``), and
+   ``summary`` — ``summary.json`` / ``summary.md``:
    validation MAPE and Kendall tau before and after the fit, co-run ratios measured /
    simulated, microbenchmark checks. Both are redone when their inputs changed.
 
@@ -54,7 +57,9 @@ or captured in a CUDA Graph, so each schedule is simulated under ``pytorch-eager
 **Devices.** The steps measure through :class:`calibrate.device.Device`: a CUDA GPU
 (:class:`calibrate.device.TorchDevice`), or with ``--dry-run`` the simulator on the CPU
 (:class:`calibrate.fakedevice.FakeDevice`, a virtual clock that advances as the GPU's
-would, no torch import). Same steps, same files, ``"fake": true`` in them.
+would, no torch import). Same steps, same files, ``"fake": true`` in them. The memory
+primitives (``op_memory``, ``program_memory``) are optional: a device without them
+measures no memory, and the files have no memory fields.
 """
 
 from __future__ import annotations
@@ -613,6 +618,7 @@ class Plan:
         new = 0
         t0 = self.elapsed()
         failed: dict[str, str] = {}
+        op_memory = getattr(self.dev, "op_memory", None)
         for sig, name in ops.items():
             if sig in timed:
                 continue
@@ -630,6 +636,11 @@ class Plan:
                 continue
             timed[sig] = {"op": name, "median_us": float(statistics.median(samples)),
                           "samples": len(samples)}  # fmt: skip
+            if op_memory is not None:  # a failed memory reading costs only the memory
+                try:
+                    timed[sig].update(op_memory(graph, name))
+                except Exception as e:
+                    self._log_traceback(f"profile {model} op {name} memory", e)
             new += 1
             if new % 10 == 0:
                 write_json(ppath, {"model": model, "batch": batch, "ops": timed})
@@ -647,7 +658,8 @@ class Plan:
                 empty.append(name)
                 continue
             t = timed[sig]
-            profiles.append(OpProfile(sig, name, t["median_us"], t["samples"], tuple(ks)))
+            profiles.append(OpProfile(sig, name, t["median_us"], t["samples"], tuple(ks),
+                                      t.get("peak_memory_bytes"), t.get("output_bytes")))  # fmt: skip
         if not profiles:
             raise CalibrationError(f"{model}: the profiler saw no kernel of any op")
         name = f"kernels-{model}-b{batch}.json"
@@ -689,6 +701,7 @@ class Plan:
 
     def do_validate(self, model: str) -> Outcome:
         from calibrate.validate import FORMAT as VFORMAT
+        from calibrate.validate import MEMORY_NOTE, simulated_peak_memory
         from calibrate.validate import VERSION as VVERSION
         from schedulers.base import SchedulerSkipped, run_scheduler
         from simgpu.hardware import Machine
@@ -727,6 +740,9 @@ class Plan:
                 "schedules": [],
                 "failures": {},
             }
+        program_memory = getattr(self.dev, "program_memory", None)
+        if program_memory is not None:
+            rec["peak_memory"] = MEMORY_NOTE
         names = self.schedulers()
         per = self.rate("validate", VALIDATE_PER_SCHEDULE_S)
         new = 0
@@ -744,7 +760,8 @@ class Plan:
                 res = run_scheduler(name, graph, machine)
                 rt = "cuda-graph" if res.program.graph_mode else "pytorch-eager"
                 program = lower(res.schedule, graph, gpu, name=name, runtime=get_runtime(rt))
-                sim_ms = simulate(program, machine).latency_ms
+                timeline = simulate(program, machine)
+                sim_ms = timeline.latency_ms
                 g = res.schedule.graph or graph
                 samples = self.dev.time_program(program, g, self.cfg.validate_warmup,
                                                 self.cfg.validate_repeats)  # fmt: skip
@@ -757,6 +774,16 @@ class Plan:
                 write_json(path, rec)
                 continue
             self._programs[(model, name)] = (program, g)
+            memory: dict[str, int] = {}
+            if program_memory is not None:  # a failed memory reading keeps the latency
+                try:
+                    measured = int(program_memory(program, g)["peak_memory_bytes"])
+                    memory = {"measured_peak_memory_bytes": measured,
+                              "simulated_peak_memory_bytes": simulated_peak_memory(program, g, gpu, timeline)}  # fmt: skip
+                    rec.get("memory_failures", {}).pop(name, None)
+                except Exception as e:
+                    rec.setdefault("memory_failures", {})[name] = _one_line(e)
+                    self._log_traceback(f"validate {model} {name} memory", e)
             rec["schedules"].append(
                 {
                     "scheduler": name,
@@ -769,6 +796,7 @@ class Plan:
                     "kernels": program.kernels,
                     "mode": "graph" if program.graph_mode else "eager",
                     "samples_ms": [x / 1e3 for x in samples],
+                    **memory,
                     "schedule": schedule_to_json(res.schedule),
                 }
             )
@@ -840,7 +868,8 @@ class Plan:
     def do_fit(self) -> Outcome:
         from calibrate.fit import calibration
         from calibrate.microbench import analyse
-        from calibrate.profile import read_table
+        from calibrate.profile import add_memory_ops, read_memory_ops, read_table
+        from simgpu.hardware import gpu_from_json
 
         base = read_json(self.out / "probe.json")["gpu"]
         spec = self.probe_spec()
@@ -853,22 +882,28 @@ class Plan:
                 fits["microbench_error"] = _one_line(e)
         fits["microbench"] = mb
         table: dict[str, Any] = {}
+        memory: dict[str, Any] = {}
         used = []
         for p in self.kernel_tables():
             try:
-                table.update(read_table(p))
+                t, m = read_table(p), read_memory_ops(p)
+                table.update(t)
+                memory.update(m)
                 used.append(p.name)
             except SimGPUError as e:
                 fits.setdefault("kernel_table_errors", {})[p.name] = _one_line(e)
         fits["kernel_tables"] = used
         fields = {k: v for k, v in mb["fields"].items() if hasattr(spec, k)}
         data = calibration(base, fields, table, fits)
+        data["gpu"] = add_memory_ops(data["gpu"], memory)
+        gpu_from_json(dict(data["gpu"]), source="calibration")  # refuse to write what cannot load
         if self.fake:
             data["fake"] = True
         write_json(self.out / "calibration.json", data)
         write_json(self.out / "microbench" / "analysis.json", mb)
         return Outcome("done", ["calibration.json", "microbench/analysis.json"],
-                       note=f"{len(fields)} fields, {len(table)} kernel-table ops")  # fmt: skip
+                       note=f"{len(fields)} fields, {len(table)} kernel-table ops, "
+                            f"{len(memory)} op memories")  # fmt: skip
 
     def do_summary(self) -> Outcome:
         from calibrate.validate import resimulate
@@ -896,8 +931,12 @@ class Plan:
                 try:
                     s = resimulate(data, source=str(p))
                     row[label] = {"gpu": s["gpu"], "mape": s["mape"], "kendall_tau": s["kendall_tau"],
-                                  "per_schedule": [{k: r[k] for k in ("scheduler", "measured_ms", "simulated_ms", "error_pct")}
+                                  "per_schedule": [{k: r[k] for k in ("scheduler", "measured_ms", "simulated_ms", "error_pct",
+                                                                      "measured_peak_memory_mb", "simulated_peak_memory_mb",
+                                                                      "memory_error_pct") if k in r}
                                                    for r in s["per_schedule"]]}  # fmt: skip
+                    if "memory_mape" in s:
+                        row[label]["memory_mape"] = s["memory_mape"]
                 except SimGPUError as e:
                     row[label] = {"error": _one_line(e)}
             val[rec.get("model", {}).get("name", p.stem)] = row
@@ -973,6 +1012,21 @@ def format_summary(s: dict[str, Any], fake: bool = False) -> str:
         for x in sorted(b["per_schedule"], key=lambda x: x["measured_ms"]):
             y = after.get(x["scheduler"], {})
             lines.append(f"| {x['scheduler']} | {x['measured_ms']:.3f} | {x['simulated_ms']:.3f} | {_f(y.get('simulated_ms'), '.3f')} |")  # fmt: skip
+    mem = {m: r for m, r in s.get("validation", {}).items() if "memory_mape" in r.get("before", {})}
+    if mem:
+        lines += ["", "## Peak memory (simulated vs measured per schedule, beyond weights and inputs)", "",
+                  "| model | MAPE before | MAPE after fit |", "|---|---|---|"]  # fmt: skip
+        for m, r in mem.items():
+            lines.append(f"| {m} | {_f(r['before'].get('memory_mape'))}% | {_f(r.get('after', {}).get('memory_mape'))}% |")  # fmt: skip
+        for m, r in mem.items():
+            after = {x["scheduler"]: x for x in r.get("after", {}).get("per_schedule", [])}
+            lines += ["", f"{m}, peak memory per schedule (MB):", "",
+                      "| scheduler | measured | simulated, before | after the fit |", "|---|---|---|---|"]  # fmt: skip
+            for x in r["before"]["per_schedule"]:
+                if "measured_peak_memory_mb" not in x:
+                    continue
+                y = after.get(x["scheduler"], {})
+                lines.append(f"| {x['scheduler']} | {x['measured_peak_memory_mb']:.1f} | {x['simulated_peak_memory_mb']:.1f} | {_f(y.get('simulated_peak_memory_mb'))} |")  # fmt: skip
     co = s.get("corun", {})
     lines += ["", "## Co-run interference (measured / simulated span of a pair)", ""]
     if "classes" in co:

@@ -6,6 +6,14 @@ plus one profiled run whose Kineto trace gives each launched kernel's name, grid
 block, registers, shared memory and duration. The table maps signature -> kernels in
 the format ``GPUSpec.kernel_table`` and ``simgpu.kernels`` read.
 
+Each op's memory is measured too (:func:`op_peak_memory`): the growth of
+``torch.cuda.max_memory_allocated`` over one call, its output's storage and, by
+difference, the transient bytes it allocates (cuDNN/cuBLAS workspace, a fused
+activation's intermediate). The table file keeps them per op and, under
+``memory_ops``, in the form a GPU JSON's ``memory.ops`` reads
+(:func:`memory_ops_from_profiles`), so `simgpu calibrate fit` writes them into the
+calibration beside the kernel table.
+
 The op -> call mapping is data (:class:`TorchCall`), so it is tested without torch;
 :func:`build` turns it into a closure over real tensors.
 """
@@ -21,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from calibrate.errors import CalibrationError, require_cuda
+from simgpu.allocator import AllocatorConfig, check_memory_json
+from simgpu.errors import SpecError
 from simgpu.graph import OpGraph
 from simgpu.kernels import signature
 from simgpu.ops import kind_of
@@ -231,6 +241,46 @@ class OpProfile:
     kernels: tuple[
         dict[str, Any], ...
     ]  # {"name", "grid", "threads", "regs", "smem", "duration_us"}
+    # measured memory of one call (:func:`op_peak_memory`); None where not measured
+    peak_memory_bytes: int | None = None
+    output_bytes: int | None = None
+
+    @property
+    def workspace_bytes(self) -> int | None:
+        """Bytes the call held beyond its output at its peak (see :func:`memory_entry`)."""
+        if self.peak_memory_bytes is None or self.output_bytes is None:
+            return None
+        return memory_entry(self.peak_memory_bytes, self.output_bytes)["workspace_bytes"]
+
+
+def memory_entry(peak_memory_bytes: int, output_bytes: int) -> dict[str, int]:
+    """One op's measured memory: ``peak_memory_bytes`` (max allocated during one call
+    minus allocated before it: the call's own peak over its inputs and weights),
+    ``output_bytes`` (the returned tensor's storage) and ``workspace_bytes``: the peak
+    less the output's 512 B block, what the call held only while it ran.
+
+    Raises CalibrationError for a negative or non-integer figure."""
+    for k, v in (("peak_memory_bytes", peak_memory_bytes), ("output_bytes", output_bytes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CalibrationError(f"{k} must be an integer >= 0, got {v!r}")
+    block = AllocatorConfig().round(output_bytes)
+    return {
+        "peak_memory_bytes": peak_memory_bytes,
+        "output_bytes": output_bytes,
+        "workspace_bytes": max(0, peak_memory_bytes - block),
+    }
+
+
+def memory_ops_from_profiles(profiles: Sequence[OpProfile]) -> dict[str, dict[str, int]]:
+    """signature -> ``{"output_bytes", "workspace_bytes"}`` of every profile whose memory
+    was measured: the ``memory.ops`` object of a GPU JSON (:mod:`simgpu.allocator`)."""
+    out = {}
+    for p in profiles:
+        if p.peak_memory_bytes is None or p.output_bytes is None:
+            continue
+        e = memory_entry(p.peak_memory_bytes, p.output_bytes)
+        out[p.signature] = {"output_bytes": e["output_bytes"], "workspace_bytes": e["workspace_bytes"]}  # fmt: skip
+    return out
 
 
 def table_from_profiles(profiles: Sequence[OpProfile]) -> dict[str, list[dict[str, Any]]]:
@@ -263,17 +313,26 @@ def write_table(
     path: str | Path, profiles: Sequence[OpProfile], meta: Mapping[str, Any] | None = None
 ) -> Path:
     """A kernel-table file: ``{"format": "simgpu.kernel_table", "kernel_table": {...},
-    "ops": [...per-op medians...], ...meta}``."""
+    "ops": [...per-op medians...], ...meta}``. Where the ops' memory was measured, each
+    "ops" entry has its :func:`memory_entry` fields and ``memory_ops`` holds them as a
+    GPU JSON's ``memory.ops`` (keyed by signature)."""
+    ops = []
+    for p in profiles:
+        e: dict[str, Any] = {"op": p.op, "signature": p.signature, "median_us": p.median_us,
+                             "samples": p.samples}  # fmt: skip
+        if p.peak_memory_bytes is not None and p.output_bytes is not None:
+            e.update(memory_entry(p.peak_memory_bytes, p.output_bytes))
+        ops.append(e)
     data = {
         "format": "simgpu.kernel_table",
         "version": 1,
         **dict(meta or {}),
         "kernel_table": table_from_profiles(profiles),
-        "ops": [
-            {"op": p.op, "signature": p.signature, "median_us": p.median_us, "samples": p.samples}
-            for p in profiles
-        ],
+        "ops": ops,
     }
+    mem = memory_ops_from_profiles(profiles)
+    if mem:
+        data["memory_ops"] = mem
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -290,6 +349,34 @@ def read_table(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     if not isinstance(data, dict) or not isinstance(data.get("kernel_table"), dict):
         raise CalibrationError(f'{path}: not a kernel table (no "kernel_table" object)')
     return data["kernel_table"]
+
+
+def read_memory_ops(path: str | Path) -> dict[str, dict[str, int]]:
+    """The measured ``memory_ops`` of a kernel-table file ({} for a file from before
+    memory was measured), checked as a GPU JSON's ``memory.ops`` is."""
+    from simgpu.graph import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("kernel_table"), dict):
+        raise CalibrationError(f'{path}: not a kernel table (no "kernel_table" object)')
+    ops = data.get("memory_ops", {})
+    try:
+        check_memory_json({"ops": ops}, f"{path}: memory_ops")
+    except SpecError as e:
+        raise CalibrationError(str(e).replace("memory_ops.ops", "memory_ops")) from None
+    return {str(k): dict(v) for k, v in ops.items()}
+
+
+def add_memory_ops(gpu: dict[str, Any], ops: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+    """``gpu`` (a GPU JSON object) with ``ops`` merged into its ``memory.ops``: measured
+    sizes win over what it had for the same key; its allocator sizes are kept."""
+    if not ops:
+        return gpu
+    memory = dict(gpu.get("memory") or {})
+    merged = dict(memory.get("ops") or {})
+    merged.update({k: dict(v) for k, v in ops.items()})
+    memory["ops"] = merged
+    return {**gpu, "memory": memory}
 
 
 # --- measurement (GPU) ----------------------------------------------------------------
@@ -329,6 +416,37 @@ def kernel_config(a: Any) -> dict[str, Any]:
     }
 
 
+def _storage_bytes(y: Any) -> int:
+    """Bytes of the storage a call returned (tensors in a tuple or list summed)."""
+    if isinstance(y, list | tuple):
+        return sum(_storage_bytes(x) for x in y)
+    if y is None:
+        return 0
+    return int(y.untyped_storage().nbytes())
+
+
+def op_peak_memory(torch: Any, fn: Callable[[], Any], device: Any) -> dict[str, int]:
+    """The memory one call of ``fn`` allocates on ``device``, as :func:`memory_entry`.
+
+    ``fn``'s inputs and weights exist before the call, so they are not counted: the
+    peak is ``torch.cuda.max_memory_allocated`` during the call (peak stats reset just
+    before it) less ``torch.cuda.memory_allocated`` just before it. One untimed call
+    first, so that what a library allocates once and keeps (cuBLAS's per-stream
+    workspace, cuDNN's plans) is in the "before", not in the op's figure. Sizes are the
+    caching allocator's blocks (512 B multiples; a large block left unsplit counts
+    whole, less than 1 MiB more)."""
+    fn()
+    torch.cuda.synchronize(device)
+    before = int(torch.cuda.memory_allocated(device))
+    torch.cuda.reset_peak_memory_stats(device)
+    y = fn()
+    torch.cuda.synchronize(device)
+    peak = int(torch.cuda.max_memory_allocated(device))
+    out = _storage_bytes(y)
+    del y
+    return memory_entry(max(0, peak - before), out)
+
+
 def profile_graph(
     graph: OpGraph,
     device: int = 0,
@@ -336,7 +454,8 @@ def profile_graph(
     repeats: int = 50,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[OpProfile]:
-    """Measure every distinct op of ``graph`` alone on CUDA device ``device``."""
+    """Measure every distinct op of ``graph`` alone on CUDA device ``device``: its time,
+    its kernels and its memory (:func:`op_peak_memory`)."""
     torch = require_cuda("per-op profiling")
     dev = torch.device("cuda", device)
     seen: dict[str, str] = {}
@@ -351,7 +470,9 @@ def profile_graph(
         fn = build(op_call(graph, name), torch, dev)  # type: ignore[arg-type]
         samples = event_samples(torch, fn, lambda: torch.cuda.synchronize(dev), warmup, repeats)
         kernels = _kernels_of_one_run(torch, fn, dev)
-        out.append(OpProfile(sig, name, float(statistics.median(samples)), repeats, tuple(kernels)))
+        mem = op_peak_memory(torch, fn, dev)
+        out.append(OpProfile(sig, name, float(statistics.median(samples)), repeats, tuple(kernels),
+                             mem["peak_memory_bytes"], mem["output_bytes"]))  # fmt: skip
     return out
 
 

@@ -6,6 +6,12 @@ same program with the calibrated GPU, and records both — together with each sc
 and the GPU spec, so :func:`resimulate` can re-simulate a recorded file with today's
 code, on any machine, and report how far the simulator is from the hardware:
 ``{"schedules", "mape", "kendall_tau", "per_schedule": [...]}``.
+
+Peak memory, where a schedule's entry records it (``measured_peak_memory_bytes``, see
+:data:`MEMORY_NOTE`), is compared the same way: the summary's rows gain
+``measured_peak_memory_mb``, ``simulated_peak_memory_mb`` and ``memory_error_pct``, and
+the summary ``memory_schedules`` and ``memory_mape``. Files without it read and
+summarise as before.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from typing import Any
 
 from calibrate.errors import CalibrationError, require_cuda
 from simgpu.errors import SimGPUError
-from simgpu.graph import read_json
+from simgpu.graph import OpGraph, read_json
 from simgpu.hardware import GPUSpec, Machine, gpu_from_json
+from simgpu.memory import MB
 from simgpu.output import save_figure
+from simgpu.program import Launch, StreamProgram
 from simgpu.schema import Checker, shown
+from simgpu.timeline import Timeline
 
 FORMAT = "simgpu.validation"
 VERSION = 1
@@ -30,8 +39,20 @@ VERSION = 1
 #: failed); a reader keeps them but needs none of them
 _RECORD_NOTES = frozenset(
     {"date", "device", "torch", "cuda", "fake", "warmup", "repeats", "runtimes", "failures",
-     "trace", "trace_error", "trace_scheduler", "complete"}
+     "trace", "trace_error", "trace_scheduler", "complete", "peak_memory",
+     "memory_failures"}
 )  # fmt: skip
+#: what a schedule's ``measured_peak_memory_bytes`` is (a validation file keeps this
+#: text under "peak_memory"): both sides leave out the weights and the graph's inputs,
+#: which the executor holds once per op and the simulator once
+MEMORY_NOTE = (
+    "measured_peak_memory_bytes: torch.cuda.max_memory_allocated during one run of the "
+    "schedule (peak stats reset just before it; for a CUDA Graph, during its capture) less "
+    "torch.cuda.memory_allocated just before it, i.e. the peak of the outputs the schedule "
+    "keeps live and of the ops' workspaces, without the weights and inputs the executor "
+    "made beforehand; simulated_peak_memory_bytes: the simulated run's peak allocated "
+    "bytes less the weights and the graph's inputs (simgpu.memory)"
+)
 
 
 def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -63,23 +84,66 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def simulated_peak_memory(
+    program: StreamProgram, graph: OpGraph, gpu: GPUSpec, timeline: Timeline | None = None
+) -> int:
+    """The simulated peak allocated bytes of ``program`` (run on ``graph``, the graph it
+    runs: a rewritten one where a scheduler rewrote it) less the weights and the graph's
+    inputs: the figure a schedule's ``measured_peak_memory_bytes`` is compared with
+    (:data:`MEMORY_NOTE`). ``timeline``: the program's simulated run, if at hand."""
+    from simgpu.memory import account, tensors_of
+    from simgpu.sim.engine import simulate
+
+    if timeline is None:
+        timeline = simulate(program, Machine.single(gpu))
+    kernels: dict[str, list[Any]] = {}
+    for c in program.commands:
+        if isinstance(c, Launch) and c.kernel is not None:
+            kernels.setdefault(c.op, []).append(c.kernel)
+    t = tensors_of(graph, gpu, kernels)
+    report = account(timeline, program, graph, gpu, tensors=t)
+    return report.peak_allocated - t.resident()
+
+
+def _memory_row(r: Mapping[str, Any]) -> dict[str, Any]:
+    """The memory columns of a row that has both peaks ({} otherwise); the error is
+    None where the measured peak is 0 (no ratio to a zero)."""
+    m, s = r.get("measured_peak_memory_bytes"), r.get("simulated_peak_memory_bytes")
+    if m is None or s is None:
+        return {}
+    return {
+        "measured_peak_memory_mb": m / MB,
+        "simulated_peak_memory_mb": s / MB,
+        "memory_error_pct": (s - m) / m * 100.0 if m > 0 else None,
+    }
+
+
 def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Rows with ``measured_ms`` and ``simulated_ms`` -> error per schedule, MAPE, tau."""
+    """Rows with ``measured_ms`` and ``simulated_ms`` -> error per schedule, MAPE, tau.
+    Rows that also have ``measured_peak_memory_bytes`` and ``simulated_peak_memory_bytes``
+    get the memory error, and the summary ``memory_schedules`` and ``memory_mape`` (both
+    present only when some row has them)."""
     per = []
     for r in rows:
         m, s = float(r["measured_ms"]), float(r["simulated_ms"])
         if not (m > 0 and math.isfinite(m)):
             raise CalibrationError(f"schedule '{r.get('scheduler')}': measured_ms must be > 0")
-        per.append({**dict(r), "error_pct": (s - m) / m * 100.0})
+        per.append({**dict(r), "error_pct": (s - m) / m * 100.0, **_memory_row(r)})
     meas = [p["measured_ms"] for p in per]
     sim = [p["simulated_ms"] for p in per]
-    return {
+    out = {
         "schedules": len(per),
         # None where undefined (no rows, one row, all tied): JSON has no NaN
         "mape": statistics.fmean(abs(p["error_pct"]) for p in per) if per else None,
         "kendall_tau": _finite_or_none(kendall_tau(meas, sim)) if len(per) >= 2 else None,
         "per_schedule": per,
     }
+    mem = [p for p in per if "measured_peak_memory_mb" in p]
+    if mem:
+        errs = [abs(p["memory_error_pct"]) for p in mem if p["memory_error_pct"] is not None]
+        out["memory_schedules"] = len(mem)
+        out["memory_mape"] = statistics.fmean(errs) if errs else None
+    return out
 
 
 def _gpu_of(data: Mapping[str, Any], source: str) -> GPUSpec:
@@ -133,6 +197,9 @@ def resimulate(data: Any, source: str = "<validation>") -> dict[str, Any]:
         f.integer("streams", None, lo=0)
         f.integer("kernels", None, lo=0)
         f.array("samples_ms", None)
+        # peak memory (MEMORY_NOTE): files without it predate its measurement
+        measured_mem = f.integer("measured_peak_memory_bytes", None, lo=0)
+        f.integer("simulated_peak_memory_bytes", None, lo=0)  # as simulated then: recomputed
         rt = f.string("runtime", None)  # files without one predate runtimes
         sched = schedule_from_json(f.raw("schedule"), source=f"{source} {at}")
         f.done()
@@ -142,10 +209,20 @@ def resimulate(data: Any, source: str = "<validation>") -> dict[str, Any]:
         except UnknownRuntime as err:
             raise CalibrationError(f"{source}: {at}.runtime: {err}") from None
         program = lower(sched, graph, gpu, name=name, runtime=runtime)
-        sim = simulate(program, Machine.single(gpu)).latency_ms
-        rows.append({"scheduler": name, "measured_ms": measured, "simulated_ms": sim, "mode": "graph" if program.graph_mode else "eager"})  # fmt: skip
+        timeline = simulate(program, Machine.single(gpu))
+        row = {"scheduler": name, "measured_ms": measured, "simulated_ms": timeline.latency_ms,
+               "mode": "graph" if program.graph_mode else "eager"}  # fmt: skip
+        if measured_mem is not None:
+            row["measured_peak_memory_bytes"] = measured_mem
+            row["simulated_peak_memory_bytes"] = simulated_peak_memory(
+                program, sched.graph or graph, gpu, timeline
+            )
+        rows.append(row)
     # what the run recorded about itself: kept with the file, not needed to re-simulate
     top.raw("gpu")
+    top.string("peak_memory", None)
+    if not isinstance(top.raw("memory_failures", {}), dict):
+        raise CalibrationError(f'{source}: "memory_failures" must be an object')
     top.done(ignore=_RECORD_NOTES)
     out = summarise(rows)
     out["model"] = model
@@ -158,19 +235,31 @@ def resimulate_file(path: str | Path) -> dict[str, Any]:
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
-    """A plain-text table of a summary, schedules by measured latency."""
+    """A plain-text table of a summary, schedules by measured latency; with the peak
+    memory columns where some schedule has a measured peak."""
     rows = sorted(summary["per_schedule"], key=lambda r: (r["measured_ms"], r["scheduler"]))
+    memory = "memory_schedules" in summary
     head = ["scheduler", "measured ms", "simulated ms", "error %"]
-    body = [
-        [
+    if memory:
+        head += ["measured MB", "simulated MB", "mem error %"]
+    body = []
+    for r in rows:
+        cells = [
             r["scheduler"],
             f"{r['measured_ms']:.3f}",
             f"{r['simulated_ms']:.3f}",
             f"{r['error_pct']:+.1f}",
         ]
-        for r in rows
-    ]
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(4)]
+        if memory:
+            has = "measured_peak_memory_mb" in r
+            err = r.get("memory_error_pct")
+            cells += [
+                f"{r['measured_peak_memory_mb']:.1f}" if has else "—",
+                f"{r['simulated_peak_memory_mb']:.1f}" if has else "—",
+                "—" if err is None else f"{err:+.1f}",
+            ]
+        body.append(cells)
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
 
     def fmt(r: list[str]) -> str:
         return "  ".join(
@@ -180,10 +269,17 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
     lines = [fmt(head), "  ".join("-" * w for w in widths), *(fmt(r) for r in body)]
     tau, mape = summary["kendall_tau"], summary["mape"]
-    lines.append(
+    last = (
         f"{summary['schedules']} schedules  MAPE {'n/a' if mape is None else f'{mape:.1f}%'}  "
         f"Kendall tau {'n/a' if tau is None or math.isnan(tau) else f'{tau:.2f}'}"
     )
+    if memory:
+        mm = summary["memory_mape"]
+        last += (
+            f"  peak memory MAPE {'n/a' if mm is None else f'{mm:.1f}%'} over "
+            f"{summary['memory_schedules']} schedules (MB: peak beyond weights and inputs)"
+        )
+    lines.append(last)
     return "\n".join(lines)
 
 
@@ -255,6 +351,10 @@ def validate_model(
                 "scheduler": name,
                 "measured_ms": m["median_us"] / 1e3,
                 "simulated_ms": res.latency_ms,
+                "measured_peak_memory_bytes": int(m["peak_memory_bytes"]),
+                "simulated_peak_memory_bytes": simulated_peak_memory(
+                    res.program, g, gpu, res.timeline
+                ),
                 "runtime": res.runtime,
                 "streams": res.streams,
                 "kernels": res.program.kernels,
@@ -275,6 +375,7 @@ def validate_model(
         "gpu": gpu.to_json(),
         "warmup": warmup,
         "repeats": repeats,
+        "peak_memory": MEMORY_NOTE,
         "schedules": entries,
         "failures": failures,
     }
