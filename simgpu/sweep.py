@@ -12,6 +12,14 @@ a row with ``status=error`` and its one-line error (``status=n/a`` when the sche
 does not apply to that input by design); it never stops the sweep. When the
 sweep ends the file is rewritten in grid order, so its content does not depend on the
 worker count or on completion order — only the wall-time columns differ between runs.
+
+Every row records the schedule's peak allocated and reserved memory (``peak_memory_mb``,
+``reserved_memory_mb``; MB is MiB, :mod:`simgpu.memory`). A memory limit per GPU is a
+dimension of the grid (``memory_limit_mb``, empty for none): a row whose schedule does not
+fit its limit is a failed row with the one-line reason. A results file written before
+these columns existed still reads (their cells empty); a sweep resumed on one rewrites it
+in the current layout first and runs its ``ok`` rows again, so that every row of the grid
+carries its memory.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ KEY_COLUMNS: tuple[str, ...] = (
     "scheduler",
     "options",
     "runtime",
+    "memory_limit_mb",  # per GPU; empty: no limit
 )
 #: Columns measured in wall-clock time: the only ones that differ between two runs.
 WALL_COLUMNS: tuple[str, ...] = ("schedule_s", "wall_s")
@@ -80,6 +89,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "gpu_search_s",
     "lower_bound_ms",
     "bound_gap",
+    "peak_memory_mb",
+    "reserved_memory_mb",
 )
 COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, "status", "error", *METRIC_COLUMNS, *WALL_COLUMNS)
 INT_COLUMNS = frozenset(
@@ -89,7 +100,12 @@ INT_COLUMNS = frozenset(
 FLOAT_COLUMNS = frozenset(
     {"latency_ms", "sequential_ms", "speedup", "sm_utilisation", "gpu_search_s"}
     | {"lower_bound_ms", "bound_gap", "schedule_s", "wall_s"}
+    | {"memory_limit_mb", "peak_memory_mb", "reserved_memory_mb"}
 )
+#: Columns added with memory accounting, and the layout of the files written before them
+#: (read with these cells empty; rewritten in the current layout when a sweep resumes).
+MEMORY_COLUMNS: tuple[str, ...] = ("memory_limit_mb", "peak_memory_mb", "reserved_memory_mb")
+LEGACY_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in MEMORY_COLUMNS)
 DTYPES = ("fp32", "fp16", "bf16")
 
 
@@ -109,10 +125,18 @@ class Combo:
     scheduler: str
     options: tuple[tuple[str, str], ...] = ()
     runtime: str = ""  # the runtime it runs under ('' while unresolved: the scheduler's own)
+    memory_limit_mb: float | None = None  # per GPU, MiB; None: no limit
 
     @property
     def options_text(self) -> str:
         return ";".join(f"{k}={v}" for k, v in self.options)
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        """The limit as run_scheduler takes it."""
+        from simgpu.memory import MB
+
+        return None if self.memory_limit_mb is None else int(self.memory_limit_mb * MB)
 
     def key(self) -> tuple[str, ...]:
         """The combination as its CSV key columns read back (all strings)."""
@@ -126,6 +150,7 @@ class Combo:
             self.scheduler,
             self.options_text,
             self.runtime,
+            limit_text(self.memory_limit_mb),
         )
 
     def label(self) -> str:
@@ -133,7 +158,17 @@ class Combo:
         size = f" {self.image_size}px" if self.image_size else ""
         opts = f" [{self.options_text}]" if self.options else ""
         rt = f" @{self.runtime}" if self.runtime else ""
-        return f"{self.model} b{self.batch}{size} {self.dtype} {hw} {self.scheduler}{opts}{rt}"
+        mem = f" limit {limit_text(self.memory_limit_mb)} MB" if self.memory_limit_mb else ""
+        what = f"{self.scheduler}{opts}{rt}{mem}"
+        return f"{self.model} b{self.batch}{size} {self.dtype} {hw} {what}"
+
+
+def limit_text(mb: float | None) -> str:
+    """A memory limit as its key cell: '' for none, '512' for 512.0, '0.5' for 0.5 (the
+    shortest text that reads back as the same float)."""
+    if mb is None:
+        return ""
+    return str(int(mb)) if float(mb).is_integer() else repr(float(mb))
 
 
 @dataclass
@@ -156,6 +191,8 @@ class Grid:
     options: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     # runtimes every scheduler runs under; empty: each scheduler's own (simgpu.runtimes)
     runtimes: list[str] = field(default_factory=list)
+    # memory limits per GPU in MB (MiB) every scheduler runs under; None: no limit
+    memory_limits_mb: list[float | None] = field(default_factory=lambda: [None])
 
     def combos(self) -> list[Combo]:
         """Every combination, in grid order (model, batch, size, dtype, hardware, scheduler)."""
@@ -183,9 +220,10 @@ class Grid:
         variants = {s: _option_variants(self.options.get(s, {})) for s in scheds}
         _check_runtimes(self.runtimes)
         files = _check_known(models, targets, variants)
+        limits = _dedupe(self.memory_limits_mb) or [None]
         rows = (len(models) * len(_dedupe(self.batches)) * max(1, len(_dedupe(self.image_sizes)))
                 * len(_dedupe(self.dtypes)) * len(targets) * sum(len(v) for v in variants.values())
-                * max(1, len(self.runtimes)))  # fmt: skip
+                * max(1, len(self.runtimes)) * len(limits))  # fmt: skip
         check_limit("grid_rows", rows, "the sweep's number of combinations")
         runtimes = {(s, o): _runtimes_of(s, o, self.runtimes) for s in scheds for o in variants[s]}
 
@@ -211,8 +249,10 @@ class Grid:
             ):
                 for opts in variants[sched]:
                     gpu, machine = (hw, "") if kind == "gpu" else ("", hw)
-                    for rt in runtimes[(sched, opts)]:
-                        out.append(Combo(model, batch, size, dtype, gpu, machine, sched, opts, rt))
+                    for rt, limit in itertools.product(runtimes[(sched, opts)], limits):
+                        out.append(
+                            Combo(model, batch, size, dtype, gpu, machine, sched, opts, rt, limit)
+                        )
         return _dedupe(out)
 
     def _check_names(self) -> None:
@@ -240,6 +280,43 @@ class Grid:
                     raise SweepError(f"bad {what} {v!r} in the grid: expected a positive integer")
                 if v is not None:  # before the first row, not as a row per combination
                     check_limit(limit, v, f"the grid's {what}")
+        for v in self.memory_limits_mb:
+            check_memory_limit(v, "the grid's memory limit")
+
+
+def check_memory_limit(v: Any, where: str) -> float | None:
+    """A grid's memory limit: None, or a positive number of MB (simgpu.memory's rule)."""
+    from simgpu.memory import parse_limit_mb
+
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise SweepError(f"{where}: expected a positive number of MB, got {v!r}")
+    try:
+        parse_limit_mb(float(v), where)
+    except OverflowError:  # an integer past any float
+        raise SweepError(f"{where}: expected a positive number of MB, got {v!r}") from None
+    except SimGPUError as e:
+        raise SweepError(str(e)) from None
+    return float(v)
+
+
+def parse_memory_limit_args(items: Sequence[str]) -> list[float | None]:
+    """``--memory-limit`` values: numbers of MB, or 'none' for a row without a limit."""
+    out: list[float | None] = []
+    for item in items:
+        text = item.strip()
+        if text.lower() == "none":
+            out.append(None)
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            raise SweepError(
+                f"--memory-limit {item!r}: expected a number of MB (MiB) or 'none'"
+            ) from None
+        out.append(check_memory_limit(value, "--memory-limit"))
+    return _dedupe(out)
 
 
 def _dedupe(items: Iterable[Any]) -> list[Any]:
@@ -300,13 +377,15 @@ _TOML_KEYS = (
     "machines",
     "schedulers",
     "runtimes",
+    "memory_limit_mb",
 )
 
 
 def load_grid(path: str | Path) -> Grid:
     """Read a grid from TOML: top-level lists named as :class:`Grid`'s fields, plus
     ``[options.SCHEDULER]`` tables whose values are a value or a list of values to sweep.
-    A scalar stands for a one-element list."""
+    A scalar stands for a one-element list. ``memory_limit_mb`` lists limits per GPU in MB
+    (MiB); ``"none"`` (or, from JSON or Python, null) is a row without a limit."""
     p = Path(path)
     raw = read_bytes(p, SweepError)  # a regular file under the size limit
     try:
@@ -332,6 +411,13 @@ def grid_from_dict(data: Mapping[str, Any], source: str = "<grid>") -> Grid:
     for key in ("batches", "image_sizes"):
         if key in data:
             kw[key] = [_check_positive(v, f"{source}: {key}[{i}]") for i, v in _items(data[key])]
+    if "memory_limit_mb" in data:
+        kw["memory_limits_mb"] = _dedupe(
+            _limit_value(v, f"{source}: memory_limit_mb[{i}]")
+            for i, v in _items(data["memory_limit_mb"])
+        )
+        if not kw["memory_limits_mb"]:
+            raise SweepError(f"{source}: memory_limit_mb is empty")
     for key in ("models", "batches", "image_sizes", "dtypes", "schedulers"):
         if key in kw and not kw[key]:
             raise SweepError(f"{source}: {key} is empty")
@@ -375,6 +461,14 @@ def _check_positive(v: Any, where: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise SweepError(f"{where}: expected a positive integer, got {v!r}")
     return v
+
+
+def _limit_value(v: Any, where: str) -> float | None:
+    if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise SweepError(f"{where}: expected a number of MB or 'none', got {v!r}")
+    return check_memory_limit(v, where)
 
 
 def _option_value(v: Any, where: str) -> str:
@@ -464,7 +558,9 @@ def _measure(combo: Combo) -> dict[str, str]:
     graph = combo_graph(combo.model, combo.batch, combo.image_size, combo.dtype)
     machine = machine_for(combo.gpu, combo.machine)
     runtime = combo.runtime or None
-    res = run_scheduler(combo.scheduler, graph, machine, dict(combo.options), runtime)
+    res = run_scheduler(
+        combo.scheduler, graph, machine, dict(combo.options), runtime, combo.memory_limit_bytes
+    )
     if combo.scheduler == "sequential" and not combo.options:
         seq_ms = res.latency_ms
     else:  # one stream under the same runtime: like with like
@@ -487,6 +583,9 @@ def _measure(combo: Combo) -> dict[str, str]:
         "gpu_search_s": res.gpu_search_s,
         "schedule_s": res.schedule_s,
     }
+    if res.memory is not None:
+        out["peak_memory_mb"] = res.memory.peak_memory_mb
+        out["reserved_memory_mb"] = res.memory.reserved_memory_mb
     try:  # the bound `simgpu run` reports
         bound = schedule_bound_us(graph, machine, res.schedule.graph, res.runtime) / 1e3
     except SimGPUError as e:  # the schedule is fine; say why its bound is missing
@@ -623,15 +722,31 @@ def _parse_results(text: str, source: str, hint: str) -> list[dict[str, str]]:
     if not text:
         return []
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader)
-    if tuple(header) != COLUMNS:
+    header = tuple(next(reader))
+    if header not in (COLUMNS, LEGACY_COLUMNS):
         raise SweepError(f"{source}: not a simgpu sweep results file (its header differs); {hint}")
+    blank = dict.fromkeys(COLUMNS, "")  # a file from before the memory columns: empty cells
     rows = []
     for n, rec in enumerate(reader, start=2):
-        if len(rec) != len(COLUMNS):
-            raise SweepError(f"{source}: line {n} has {len(rec)} fields, expected {len(COLUMNS)}")
-        rows.append(dict(zip(COLUMNS, rec, strict=True)))
+        if len(rec) != len(header):
+            raise SweepError(f"{source}: line {n} has {len(rec)} fields, expected {len(header)}")
+        rows.append(blank | dict(zip(header, rec, strict=True)))
     return rows
+
+
+def results_layout(path: str | Path) -> tuple[str, ...] | None:
+    """The columns a results file's header names (None: empty or not one of ours)."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as f:
+            header = tuple(next(csv.reader(f), ()))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return header if header in (COLUMNS, LEGACY_COLUMNS) else None
+
+
+def lacks_memory(row: Mapping[str, str]) -> bool:
+    """An ``ok`` row without the memory columns' values: written before they existed."""
+    return row["status"] == "ok" and not row["peak_memory_mb"]
 
 
 def row_key(row: Mapping[str, str]) -> tuple[str, ...]:
@@ -861,10 +976,22 @@ def _run_locked(
     progress_stream: TextIO | None,
 ) -> SweepResult:
     existing = _load_existing(path)
-    finished = {row_key(r) for r in existing if r["status"] in DONE or not retry_failed}
+    finished = {
+        row_key(r)
+        for r in existing
+        if (r["status"] in DONE or not retry_failed) and not lacks_memory(r)
+    }
     todo = [c for c in combos if c.key() not in finished]
+    keys = {c.key() for c in combos}
+    stale = sum(1 for r in existing if lacks_memory(r) and row_key(r) in keys)
 
     bar = Progress(len(todo), progress_stream, enabled=progress)
+    if progress and stale:
+        print(
+            f"sweep: {stale} ok rows of {path} predate the memory columns: running them again",
+            file=bar.stream,
+            flush=True,
+        )
     if progress and len(todo) < len(combos):
         done = len(combos) - len(todo)
         print(
@@ -902,7 +1029,6 @@ def _run_locked(
         wrote_parquet = write_parquet(rows, parquet)
     except OSError as e:
         raise SweepError(f"cannot write {parquet}: {_one_line(e)}") from None
-    keys = {c.key() for c in combos}
     failed = sum(1 for r in rows if r["status"] not in DONE and row_key(r) in keys)
     return SweepResult(
         path,
@@ -922,6 +1048,14 @@ def _load_existing(path: Path) -> list[dict[str, str]]:
         return []
     # the sweep appends to -o: a file of something else is not overwritten
     rows = read_results(path, "give another output file (-o)")
+    if results_layout(path) == LEGACY_COLUMNS:
+        # rows are appended in the current layout: rewrite the old ones in it first (their
+        # memory cells empty; a kill after this leaves a valid file of the new layout)
+        try:
+            _write_csv(path, rows)
+        except OSError as e:
+            raise SweepError(f"cannot rewrite {path}: {e.strerror or e}") from None
+        return rows
     # Drop a partial last line now, so appended rows start on a line of their own.
     try:
         data = path.read_bytes()
@@ -1099,6 +1233,8 @@ def without_wall_time(rows: Iterable[Mapping[str, str]]) -> list[dict[str, str]]
 __all__ = [
     "COLUMNS",
     "KEY_COLUMNS",
+    "LEGACY_COLUMNS",
+    "MEMORY_COLUMNS",
     "WALL_COLUMNS",
     "CombinationTimeout",
     "Combo",
@@ -1107,7 +1243,10 @@ __all__ = [
     "SweepError",
     "SweepResult",
     "grid_from_dict",
+    "lacks_memory",
+    "limit_text",
     "load_grid",
+    "parse_memory_limit_args",
     "parse_option_args",
     "read_results",
     "run_combo",
