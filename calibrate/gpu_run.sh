@@ -36,7 +36,8 @@ rc=$?
 [ $rc -eq 124 ] && echo "simgpu: the plan was killed at its hard limit: plan.json names the step"
 if [ -n "${GPU_TESTS:-}" ] && [ -z "${DRY:-}" ]; then
     timeout -k 5 90 python3 -m pytest -m gpu -q -p no:cacheprovider \
-        tests/test_calibrate.py tests/test_plan.py >"$OUT/gpu-tests.txt" 2>&1
+        tests/test_calibrate.py tests/test_plan.py tests/test_memory_calibration.py \
+        >"$OUT/gpu-tests.txt" 2>&1
     tail -3 "$OUT/gpu-tests.txt"
 fi
 tar czf "$OUT/results.tar.gz" -C .plan "$NAME"

@@ -619,6 +619,8 @@ class Plan:
         t0 = self.elapsed()
         failed: dict[str, str] = {}
         op_memory = getattr(self.dev, "op_memory", None)
+        if op_memory is None:
+            self.log(f"profile {model}: this device has no op_memory: op memory not measured")
         for sig, name in ops.items():
             if sig in timed:
                 continue
@@ -743,6 +745,8 @@ class Plan:
         program_memory = getattr(self.dev, "program_memory", None)
         if program_memory is not None:
             rec["peak_memory"] = MEMORY_NOTE
+        else:
+            self.log(f"validate {model}: this device has no program_memory: peaks not measured")
         names = self.schedulers()
         per = self.rate("validate", VALIDATE_PER_SCHEDULE_S)
         new = 0

@@ -309,6 +309,37 @@ def test_plan_validation_records_and_compares_peak_memory(dry, capsys) -> None:
     assert "## Peak memory" in md and "| squeezenet1_1 |" in md
 
 
+class _NoMemory(FakeDevice):
+    """A device without the memory primitives (a TorchDevice from before them)."""
+
+    op_memory = None  # type: ignore[assignment]
+    program_memory = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("device", ["failing", "without"])
+def test_plan_without_memory_readings_keeps_the_latencies(tmp_path, capsys, device) -> None:
+    dev = FakeDevice(fail={"op_memory", "program_memory"}) if device == "failing" else _NoMemory()
+    out = tmp_path / "o"
+    assert plan_main(["--out", str(out), "--dry-run", "--only", "profile", "--only", "validate",
+                      "--profile", "squeezenet1_1", "--validate", "squeezenet1_1",
+                      "--scheduler", "sequential"], device=dev) == 0  # fmt: skip
+    kt = json.loads((out / "kernels-squeezenet1_1-b1.json").read_text())
+    assert "memory_ops" not in kt and all("peak_memory_bytes" not in e for e in kt["ops"])
+    rec = json.loads((out / "validation-squeezenet1_1.json").read_text())
+    (e,) = rec["schedules"]
+    assert e["measured_ms"] > 0 and "measured_peak_memory_bytes" not in e
+    if device == "failing":
+        assert rec["memory_failures"] == {"sequential": "injected failure of program_memory (fake device)"}  # fmt: skip
+        assert "injected failure of op_memory" in (out / "plan.log").read_text()
+    else:
+        assert "peak_memory" not in rec and "memory_failures" not in rec
+        assert "no op_memory: op memory not measured" in (out / "plan.log").read_text()
+    s = resimulate(rec)
+    assert "memory_mape" not in s
+    assert "memory" not in load_gpu(str(out / "calibration.json")).memory
+    capsys.readouterr()
+
+
 # --- 4. the validation harness ------------------------------------------------------------
 
 
@@ -461,8 +492,9 @@ def test_kernel_table_memory_ops_round_trip_into_a_gpu_json(tmp_path, capsys) ->
 @pytest.mark.gpu
 @gpu_only
 def test_op_and_schedule_memory_on_the_gpu() -> None:
-    """A real op allocates at least its output; a schedule's measured peak holds at
-    least its largest output and is within a few times the simulated one."""
+    """On a real GPU: an op allocates at least its output; a schedule's measured peak
+    holds at least two activations at once (an op's input and output), eager and
+    captured, and is of the simulated figure's order (library workspaces differ)."""
     import torch
 
     from calibrate.executor import Executor
@@ -472,11 +504,11 @@ def test_op_and_schedule_memory_on_the_gpu() -> None:
     dev = torch.device("cuda", 0)
     fn = build(op_call(g, "a"), torch, dev)  # type: ignore[arg-type]
     m = op_peak_memory(torch, fn, dev)
-    assert m["output_bytes"] == 32 * 32 * 32 * 4
-    assert m["peak_memory_bytes"] >= m["output_bytes"]
-    for name in ("sequential", "nimble"):
+    act = 32 * 32 * 32 * 4
+    assert m["output_bytes"] == act
+    assert m["peak_memory_bytes"] >= act
+    for name in ("sequential", "nimble"):  # eager, then a CUDA Graph
         r = run_scheduler(name, g, Machine.single(V100))
         measured = Executor(r.program, g).peak_memory()
         sim = simulated_peak_memory(r.program, g, V100, r.timeline)
-        assert measured >= 32 * 32 * 32 * 4
-        assert sim / 4 <= measured <= sim * 4 + 8 * MB
+        assert 2 * act <= measured <= sim + 256 * MB, (name, measured, sim)
