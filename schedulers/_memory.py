@@ -53,7 +53,11 @@ class LiveModel:
     a reader is still unplaced that end is unknown and counted as never, so a placement
     that fits stays fitting whatever is placed later. A workspace lives while its op
     runs. Weights and graph inputs are resident: ``budget`` is the limit less
-    :meth:`Tensors.resident`."""
+    :meth:`Tensors.resident`.
+
+    A placement that leaves more bytes live than it frees must also leave room for the
+    largest allocation still to come: without that headroom, branches started while
+    there was room could each need one more tensor to go on, and none could."""
 
     def __init__(self, tensors: Tensors, budget: int) -> None:
         self.t = tensors
@@ -70,6 +74,9 @@ class LiveModel:
         # allocation key -> [start, end, bytes]; an unknown end is INF
         self._spans: dict[tuple[str, str], list] = {}
         self._ender: dict[tuple[str, str], str] = {}  # allocation key -> op whose end frees it
+        # ops by what they allocate, largest first: the headroom still needed
+        self._by_size = sorted((-sum(self.own(op)), op) for op in tensors.graph.ops)
+        self._next = 0
 
     def own(self, op: str) -> tuple[int, int]:
         """(output bytes, workspace bytes) ``op`` allocates as it starts."""
@@ -77,9 +84,18 @@ class LiveModel:
         out = t.size[op] if t.root[op] == op and op not in self._inputs else 0
         return out, t.workspace[op]
 
-    def peak_from(self, op: str, start: float, end: float) -> int:
-        """Estimated live bytes at their most from ``start`` on, were ``op`` placed to run
-        from ``start`` to ``end``."""
+    def headroom(self, op: str) -> int:
+        """The largest allocation of an unplaced op other than ``op``."""
+        while self._next < len(self._by_size) and self._by_size[self._next][1] in self._end:
+            self._next += 1
+        for size, other in self._by_size[self._next :]:
+            if other != op and other not in self._end:
+                return -size
+        return 0
+
+    def assess(self, op: str, start: float, end: float) -> tuple[int, int]:
+        """(estimated live bytes at their most from ``start`` on, bytes live once it ends
+        less bytes live before), were ``op`` placed to run from ``start`` to ``end``."""
         closes = {}
         for r in self._reads[op]:
             if self._pending[r] == 1 and r not in self.t.outputs and ("out", r) in self._spans:
@@ -105,10 +121,13 @@ class LiveModel:
         for _, _, d in events:
             live += d
             peak = max(peak, live)
-        return peak
+        return peak, out - sum(self._spans[k][2] for k in closes)
 
     def fits(self, op: str, start: float, end: float) -> bool:
-        return self.peak_from(op, start, end) <= self.budget
+        peak, growth = self.assess(op, start, end)
+        if peak > self.budget:
+            return False
+        return growth <= 0 or peak + self.headroom(op) <= self.budget
 
     def place(self, op: str, start: float, end: float) -> None:
         self._end[op] = end

@@ -9,11 +9,16 @@ The streams are homogeneous (one GPU), so every op has the same cost on each.
 
 Each stream's ops are issued in the order of their model start times; since every
 op starts no earlier than its inputs end, that order never contradicts a dependency.
+
+Under a memory limit, as LIOS (schedulers._memory): an op whose allocation would take
+the estimated live bytes over the limit is delayed into a slot after an op whose end
+frees enough, on that op's stream, so the stream order enforces the delay in the run.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from schedulers._memory import FREE_CANDIDATES, LOOKAHEAD, LiveModel, fit_list_schedule
@@ -21,6 +26,8 @@ from schedulers.base import Profiler, SchedulerError, register
 from schedulers.lios import op_latencies, priority_order, upward_rank
 from simgpu.graph import OpGraph
 from simgpu.schedule import StreamSchedule
+
+Slot = tuple[float, float, int]  # (model end, model start, stream)
 
 
 def earliest_slot(busy: list[tuple[float, float, int]], ready: float, length: float) -> float:
@@ -80,7 +87,7 @@ def heft_schedule(
     finish: dict[str, float] = {}
     seq_of = {op: i for i, op in enumerate(order)}
 
-    def placements(op: str) -> list[tuple[float, float, int]]:
+    def placements(op: str) -> list[Slot]:
         out = []
         for s in range(width):
             ready = max(
@@ -109,7 +116,7 @@ def heft_schedule(
             op = remaining.pop(0)
             best = min(placements(op))
         else:
-            op, best = _fitting(graph, remaining, where, placements, delayed, model, lat)
+            op, best = _fitting(graph, remaining, where, placements, delayed, model)
             remaining.remove(op)
         end, start, s = best
         bisect.insort(busy[s], (start, end, seq_of[op]))
@@ -124,8 +131,17 @@ def heft_schedule(
     return StreamSchedule(streams, graph_mode=graph_mode, meta=meta)
 
 
-def _fitting(graph, remaining, where, placements, delayed, model, lat):
-    """The highest-ranked ready op that fits (undelayed first, then delayed) and its slot."""
+def _fitting(
+    graph: OpGraph,
+    remaining: list[str],
+    where: dict[str, int],
+    placements: Callable[[str], list[Slot]],
+    delayed: Callable[[str, list[Slot]], Slot | None],
+    model: LiveModel,
+) -> tuple[str, Slot]:
+    """The highest-ranked ready op that fits (undelayed, else delayed) and its slot. If
+    none of those tried fits, the one that raises the estimate least (then grows the
+    live set least, then the first) at its earliest-finishing slot."""
     tried = []
     for op in remaining:
         if len(tried) >= LOOKAHEAD:
@@ -140,5 +156,12 @@ def _fitting(graph, remaining, where, placements, delayed, model, lat):
         late = delayed(op, natural)
         if late is not None:
             return op, late
+    least = None
+    for i, op in enumerate(tried):
+        slot = min(placements(op))
+        cand = (*model.assess(op, slot[1], slot[0]), i, op, slot)
+        if least is None or cand < least:
+            least = cand
+    assert least is not None
     model.forced += 1
-    return tried[0], min(placements(tried[0]))
+    return least[3], least[4]

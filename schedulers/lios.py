@@ -9,11 +9,18 @@ stage measurements IOS needs, which is the paper's point.
 
 The model assumes streams run side by side without slowing each other; the simulator
 does not, so what the model promises and what the schedule achieves can differ.
+
+Under a memory limit (``Profiler.memory_limit``) the model also tracks estimated live
+bytes (schedulers._memory.LiveModel): an op whose output and workspace would take them
+over the limit waits — a lower-priority ready op goes first, or a later stream — until
+its inputs' last readers have freed enough. The result is replayed exactly and, if
+still over, rebuilt with a lower estimated budget, then fewer streams, at worst one.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from schedulers._memory import LOOKAHEAD, LiveModel, fit_list_schedule
@@ -117,10 +124,12 @@ def _fitting(
     free: list[float],
     lat: dict[str, float],
     model: LiveModel,
-    inputs_done,
+    inputs_done: Callable[[str], float],
 ) -> tuple[str, int]:
     """The highest-priority ready op that fits somewhere, and its earliest-start stream
-    among those where it fits; popped from ``ready`` (the others tried go back)."""
+    among those where it fits; popped from ``ready`` (the others tried go back). If none
+    of those tried fits, the one that raises the estimate least (then grows the live set
+    least, then the first) on its earliest-start stream."""
     tried = []
     choice: tuple[str, int] | None = None
     while ready and len(tried) < LOOKAHEAD and choice is None:
@@ -134,9 +143,16 @@ def _fitting(
                 choice = (op, s)
                 break
     if choice is None:
-        op = tried[0][1]
-        done = inputs_done(op)
-        choice = (op, min(range(len(free)), key=lambda i: (max(free[i], done), i)))
+        least = None
+        for i, (_, op) in enumerate(tried):
+            done = inputs_done(op)
+            s = min(range(len(free)), key=lambda j: (max(free[j], done), j))
+            start = max(free[s], done)
+            cand = (*model.assess(op, start, start + lat[op]), i, op, s)
+            if least is None or cand < least:
+                least = cand
+        assert least is not None
+        choice = (least[3], least[4])
         model.forced += 1
     for item in tried:
         if item[1] != choice[0]:

@@ -21,6 +21,9 @@ are not edges of G', hence possibly more events.
 
 ``nimble`` captures the program in one CUDA Graph (no per-kernel launch cost);
 ``nimble-eager`` issues the same streams kernel by kernel.
+
+Under a memory limit, streams are merged until the replayed peak fits
+(schedulers._memory.merge_until_fits): maximum concurrency is what costs the memory.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ demand, the whole schedule captured as one CUDA Graph.
 3. The program is one CUDA Graph (runtime ``cuda-graph``): the launch order is the
    capture order, which the simulator's queues and dispatcher then follow. What that
    order gains or loses comes out of the simulation, not from this module.
+
+Under a memory limit, streams are merged until the replayed peak fits, and the launch
+order is recomputed for the merged streams (schedulers._memory.merge_until_fits).
 """
 
 from __future__ import annotations
