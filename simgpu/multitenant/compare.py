@@ -87,11 +87,14 @@ def compare(
     seed: int | None = None,
     time_budget_s: float | None = None,
     runtime: Runtime | None = None,
+    memory_limit: int | None = None,
 ) -> tuple[TenantContext, Evaluator, list[PolicyResult]]:
     """Each named policy's metrics (search's seed defaults to the workload's), every
-    request's host calls priced by ``runtime`` (None: the GPU's flat costs)."""
+    request's host calls priced by ``runtime`` (None: the GPU's flat costs), requests
+    admitted within ``memory_limit`` bytes (None: the GPU's memory; see
+    :mod:`simgpu.multitenant.memory`)."""
     names = scheduler_list(schedulers)
-    ctx = TenantContext(workload, gpu, runtime)
+    ctx = TenantContext(workload, gpu, runtime, memory_limit)
     check_limit(
         "simulated_kernels",
         kernels_to_simulate(workload, gpu, names, budget, ctx.cache),

@@ -5,6 +5,12 @@ into a :class:`~simgpu.multitenant.plan.TenantPlan` through a :class:`TenantCont
 that caches what does not change between candidates (lane assignments, lowered
 commands, layer depths, each tenant's standalone latency per lane count). The four
 baselines are genomes too, so the search starts from them and can only improve on them.
+
+Memory: the context also holds each tenant's tensor table and the admission budget
+(:mod:`simgpu.multitenant.memory`). The tenants' weights must fit the limit, and one
+request of each on one lane beside them (one-line errors otherwise). A tenant whose
+request would not fit on ``k`` lanes (more lanes keep more tensors alive at once)
+gets the most lanes below ``k`` that fit, as Nimble merges streams until it fits.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from simgpu.errors import ScheduleError
 from simgpu.graph import OpGraph
 from simgpu.hardware import GPUSpec
 from simgpu.kernels import KernelCache, standalone_time_us
+from simgpu.memory import MemoryLimitError, Tensors, mb
+from simgpu.multitenant.memory import check_weights, gpu_capacity, lane_bound, request_tensors
 from simgpu.multitenant.plan import (
     MODES,
     Cmd,
@@ -27,6 +35,7 @@ from simgpu.multitenant.plan import (
     lower_tenant,
 )
 from simgpu.runtimes import Runtime
+from simgpu.sim.tenants import MemoryBudget
 from simgpu.tenants import Arrival, Workload
 
 BASELINES = ("sequential", "multistream", "breadth-first", "depth-first")
@@ -159,7 +168,12 @@ class TenantContext:
     gpu: GPUSpec
     # how requests become host calls (simgpu.runtimes); None: the GPU's flat costs
     runtime: Runtime | None = None
+    # bytes the run may allocate on the GPU; None: the GPU's memory
+    memory_limit: int | None = None
     cache: KernelCache = field(init=False)
+    tensors: list[Tensors] = field(init=False)
+    limit: int = field(init=False)  # bytes the run may allocate: the limit or the GPU's
+    capacity: int = field(init=False)  # what the requests in flight may hold together
     levels: list[dict[str, int]] = field(init=False)
     max_depth: int = field(init=False)
     _costs: dict[int, dict[str, float]] = field(default_factory=dict, init=False)
@@ -168,24 +182,67 @@ class TenantContext:
         default_factory=dict, init=False
     )
     _alone: dict[tuple[int, int], tuple[float, float]] = field(default_factory=dict, init=False)
+    _request: dict[tuple[int, int], int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.cache = KernelCache(self.gpu)
         self.levels = [depth_levels(t.graph) for t in self.workload.tenants]
         self.max_depth = max(max(lv.values()) for lv in self.levels)
+        tenants = self.workload.tenants
+        self.capacity = 0  # set below; lanes(t, 1) needs no budget
+        self.tensors = [
+            request_tensors(t.graph, self.gpu, self.lowered(i, 1)[0]) for i, t in enumerate(tenants)
+        ]
+        if self.memory_limit is None:
+            limit, what = gpu_capacity(self.gpu), f"the {self.gpu.name}'s memory"
+        else:
+            limit, what = self.memory_limit, "the memory limit"
+        self.limit = limit
+        check_weights(
+            [t.name for t in tenants], [t.weight_bytes for t in self.tensors], limit, what
+        )
+        weights = sum(t.weight_bytes for t in self.tensors)
+        self.capacity = limit - weights
+        for i, t in enumerate(tenants):
+            need = self.request_bytes(i, 1)
+            if need > self.capacity:
+                raise MemoryLimitError(
+                    f"one request of tenant '{t.name}' needs {mb(need):.1f} MB of activations "
+                    f"beside the tenants' {mb(weights):.1f} MB of weights: {what} "
+                    f"({mb(limit):.1f} MB) is too small, {mb(weights + need):.1f} MB at least"
+                )
 
     @property
     def graphs(self) -> list[OpGraph]:
         return [t.graph for t in self.workload.tenants]
 
     def lanes(self, t: int, k: int) -> list[list[str]]:
+        """Tenant ``t``'s ops on ``k`` lanes, or on the most lanes below ``k`` whose
+        request fits the memory budget (one lane always does)."""
         hit = self._lanes.get((t, k))
         if hit is None:
             g = self.workload.tenants[t].graph
             if t not in self._costs:
                 self._costs[t] = op_costs(g, self.gpu, self.cache)
-            hit = self._lanes[(t, k)] = assign_lanes(g, k, self._costs[t])
+            hit = assign_lanes(g, k, self._costs[t])
+            if k > 1 and lane_bound(self.tensors[t], hit) > self.capacity:
+                fewer = max((c for c in LANE_CHOICES if c < k), default=1)
+                hit = self.lanes(t, fewer)
+            self._lanes[(t, k)] = hit
         return hit
+
+    def request_bytes(self, t: int, k: int) -> int:
+        """What admission reserves for one request of tenant ``t`` on ``k`` lanes."""
+        hit = self._request.get((t, k))
+        if hit is None:
+            hit = self._request[(t, k)] = lane_bound(self.tensors[t], self.lanes(t, k))
+        return hit
+
+    def budget(self, g: Genome) -> MemoryBudget:
+        """The memory admission of a run of ``g``: plain numbers for the engine."""
+        return MemoryBudget(
+            self.capacity, tuple(self.request_bytes(t, k) for t, k in enumerate(g.lanes))
+        )
 
     def effective(self, g: Genome) -> Genome:
         """The same plan with each lane count replaced by the smallest one that gives the

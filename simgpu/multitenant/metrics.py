@@ -5,6 +5,8 @@ completion, or to the end of the arrival window when that is later — so a fixe
 request count per tenant compares policies on the same mix of work. Percentiles are
 nearest-rank (an observed latency, never an interpolation). SLO attainment is the
 fraction of *arrivals* that completed within the SLO: a dropped request is a miss.
+Memory figures (peak allocated and reserved MB, per tenant and for the GPU) come from
+:func:`simgpu.multitenant.memory.replay`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from simgpu.multitenant.memory import RunMemory, replay
 from simgpu.sim.tenants import MultiTenantRun
 
 
@@ -38,6 +41,12 @@ class TenantMetrics:
     slo_ms: float | None
     slo_attainment: float | None
     kernels_per_request: int
+    # memory (None without a memory report): weights + peak live activations, the peak
+    # segments of its own pools, its weights, and what admission reserves per request
+    peak_memory_mb: float | None = None
+    reserved_memory_mb: float | None = None
+    weights_memory_mb: float | None = None
+    request_memory_mb: float | None = None
 
 
 @dataclass
@@ -62,6 +71,14 @@ class RunMetrics:
     streams: int
     mode: str
     tenants: list[TenantMetrics] = field(default_factory=list)
+    # the GPU's peak allocated and reserved MB (None without a memory report), the
+    # tenants' weights, the admission limit, and requests that waited for memory
+    peak_memory_mb: float | None = None
+    reserved_memory_mb: float | None = None
+    weights_memory_mb: float | None = None
+    memory_limit_mb: float | None = None
+    memory_waits: int = 0
+    memory_notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -71,8 +88,13 @@ class RunMetrics:
         return d
 
 
-def measure(run: MultiTenantRun, scheduler: str | None = None) -> RunMetrics:
-    """Metrics of a finished run."""
+def measure(
+    run: MultiTenantRun, scheduler: str | None = None, memory: RunMemory | None = None
+) -> RunMetrics:
+    """Metrics of a finished run; its memory figures from ``memory`` (default: the
+    run's allocations replayed here, :func:`simgpu.multitenant.memory.replay`)."""
+    if memory is None:
+        memory = replay(run)
     wl = run.workload
     span_us = run.end_us
     span_s = span_us / 1e6 if span_us > 0 else float("nan")
@@ -110,6 +132,7 @@ def measure(run: MultiTenantRun, scheduler: str | None = None) -> RunMetrics:
                 slo_ms=ten.slo_ms,
                 slo_attainment=att,
                 kernels_per_request=run.kernels_per_request[t],
+                **memory.tenant_json(t),
             )
         )
     slo_met = sum(
@@ -140,7 +163,15 @@ def measure(run: MultiTenantRun, scheduler: str | None = None) -> RunMetrics:
         streams=len(run.plan.streams),
         mode=run.plan.mode,
         tenants=tenants,
+        memory_waits=sum(1 for r in run.requests if r.memory_wait),
+        **_run_memory(memory),
     )
+
+
+def _run_memory(memory: RunMemory) -> dict[str, Any]:
+    j = memory.to_json()
+    return {k: j[k] for k in ("peak_memory_mb", "reserved_memory_mb", "weights_memory_mb",
+                              "memory_limit_mb", "memory_notes")}  # fmt: skip
 
 
 def dram_utilisation(run: MultiTenantRun, span_us: float) -> float:

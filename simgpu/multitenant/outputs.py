@@ -4,7 +4,8 @@ Trace layout: one process per tenant ("tenant 0: resnet50") holding a *requests*
 (each request from arrival to completion, its queueing and issue times in the args;
 drops as instant events), the tenant's *host thread* (its API calls) and one track per
 stream it used (kernels named ``tenant/kernel``); a "GPU" process carries the SMs-busy
-and DRAM counters. The Gantt chart has the same grouping: per tenant a request row and
+and DRAM counters, and a "memory MB" counter (allocated and reserved) when the run's
+memory was replayed (:func:`simgpu.multitenant.memory.replay`). The Gantt chart has the same grouping: per tenant a request row and
 its stream rows, kernels coloured by tenant, busy SMs underneath. Output is
 deterministic: the same run gives byte-identical JSON.
 """
@@ -150,6 +151,13 @@ def to_chrome_trace(run: MultiTenantRun, title: str | None = None) -> dict[str, 
             events.append(
                 {"ph": "C", "cat": "counter", "name": name, "pid": gpu_pid, "tid": 0,
                  "ts": _t(t), "args": {name: val}}
+            )  # fmt: skip
+    for track in tl.memory or []:
+        for t, allocated, reserved in track.samples:
+            events.append(
+                {"ph": "C", "cat": "memory", "name": "memory MB", "pid": gpu_pid, "tid": 0,
+                 "ts": _t(t), "args": {"allocated": round(allocated / 2**20, 6),
+                                       "reserved": round(reserved / 2**20, 6)}}
             )  # fmt: skip
     rank = {"X": 0, "i": 1, "C": 2}
     events.sort(key=lambda e: (e["ts"], rank[e["ph"]], e["pid"], e["tid"], e["name"]))

@@ -33,6 +33,7 @@ from simgpu.multitenant.genome import (
     TenantContext,
     baseline_genome,
 )
+from simgpu.multitenant.memory import RunMemory, replay
 from simgpu.multitenant.metrics import RunMetrics, measure, objective
 from simgpu.sim.tenants import MultiTenantRun, simulate_tenants
 
@@ -61,16 +62,26 @@ class Evaluator:
         self.simulations = 0
         self.sim_wall_s = 0.0
 
-    def run(self, g: Genome, name: str) -> MultiTenantRun:
+    def simulate(self, g: Genome, name: str) -> tuple[MultiTenantRun, RunMemory]:
+        """Simulate ``g`` under the context's memory admission, and its memory report
+        (which also sets the run's memory track, ``run.timeline.memory``)."""
         ctx = self.ctx
-        return simulate_tenants(ctx.workload, ctx.plan(g, name), ctx.gpu, programs=ctx.programs(g))
+        run = simulate_tenants(
+            ctx.workload, ctx.plan(g, name), ctx.gpu, programs=ctx.programs(g),
+            memory=ctx.budget(g),
+        )  # fmt: skip
+        return run, replay(run, ctx.tensors)
+
+    def run(self, g: Genome, name: str) -> MultiTenantRun:
+        return self.simulate(g, name)[0]
 
     def metrics(self, g: Genome, name: str) -> RunMetrics:
         key = self.ctx.ident(g)
         hit = self.memo.get(key)
         if hit is None:
             t0 = time.perf_counter()
-            hit = self.memo[key] = measure(self.run(g, name), name)
+            run, memory = self.simulate(g, name)
+            hit = self.memo[key] = measure(run, name, memory)
             self.sim_wall_s += time.perf_counter() - t0
             self.simulations += 1
         if hit.scheduler != name:  # same plan under another name: same figures

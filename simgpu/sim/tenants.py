@@ -14,6 +14,17 @@ Completion is exact: the device's kernel and command logs are wrapped so each fi
 command is charged to its request, and a request completes when its last command does.
 Every arrival therefore ends exactly once — completed, or dropped by admission
 (``max_queue``) — and anything left pending is a deadlock, raised as such.
+
+Memory admission (optional, :class:`MemoryBudget`): the engine knows no tensors, only
+plain numbers — the bytes the in-flight requests may hold together and what one
+request of each tenant holds. A request takes its bytes when its first command is
+issued and gives them back when it completes; one that does not fit stays at the head
+of its tenant's queue (still counted by ``max_queue``) until enough requests finish.
+Independent threads are granted memory first come, first served (by arrival, then
+tenant): a large request is never overtaken by smaller ones, so nothing starves.
+A round admits the waiting heads oldest first, skipping any that does not fit beside
+those already admitted; the oldest always fits (the round starts with nothing in
+flight), so it cannot starve either. Exclusive mode has one request in flight.
 """
 
 from __future__ import annotations
@@ -62,6 +73,7 @@ class RequestRecord:
     issue_us: float | None = None
     done_us: float | None = None
     dropped: bool = False
+    memory_wait: bool = False  # it waited at least once for memory to be admitted
 
     @property
     def latency_us(self) -> float | None:
@@ -70,8 +82,9 @@ class RequestRecord:
 
 @dataclass
 class MultiTenantRun:
-    """A finished multi-tenant run: every request, the GPU timeline and which tenant's
-    host thread made each host call (``host_tenants`` parallels ``timeline.host``)."""
+    """A finished multi-tenant run: every request, the GPU timeline, which tenant's
+    host thread made each host call (``host_tenants`` parallels ``timeline.host``) and
+    the memory admission it ran under (None: none)."""
 
     plan: TenantPlan
     workload: Workload
@@ -80,6 +93,7 @@ class MultiTenantRun:
     timeline: Timeline
     host_tenants: list[int]
     kernels_per_request: list[int]
+    memory: MemoryBudget | None = None
 
     @property
     def end_us(self) -> float:
@@ -89,8 +103,18 @@ class MultiTenantRun:
         return max(last, h) if h is not None else last
 
 
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Memory admission as plain numbers (see the module docstring): ``capacity`` bytes
+    the requests in flight may hold together, ``request`` the bytes one request of each
+    tenant holds from its first issued command to its completion."""
+
+    capacity: int
+    request: tuple[int, ...]
+
+
 class _Req:
-    __slots__ = ("done", "event", "issued_all", "last", "rec", "remaining")
+    __slots__ = ("done", "event", "held", "issued_all", "last", "rec", "remaining")
 
     def __init__(self, rec: RequestRecord, event: simpy.Event) -> None:
         self.rec = rec
@@ -99,6 +123,7 @@ class _Req:
         self.last = 0.0  # latest completion time among them
         self.issued_all = False  # the host has issued every command of the request
         self.done = False
+        self.held = 0  # bytes of the memory budget it holds
 
 
 class _ReqEntry(Entry):
@@ -117,6 +142,7 @@ class TenantSimulation:
         machine: Machine | GPUSpec,
         cache: KernelCache | None = None,
         programs: list[RequestProgram] | None = None,
+        memory: MemoryBudget | None = None,
     ) -> None:
         if isinstance(machine, GPUSpec):
             machine = Machine.single(machine)
@@ -155,6 +181,21 @@ class TenantSimulation:
             WAIT: (g.event_wait_api_us, "stream_wait_event"),
         }
         self.sids = [list(ids) for ids in plan.stream_ids]
+        self.memory = memory
+        if memory is not None:
+            if len(memory.request) != n:
+                raise SpecError(
+                    f"memory budget for {len(memory.request)} tenants, workload has {n}"
+                )
+            for t, need in enumerate(memory.request):
+                if not 0 <= need <= memory.capacity:
+                    raise SpecError(
+                        f"tenant '{self.names[t]}': a request needs {need} bytes, the memory "
+                        f"budget holds {memory.capacity}"
+                    )
+        self.mem_free = memory.capacity if memory is not None else 0
+        # requests waiting for memory: (arrival, tenant, rid, request, wake-up), oldest first
+        self.mem_waiting: list[tuple[float, int, int, _Req, simpy.Event]] = []
 
     # -- requests ----------------------------------------------------------------------
 
@@ -228,6 +269,8 @@ class TenantSimulation:
         req.rec.done_us = req.last
 
         def complete(_: Any = None) -> None:
+            if req.held:
+                self._release(req)
             req.event.succeed()
             t = req.rec.tenant
             if self.workload.tenants[t].arrival.kind == "closed":
@@ -237,6 +280,40 @@ class TenantSimulation:
             self.env.at(req.last, complete, None)
         else:
             complete()
+
+    # -- memory admission --------------------------------------------------------------
+
+    def _need(self, req: _Req) -> int:
+        assert self.memory is not None
+        return self.memory.request[req.rec.tenant]
+
+    def _take(self, req: _Req) -> bool:
+        """Give ``req`` its bytes now if they fit and nobody older waits for memory."""
+        need = self._need(req)
+        if self.mem_waiting or need > self.mem_free:
+            return False
+        self.mem_free -= need
+        req.held = need
+        return True
+
+    def _wait_memory(self, req: _Req) -> simpy.Event:
+        """Queue ``req`` for memory; the event fires once its bytes are taken for it."""
+        req.rec.memory_wait = True
+        ev = self.env.event()
+        rec = req.rec
+        heapq.heappush(self.mem_waiting, (rec.arrival_us, rec.tenant, rec.rid, req, ev))
+        return ev
+
+    def _release(self, req: _Req) -> None:
+        """``req`` completed: its bytes return; grant waiters, oldest first, while they fit."""
+        self.mem_free += req.held
+        req.held = 0
+        w = self.mem_waiting
+        while w and self._need(w[0][3]) <= self.mem_free:
+            _, _, _, waiter, ev = heapq.heappop(w)
+            waiter.held = self._need(waiter)
+            self.mem_free -= waiter.held
+            ev.succeed()
 
     def _drained(self) -> simpy.Event:
         """An event for 'every command issued so far has finished'."""
@@ -325,6 +402,8 @@ class TenantSimulation:
                     return
                 yield self._wait_for(t)
                 continue
+            if self.memory is not None and not self._take(q[0]):
+                yield self._wait_memory(q[0])  # it stays queued: max_queue still counts it
             req = q.popleft()
             start = max(env.now, self.host_t[t])
             if start > env.now:
@@ -350,11 +429,25 @@ class TenantSimulation:
                     return
                 yield self._wait_for(-1)
                 continue
-            if rounds:
+            if rounds and self.memory is not None:
+                # nothing is in flight between rounds: the oldest head always fits
+                members = []
+                for t in sorted(ready, key=lambda t: (self.queues[t][0].rec.arrival_us, t)):
+                    head = self.queues[t][0]
+                    if self._take(head):
+                        members.append(self.queues[t].popleft())
+                    else:
+                        head.rec.memory_wait = True
+                members.sort(key=lambda m: m.rec.tenant)
+            elif rounds:
                 members = [self.queues[t].popleft() for t in ready]
             else:  # exclusive: the oldest waiting request, ties to the lower tenant
                 first = min(ready, key=lambda t: (self.queues[t][0].rec.arrival_us, t))
                 members = [self.queues[first].popleft()]
+                if self.memory is not None and not self._take(members[0]):
+                    raise SpecError(  # alone in flight: it fits unless the budget is wrong
+                        f"tenant '{self.names[first]}': a request does not fit the memory budget"
+                    )
             now = env.now
             tok = now
             heap = []
@@ -424,6 +517,7 @@ class TenantSimulation:
             tl,
             self.host_tenants,
             [p.kernels for p in self.programs],
+            self.memory,
         )
 
     def _deadlock(self, pending: list[RequestRecord]) -> DeadlockError:
@@ -438,14 +532,15 @@ def simulate_tenants(
     machine: Machine | GPUSpec,
     cache: KernelCache | None = None,
     programs: list[RequestProgram] | None = None,
+    memory: MemoryBudget | None = None,
 ) -> MultiTenantRun:
-    """Run ``workload`` under ``plan`` on one GPU. Raises DeadlockError if a request can
-    never finish. The cyclic GC is paused for the run and the run's internals are freed
+    """Run ``workload`` under ``plan`` on one GPU, admitting requests within ``memory``
+    (None: no memory admission). Raises DeadlockError if a request can never finish. The cyclic GC is paused for the run and the run's internals are freed
     before it resumes, as :func:`simulate` does."""
     paused = gc.isenabled()
     gc.disable()
     try:
-        ts = TenantSimulation(workload, plan, machine, cache, programs)
+        ts = TenantSimulation(workload, plan, machine, cache, programs, memory)
         result = ts.run()
         ts.sim.dispose()
         ts.__dict__.clear()
