@@ -1,5 +1,6 @@
 """Reports of sweep results: speedup bars, the latency/scheduling-time Pareto front,
-Gantt charts of the winners, and a Markdown plus a self-contained HTML summary.
+latency against peak memory with its Pareto front per configuration, Gantt charts of the
+winners, and a Markdown plus a self-contained HTML summary.
 
 Everything is read back from the results CSV, so a report can be made from a sweep run
 elsewhere (on a cluster, say). Only the Gantt charts simulate again: a row keeps
@@ -49,8 +50,22 @@ class Result:
 
     @property
     def config(self) -> tuple[Any, ...]:
+        """Model, batch, size, dtype, GPU, machine and memory limit (inf: none): the rows
+        a winner is picked among."""
         c = self.combo
-        return (c.model, c.batch, c.image_size or 0, c.dtype, c.gpu, c.machine)
+        limit = math.inf if c.memory_limit_mb is None else c.memory_limit_mb
+        return (c.model, c.batch, c.image_size or 0, c.dtype, c.gpu, c.machine, limit)
+
+    @property
+    def workload(self) -> tuple[Any, ...]:
+        """The configuration without the hardware: a row of the speedup chart."""
+        return (*self.config[:4], self.config[6])
+
+    @property
+    def memory_group(self) -> tuple[Any, ...]:
+        """The configuration without the memory limit: the schedules (under any limit)
+        one latency-against-memory panel compares."""
+        return self.config[:6]
 
     @property
     def hardware(self) -> str:
@@ -97,6 +112,7 @@ def load_results(path: str | Path) -> list[Result]:
                 row["scheduler"],
                 opts,  # type: ignore[arg-type]
                 row.get("runtime", ""),
+                vals.get("memory_limit_mb"),
             )
         except (ValueError, TypeError):
             raise ReportError(f"{path}: line {n}: a number column does not hold a number") from None
@@ -110,6 +126,19 @@ def load_results(path: str | Path) -> list[Result]:
                         f"{path}: line {n}: {col} of an ok row must be a positive number, "
                         f"got {row[col]!r}"
                     )
+            for col in ("peak_memory_mb", "reserved_memory_mb"):
+                v = vals.get(col)  # absent in a file from before the memory columns
+                if v is not None and not (math.isfinite(v) and v >= 0):
+                    raise ReportError(
+                        f"{path}: line {n}: {col} of an ok row must be a number of MB, "
+                        f"got {row[col]!r}"
+                    )
+        lim = combo.memory_limit_mb
+        if lim is not None and not (math.isfinite(lim) and lim > 0):
+            raise ReportError(
+                f"{path}: line {n}: memory_limit_mb must be a positive number or empty, "
+                f"got {row['memory_limit_mb']!r}"
+            )
         out.append(Result(combo, row["status"], row["error"], vals))
     return out
 
@@ -210,12 +239,16 @@ def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[tuple[str, 
 # --- figures --------------------------------------------------------------------------
 
 
-def _config_labels(results: Sequence[Result]) -> dict[tuple[Any, ...], str]:
-    """Short labels: the model plus whichever of batch, size and dtype vary in the file."""
+def _config_labels(
+    results: Sequence[Result], with_limit: bool = True
+) -> dict[tuple[Any, ...], str]:
+    """Short labels: the model plus whichever of batch, size, dtype and (``with_limit``)
+    memory limit vary in the file."""
     vary = {
         i: len({r.config[i] for r in results}) > 1
-        for i in (1, 2, 3)  # batch, image size, dtype
+        for i in (1, 2, 3, 6)  # batch, image size, dtype, memory limit
     }
+    vary[6] = vary[6] and with_limit
     labels = {}
     for r in results:
         m, b, size, dt = r.config[:4]
@@ -226,8 +259,14 @@ def _config_labels(results: Sequence[Result]) -> dict[tuple[Any, ...], str]:
             parts.append(f"{size}px")
         if vary[3]:
             parts.append(dt)
+        if vary[6]:
+            parts.append(_limit_label(r.config[6]))
         labels[r.config] = " ".join(parts)
     return labels
+
+
+def _limit_label(limit_mb: float) -> str:
+    return "no limit" if math.isinf(limit_mb) else f"limit {limit_mb:g} MB"
 
 
 def _colors(names: Sequence[str]) -> dict[str, Any]:
@@ -248,9 +287,9 @@ def plot_speedups(results: Sequence[Result], path: Path) -> None:
     variants = sorted({r.variant for r in ok})
     colors = _colors(variants)
     labels = _config_labels(ok)
-    cfgs = sorted({r.config[:4] for r in ok})  # the rows: model, batch, size, dtype
+    cfgs = sorted({r.workload for r in ok})  # the rows: model, batch, size, dtype, limit
     y_of = {c: i for i, c in enumerate(cfgs)}
-    label_of = {r.config[:4]: labels[r.config] for r in ok}
+    label_of = {r.workload: labels[r.config] for r in ok}
     speeds = [r.get("speedup") for r in ok if r.get("speedup") > 0]
     log = bool(speeds) and max(speeds) / min(speeds) > 10
     height = min(max(3.0, 0.11 * len(cfgs) * len(variants) + 1.5), 60.0)
@@ -260,7 +299,7 @@ def plot_speedups(results: Sequence[Result], path: Path) -> None:
     for ax, hw in zip(axes, hws, strict=True):
         rows = [r for r in ok if r.hardware == hw]
         for j, v in enumerate(variants):
-            pts = [(y_of[r.config[:4]], r.get("speedup")) for r in rows if r.variant == v]
+            pts = [(y_of[r.workload], r.get("speedup")) for r in rows if r.variant == v]
             if pts:
                 ys = [y + (j - (len(variants) - 1) / 2) * bar_h for y, _ in pts]
                 ax.barh(ys, [s for _, s in pts], bar_h, color=colors[v], label=v)
@@ -336,8 +375,124 @@ def plot_pareto(results: Sequence[Result], stats: Sequence[VariantStats], path: 
     save_figure(fig, path, dpi=110)
 
 
+# --- latency against memory ---------------------------------------------------------
+
+
+@dataclass
+class MemoryPoint:
+    """One schedule of a configuration: a row with its peak memory."""
+
+    name: str  # the variant, and its memory limit where it ran under one
+    peak_mb: float
+    reserved_mb: float | None
+    latency_ms: float
+    result: Result
+
+
+def _memory_name(r: Result) -> str:
+    lim = r.config[6]
+    return r.variant if math.isinf(lim) else f"{r.variant} (limit {lim:g} MB)"
+
+
+def memory_groups(results: Sequence[Result]) -> dict[tuple[Any, ...], list[MemoryPoint]]:
+    """Per configuration without its memory limit (:attr:`Result.memory_group`), every
+    ok row that records its peak memory, in name order. Rows from a results file
+    written before the memory columns have none and are left out."""
+    groups: dict[tuple[Any, ...], list[MemoryPoint]] = defaultdict(list)
+    for r in results:
+        peak, lat = r.get("peak_memory_mb"), r.get("latency_ms")
+        if r.ok and peak is not None and lat is not None:
+            point = MemoryPoint(_memory_name(r), peak, r.get("reserved_memory_mb"), lat, r)
+            groups[r.memory_group].append(point)
+    return {g: sorted(pts, key=lambda p: p.name) for g, pts in sorted(groups.items())}
+
+
+def memory_front(points: Sequence[MemoryPoint]) -> list[MemoryPoint]:
+    """The points no other beats on both peak memory and latency (at least as good on
+    both and better on one), by peak memory; equal points are all on it."""
+
+    def beats(p: MemoryPoint, q: MemoryPoint) -> bool:
+        return (
+            p.peak_mb <= q.peak_mb
+            and p.latency_ms <= q.latency_ms
+            and (p.peak_mb < q.peak_mb or p.latency_ms < q.latency_ms)
+        )
+
+    front = [q for q in points if not any(beats(p, q) for p in points)]
+    return sorted(front, key=lambda p: (p.peak_mb, p.latency_ms, p.name))
+
+
+_LIMIT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+
+
+def plot_memory_pareto(groups: Sequence[tuple[str, Sequence[MemoryPoint]]], path: Path) -> None:
+    """One panel per configuration: latency against peak allocated memory, a point per
+    schedule (colour: scheduler; marker: memory limit), the Pareto front drawn as a
+    dashed step with its points ringed and named, and each memory limit a dotted line."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    variants = sorted({p.result.variant for _, pts in groups for p in pts})
+    colors = _colors(variants)
+    limits = sorted({p.result.config[6] for _, pts in groups for p in pts})
+    finite = [lim for lim in limits if not math.isinf(lim)]  # no limit: always a circle
+    marker = {
+        lim: _LIMIT_MARKERS[1 + i % (len(_LIMIT_MARKERS) - 1)] for i, lim in enumerate(finite)
+    }
+    marker[math.inf] = _LIMIT_MARKERS[0]
+    cols = min(len(groups), 3)
+    rows = math.ceil(len(groups) / cols)
+    fig = Figure(figsize=(5.2 * cols, 3.9 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (title, pts) in zip(axes, groups, strict=False):
+        front = memory_front(pts)
+        on_front = {id(p) for p in front}
+        for p in pts:
+            hit = id(p) in on_front
+            ax.scatter([p.peak_mb], [p.latency_ms], s=60 if hit else 28,
+                       marker=marker[p.result.config[6]], color=colors[p.result.variant],
+                       edgecolor="black" if hit else "none", linewidth=1.0, zorder=3,
+                       alpha=1.0 if hit else 0.7)  # fmt: skip
+        steps = list(dict.fromkeys((p.peak_mb, p.latency_ms) for p in front))
+        if steps:
+            ax.step([x for x, _ in steps], [y for _, y in steps], where="post", color="black",
+                    linestyle="--", linewidth=1.0, zorder=2)  # fmt: skip
+        named: set[tuple[float, float]] = set()
+        for p in front:  # name each point of the front once (ties share a label)
+            at = (p.peak_mb, p.latency_ms)
+            same = [q.name for q in front if (q.peak_mb, q.latency_ms) == at]
+            if at not in named:
+                named.add(at)
+                ax.annotate(", ".join(same), at, xytext=(5, 4), textcoords="offset points",
+                            fontsize=6, clip_on=True)  # fmt: skip
+        for lim in sorted({p.result.config[6] for p in pts} - {math.inf}):
+            ax.axvline(lim, color="grey", linestyle=":", linewidth=0.9)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("peak allocated memory (MB)", fontsize=8)
+        ax.set_ylabel("latency (ms)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(linewidth=0.4, alpha=0.5)
+        ax.margins(x=0.15, y=0.12)
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
+    handles: list[Any] = [
+        Line2D([], [], marker="o", linestyle="", color=colors[v], label=v) for v in variants
+    ]
+    if finite:
+        handles += [
+            Line2D([], [], marker=marker[lim], linestyle="", color="grey", label=_limit_label(lim))
+            for lim in limits
+        ]
+    handles.append(Line2D([], [], color="black", linestyle="--", marker="o",
+                          markerfacecolor="none", label="Pareto front"))  # fmt: skip
+    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 6),
+               fontsize=7, frameon=False)  # fmt: skip
+    save_figure(fig, path, dpi=110)
+
+
 def resimulate(result: Result, scheduler: str | None = None) -> Any:
-    """Run a row's combination again (or ``scheduler`` on its configuration): a RunResult.
+    """Run a row's combination again, under its memory limit (or ``scheduler`` on its
+    configuration, without one): a RunResult.
 
     The simulator is deterministic, so its latency is the row's, bit for bit."""
     from schedulers.base import run_scheduler
@@ -346,9 +501,11 @@ def resimulate(result: Result, scheduler: str | None = None) -> Any:
     c = result.combo
     graph = combo_graph(c.model, c.batch, c.image_size, c.dtype)  # a model or a graph file
     machine = machine_for(c.gpu, c.machine)
-    if scheduler is not None:
+    if scheduler is not None:  # a baseline: without the row's memory limit, as its speedup
         return run_scheduler(scheduler, graph, machine, runtime=c.runtime or None)
-    return run_scheduler(c.scheduler, graph, machine, dict(c.options), c.runtime or None)
+    return run_scheduler(
+        c.scheduler, graph, machine, dict(c.options), c.runtime or None, c.memory_limit_bytes
+    )
 
 
 def plot_winner_gantt(winner: Result, path: Path) -> Any:
@@ -507,6 +664,7 @@ def _tables(results: Sequence[Result], stats: Sequence[VariantStats]) -> list[Ta
                 _f(w.get("sequential_ms") if w else None),
                 _f(w.get("speedup") if w else None),
                 _f(w.get("lower_bound_ms") if w else None),
+                _f(w.get("peak_memory_mb") if w else None, ".1f"),
                 str(sum(r.failed for r in rs)),
             ]
         )
@@ -521,11 +679,38 @@ def _tables(results: Sequence[Result], stats: Sequence[VariantStats]) -> list[Ta
                 "sequential ms",
                 "speedup",
                 "lower bound ms",
+                "peak MB",
                 "failed",
             ],
             rows,
         )
     )
+    groups = memory_groups(results)
+    if groups:
+        glabels = _config_labels(results, with_limit=False)
+        mem_rows = [
+            [
+                glabels[p.result.config],
+                p.result.hardware,
+                p.name,
+                _f(p.latency_ms),
+                _f(p.peak_mb, ".1f"),
+                _f(p.reserved_mb, ".1f"),
+            ]
+            for pts in groups.values()
+            for p in memory_front(pts)
+        ]
+        tables.append(
+            Table(
+                "Pareto front (latency against peak memory)",
+                ["configuration", "GPU", "scheduler", "latency ms", "peak MB", "reserved MB"],
+                mem_rows,
+                "Per configuration, the schedules that no other beats on both latency and "
+                "peak allocated memory; a schedule under a memory limit counts as one of its "
+                "own. Reserved is the caching allocator's peak (segments held, free or not). "
+                "MB is MiB.",
+            )
+        )
     if failed:
         groups: dict[tuple[str, str], list[Result]] = defaultdict(list)
         for r in failed:
@@ -593,6 +778,44 @@ def _html(tables: Sequence[Table], images: Sequence[tuple[str, Path]], source: s
 
 # --- the report -----------------------------------------------------------------------
 
+MAX_MEMORY_PLOTS = 12  # panels of memory_pareto.png: one per configuration
+
+
+def _memory_figure(
+    rs: Sequence[Result], dest: Path, images: list[tuple[str, Path]], max_panels: int
+) -> list[str]:
+    """Draw memory_pareto.png (appended to ``images``) where rows carry memory; returns
+    the notes on what it leaves out."""
+    ok = [r for r in rs if r.ok]
+    groups = memory_groups(rs)
+    without = sum(1 for r in ok if r.get("peak_memory_mb") is None)
+    notes: list[str] = []
+    if not groups:
+        return [
+            "no latency-against-memory plot: the results carry no peak memory (a sweep "
+            "from before simgpu recorded it); sweeping again into the same file adds it"
+        ]
+    if without:
+        notes.append(
+            f"{without} ok rows carry no peak memory (written before the memory columns): "
+            "left out of the latency-against-memory plot"
+        )
+    if max_panels == 0:
+        return notes
+    labels = _config_labels(rs, with_limit=False)
+    shown = list(groups.items())[:max_panels]
+    panels = [
+        (f"{labels[pts[0].result.config]}, {pts[0].result.hardware}", pts) for _, pts in shown
+    ]
+    images.append(("Latency against peak memory", dest / "memory_pareto.png"))
+    plot_memory_pareto(panels, images[-1][1])
+    if len(groups) > max_panels:
+        notes.append(
+            f"latency against peak memory for the first {max_panels} of {len(groups)} "
+            "configurations (the table lists every front)"
+        )
+    return notes
+
 
 @dataclass
 class Report:
@@ -608,11 +831,20 @@ def default_out(results: str | Path) -> Path:
     return p.with_name(p.stem + "_report")
 
 
-def make_report(results: str | Path, out: str | Path | None = None, max_gantt: int = 6) -> Report:
-    """Write ``speedup.png``, ``pareto.png``, ``gantt_*.png``, ``summary.md`` and the
-    self-contained ``summary.html`` into ``out`` (default: RESULTS_report/ beside it)."""
+def make_report(
+    results: str | Path,
+    out: str | Path | None = None,
+    max_gantt: int = 6,
+    max_memory_plots: int = MAX_MEMORY_PLOTS,
+) -> Report:
+    """Write ``speedup.png``, ``pareto.png``, ``memory_pareto.png`` (latency against peak
+    memory, one panel for each of the first ``max_memory_plots`` configurations),
+    ``gantt_*.png``, ``summary.md`` and the self-contained ``summary.html`` into ``out``
+    (default: RESULTS_report/ beside it)."""
     if max_gantt < 0:
         raise ReportError(f"--max-gantt must be 0 or more, not {max_gantt}")
+    if max_memory_plots < 0:
+        raise ReportError(f"--max-memory-plots must be 0 or more, not {max_memory_plots}")
     rs = load_results(results)
     if not rs:
         raise ReportError(f"{results}: no results rows")
@@ -631,6 +863,7 @@ def make_report(results: str | Path, out: str | Path | None = None, max_gantt: i
             plot_speedups(rs, images[-1][1])
             images.append(("Latency against scheduling time", dest / "pareto.png"))
             plot_pareto(rs, stats, images[-1][1])
+            notes += _memory_figure(rs, dest, images, max_memory_plots)
         wins = winners(rs)
         labels = _config_labels(rs)
         why: list[list[str]] = []
@@ -663,13 +896,17 @@ def make_report(results: str | Path, out: str | Path | None = None, max_gantt: i
 
 
 __all__ = [
+    "MemoryPoint",
     "Report",
     "ReportError",
     "Result",
     "geomean",
     "load_results",
     "make_report",
+    "memory_front",
+    "memory_groups",
     "pareto_front",
+    "plot_memory_pareto",
     "resimulate",
     "variant_stats",
     "winners",
