@@ -295,7 +295,9 @@ def check_memory_limit(v: Any, where: str) -> float | None:
     try:
         parse_limit_mb(float(v), where)
     except OverflowError:  # an integer past any float
-        raise SweepError(f"{where}: expected a positive number of MB, got {v!r}") from None
+        raise SweepError(
+            f"{where}: expected a positive number of MB, got {str(v)[:20]}..."
+        ) from None
     except SimGPUError as e:
         raise SweepError(str(e)) from None
     return float(v)
