@@ -34,9 +34,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from schedulers.base import Profiler, SchedulerError, register
 from simgpu.graph import OpGraph
+from simgpu.memory import MB
 from simgpu.program import lower, output_bytes
 from simgpu.schedule import StreamSchedule
 
@@ -300,11 +302,18 @@ def measure_schedule(c: Costs, sched: StreamSchedule) -> float:
 
 
 def intra_gpu(
-    c: Costs, mapping: dict[str, int], window: int, streams: int
+    c: Costs,
+    mapping: dict[str, int],
+    window: int,
+    streams: int,
+    key: dict[str, tuple[float, int]] | None = None,
+    fits: Callable[[StreamSchedule], bool] | None = None,
 ) -> tuple[StreamSchedule, dict[str, float]]:
     """The sliding window over every GPU's ops in latest-start order (with the transfers
-    the mapping makes); returns the schedule and what the search did."""
-    key = c.latest_start(lambda u, v: c.comm[u] if mapping[u] != mapping[v] else 0.0)
+    the mapping makes), or in the order of ``key``; returns the schedule and what the
+    search did. ``fits`` (a memory limit) must also accept a merge the latency keeps."""
+    if key is None:
+        key = c.latest_start(lambda u, v: c.comm[u] if mapping[u] != mapping[v] else 0.0)
     per_gpu: list[list[Stage]] = [
         [[[op]] for op in lane] for lane in _per_gpu(mapping, key, c.n_gpus)
     ]
@@ -322,8 +331,9 @@ def intra_gpu(
                     trial = [*stages[:i], cand, *stages[hi:]]
                     per_gpu[p] = trial
                     tried += 1
-                    lat = measure_schedule(c, stages_to_schedule(per_gpu, streams))
-                    if lat <= best:
+                    sched = stages_to_schedule(per_gpu, streams)
+                    lat = measure_schedule(c, sched)
+                    if lat <= best and (fits is None or fits(sched)):
                         best, stages = lat, trial
                         merged += 1
                         continue  # the grown stage meets the stages after it
@@ -353,6 +363,8 @@ def _check(name: str, window: int, streams: int) -> None:
 def _finish(
     name: str, c: Costs, mapping: dict[str, int], stats: dict[str, float], window: int, streams: int
 ) -> StreamSchedule:
+    if c.profiler.memory_limit is not None:
+        return _finish_within(name, c, mapping, stats, window, streams)
     sched, intra = intra_gpu(c, mapping, window, streams)
     lanes = [list(s) for s in sched.streams]
     cycle = find_cycle(c.graph, lanes)
@@ -364,7 +376,68 @@ def _finish(
     return sched
 
 
-@register("hios", multi_gpu=True, runtime="cudnn")
+def _finish_within(
+    name: str, c: Costs, mapping: dict[str, int], stats: dict[str, Any], window: int, streams: int
+) -> StreamSchedule:
+    """The schedule under a memory limit (bytes per GPU), replayed, not bounded.
+
+    HIOS keeps no barriers (each stream runs ahead to its next stage as soon as its data
+    is there) and copies tensors between GPUs, so no stage of its model bounds what is
+    live on a GPU. Every candidate is therefore replayed (:meth:`Profiler.memory`,
+    per device) and kept only if every GPU stays within the limit: the starting point
+    (each GPU's ops on one stream), and each window merge the latency accepts. The
+    starting point falls back, in this order, from the mapping in latest-start order,
+    to the same mapping in the graph's topological order, to every op on GPU 0 in that
+    order, whose peak is the graph's sequential peak."""
+    p = c.profiler
+    limit = p.memory_limit
+    assert limit is not None
+    order = {op: (0.0, i) for i, op in enumerate(c.graph.topo_order)}
+    tries: list[tuple[str, dict[str, int], dict[str, tuple[float, int]] | None]] = [
+        ("mapping, latest-start order", mapping, None),
+        ("mapping, topological order", mapping, order),
+        ("one GPU, topological order", dict.fromkeys(mapping, 0), order),
+    ]
+    peaks: list[str] = []
+    replays = 0
+
+    def fits(sched: StreamSchedule) -> bool:
+        nonlocal replays
+        replays += 1
+        sched.graph_mode = c.graph_mode
+        return p.memory(sched, c.graph).peak_allocated <= limit
+
+    for what, mp, key in tries:
+        k = key or c.latest_start(lambda u, v, mp=mp: c.comm[u] if mp[u] != mp[v] else 0.0)
+        start = stages_to_schedule(
+            [[[[op]] for op in lane] for lane in _per_gpu(mp, k, c.n_gpus)], streams
+        )
+        start.graph_mode = c.graph_mode
+        report = p.memory(start, c.graph)
+        replays += 1
+        if report.peak_allocated > limit:
+            peaks.append(f"{what} {report.peak_memory_mb:.2f} MB")
+            continue
+        sched, intra = intra_gpu(c, mp, window, streams, k, fits)
+        sched.graph_mode = c.graph_mode
+        per_gpu = [sum(1 for g in mp.values() if g == q) for q in range(c.n_gpus)]
+        sched.meta = {
+            "mapping": dict(mp),
+            "ops_per_gpu": per_gpu,
+            **stats,
+            **intra,
+            "memory_limit_mb": limit / MB,
+            "memory_start": what,
+            "memory_replays": replays,
+        }
+        return sched
+    raise SchedulerError(
+        f"{name}: no schedule within the {limit / MB:.2f} MB memory limit per GPU: one "
+        f"stream per GPU peaks at {'; '.join(peaks)}"
+    )
+
+
+@register("hios", multi_gpu=True, runtime="cudnn", memory_aware=True)
 @dataclass
 class HIOS:
     """HIOS-LP: longest paths to the GPU where the partial schedule is fastest, then a
@@ -381,7 +454,7 @@ class HIOS:
         return _finish("hios", c, mapping, stats, self.window, self.streams)
 
 
-@register("hios-mr", multi_gpu=True, runtime="cudnn")
+@register("hios-mr", multi_gpu=True, runtime="cudnn", memory_aware=True)
 @dataclass
 class HIOSMR:
     """HIOS-MR: each op, in latest-start order, to the GPU where it finishes earliest;

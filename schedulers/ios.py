@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,7 @@ from schedulers._merge import apply_merges, merge_key, merged_name, merged_ops
 from schedulers.base import Profiler, SchedulerError, register
 from simgpu.graph import Op, OpGraph
 from simgpu.kernels import kernel_floor_us
+from simgpu.memory import MB, Tensors, tensors_of
 from simgpu.schedule import StageSchedule
 
 STRATEGIES = ("parallel", "merge", "both")
@@ -77,6 +79,8 @@ STRATEGIES = ("parallel", "merge", "both")
 # finishes
 MAX_ENDINGS = 200_000
 UNITS = ("auto", "ops", "chains")
+# under a memory limit, the strategy an ending may still use, in the bits above its units
+_PARALLEL, _MERGED = 1, 2
 
 
 # --- blocks and parts -------------------------------------------------------------------
@@ -302,6 +306,162 @@ class PartStats:
     latency_us: float = 0.0
 
 
+class _PartMemory:
+    """Live bytes of one part's DP states and stages, for a memory limit.
+
+    A DP state S is a prefix (closed under predecessors) and an ending E of it runs
+    last, after the ops of earlier parts and the part's units in ``S - E``. Every stage
+    before E has ended (a barrier), so as E starts exactly the tensors of done ops that
+    a pending op reads (or that are graph outputs) are live: :meth:`live` of the done
+    prefix, kept per prefix and derived from the prefix less its last unit, so a prefix
+    costs the reads of one unit. A stage's groups are its connected components,
+    so a tensor one group allocates is read inside that group or after the stage: each
+    group runs its ops in order on its own stream and holds at most its own sequential
+    peak (:meth:`group_peak`; tensors it frees that were live before the stage are not
+    credited), and the stage at most ``live(S)`` plus the sum over its groups. Weights
+    and graph inputs are resident (``budget`` is the limit less them)."""
+
+    def __init__(
+        self,
+        tensors: Tensors,
+        units: list[list[str]],
+        done_before: set[str],
+        limit: int,
+        profiler: Profiler,
+    ) -> None:
+        t = self.t = tensors
+        self.profiler = profiler
+        self.done_before = done_before
+        self.budget = limit - t.resident()
+        m = len(units)
+        self.full = (1 << m) - 1
+        unit_of = {o: i for i, u in enumerate(units) for o in u}
+        inputs = set(t.inputs)
+        self.inputs = inputs
+        # per unit: (size, part readers, always live) of each storage it allocates, and
+        # (size, part readers) of each storage allocated before it that it reads and
+        # that dies with its last reader in this part
+        self.prod: list[list[tuple[int, int, bool]]] = [[] for _ in range(m)]
+        self.cons: list[list[tuple[int, int]]] = [[] for _ in range(m)]
+        for r, size in t.size.items():
+            if r in inputs or not size:
+                continue
+            pu = unit_of.get(r)
+            if pu is None and r not in done_before:
+                continue  # allocated by a later part
+            mask = 0
+            later = False
+            for u in t.readers[r]:
+                j = unit_of.get(u)
+                if j is not None:
+                    mask |= 1 << j
+                elif u not in done_before:
+                    later = True
+            always = later or r in t.outputs
+            if pu is not None:
+                self.prod[pu].append((size, mask & ~(1 << pu), always))
+                mask &= ~(1 << pu)
+            if always:
+                continue
+            rest = mask
+            while rest:
+                low = rest & -rest
+                rest ^= low
+                self.cons[low.bit_length() - 1].append((size, mask))
+        self.live_memo: dict[int, int] = {0: t.live_after(done_before)}
+        self.group_memo: dict[int, int] = {}
+        self.bound_memo: dict[int, int] = {}
+        self.merged_memo: dict[int, int] = {}
+
+    def live(self, P: int) -> int:
+        """Activation bytes live once the units of prefix P (and earlier parts) are done
+        and no other op has started."""
+        memo = self.live_memo
+        v = memo.get(P)
+        if v is not None:
+            return v
+        path: list[tuple[int, int]] = []
+        while P not in memo:
+            # P's unit of the highest index has no successor in P: P without it is a
+            # prefix too
+            u = P.bit_length() - 1
+            path.append((P, u))
+            P ^= 1 << u
+        v = memo[P]
+        for P, u in reversed(path):
+            for size, mask, always in self.prod[u]:
+                if always or mask & ~P:
+                    v += size
+            for size, mask in self.cons[u]:
+                if not mask & ~P:
+                    v -= size
+            memo[P] = v
+        return v
+
+    def group_peak(self, g: int, ops: list[str]) -> int:
+        """The most bytes group ``g`` (its ops in order, one stream) holds at once of
+        what it allocates: outputs until their last reader in the group ends (never,
+        if read after it), and each op's workspace while it runs."""
+        hit = self.group_memo.get(g)
+        if hit is not None:
+            return hit
+        t = self.t
+        pos = {o: i for i, o in enumerate(ops)}
+        freed = [0] * len(ops)
+        for o in ops:
+            if t.root[o] == o and o not in self.inputs and o not in t.outputs:
+                rs = t.readers[o]
+                if rs and all(x in pos for x in rs):
+                    freed[max(pos[x] for x in rs)] += t.size[o]
+        cur = peak = 0
+        for i, o in enumerate(ops):
+            if t.root[o] == o and o not in self.inputs:
+                cur += t.size[o]
+            peak = max(peak, cur + t.workspace[o])
+            cur -= freed[i]
+        self.group_memo[g] = peak
+        return peak
+
+    def merged_peak(self, E: int, graph: OpGraph, ops: list[str]) -> int:
+        """Bytes a merged stage allocates: the merged conv's output (the members' outputs
+        side by side) and its workspace, plus the weights the padded kernel adds (held
+        for the whole run; counted here so that the stage alone stays honest)."""
+        hit = self.merged_memo.get(E)
+        if hit is not None:
+            return hit
+        conv, slices = merged_ops(graph, ops)
+        src = graph[conv.inputs[0]]
+        frag = OpGraph(
+            [Op(src.name, "input", (), src.output_shape, src.dtype), conv, *slices],
+            name=f"{graph.name}:merge",
+        )
+        ft = tensors_of(frag, self.profiler.gpu, self.profiler.kernels)
+        extra = ft.weights[conv.name] - sum(self.t.weights[o] for o in ops)
+        hit = ft.size[conv.name] + ft.workspace[conv.name] + max(0, extra)
+        self.merged_memo[E] = hit
+        return hit
+
+    def sequential_peak(self, ops: list[str]) -> int:
+        """Exact activation peak of ``ops`` (a whole part, in a topological order) on one
+        stream from the part's first state: each storage freed as its last reader ends."""
+        t = self.t
+        left = {r: sum(1 for u in us if u not in self.done_before) for r, us in t.readers.items()}
+        reads: dict[str, list[str]] = {}
+        for r, us in t.readers.items():
+            for u in us:
+                reads.setdefault(u, []).append(r)
+        cur = peak = self.live_memo[0]
+        for o in ops:
+            if t.root[o] == o and o not in self.inputs:
+                cur += t.size[o]
+            peak = max(peak, cur + t.workspace[o])
+            for r in reads.get(o, ()):
+                left[r] -= 1
+                if not left[r] and r not in t.outputs and r not in self.inputs:
+                    cur -= t.size[r]
+        return peak
+
+
 class _PartSearch:
     """The DP over the ops of one part; states and endings are bitmasks over them."""
 
@@ -315,15 +475,17 @@ class _PartSearch:
         s: int,
         parallel: bool,
         merge: bool,
+        memory: _PartMemory | None = None,
     ) -> None:
         self.graph = graph
         self.units = units
+        self.mem = memory  # None: no memory limit
         self.position = position
         self.profiler = profiler
         self.s = s
         self.parallel = parallel
         self.merge = merge
-        m = len(units)
+        m = self.m = len(units)
         self.succ, pred = unit_masks(graph, units)
         self.adj = [self.succ[i] | pred[i] for i in range(m)]
         # merge classes: single convs of one class (and only those) merge in any combination
@@ -505,24 +667,67 @@ class _PartSearch:
             mask ^= low
         return sorted(out, key=self.position.__getitem__)
 
-    def _stage(self, E: int, groups: tuple[int, ...]) -> tuple[float, bool, tuple[int, ...]]:
-        hit = self.stage_memo.get(E)
+    def _stage(
+        self, E: int, groups: tuple[int, ...], key: int | None = None
+    ) -> tuple[float, bool, tuple[int, ...]]:
+        """The stage's best latency, whether merged, and its groups. ``key`` is E with
+        a strategy a memory limit leaves (:data:`_PARALLEL`/:data:`_MERGED` above the
+        units' bits); by default both."""
+        key = E if key is None else key
+        hit = self.stage_memo.get(key)
         if hit is not None:
             return hit
+        mode = key >> self.m
         best = float("inf")
         merged = False
-        if self.parallel or len(groups) == 1:
+        if (self.parallel or len(groups) == 1) and mode != _MERGED:
             self.stats.stages += 1
             best = self.profiler.measure_stage(self.graph, [self._ops(g) for g in groups])
-        if self.merge and len(groups) >= 2:
+        if self.merge and len(groups) >= 2 and mode != _PARALLEL:
             cls = {self.mclass[g.bit_length() - 1] for g in groups}
             if all(g & (g - 1) == 0 for g in groups) and len(cls) == 1 and -1 not in cls:
                 self.stats.stages += 1
                 lat = self._measure_merged([self._ops(g)[0] for g in groups])
                 if lat < best:
                     best, merged = lat, True
-        hit = self.stage_memo[E] = (best, merged, groups)
+        hit = self.stage_memo[key] = (best, merged, groups)
         return hit
+
+    def _admissible(
+        self, S: int, ends: list[tuple[int, float, int]]
+    ) -> list[tuple[int, float, int]]:
+        """The endings of S whose stage fits the memory limit (what is live once S - E
+        is done, plus the stage's bound), each keyed by the strategies that fit (E
+        alone: both; see :meth:`_stage`); a mergeable ending that fits only run in
+        parallel loses its merge class."""
+        mem = self.mem
+        assert mem is not None
+        out = []
+        shift = self.m
+        bound_memo = mem.bound_memo
+        live, budget = mem.live, mem.budget
+        for E, host, mcls in ends:
+            room = budget - live(S ^ E)
+            if room < 0:
+                continue
+            par = bound_memo.get(E)
+            if par is None:
+                par = 0
+                for g in self._groups(E):
+                    par += mem.group_peak(g, self._ops(g))
+                bound_memo[E] = par
+            if mcls >= 0 and self.merge:
+                mrg = mem.merged_peak(E, self.graph, self._ops(E)) <= room
+                par = par <= room and self.parallel
+                if par and mrg:
+                    out.append((E, host, mcls))
+                elif par:
+                    out.append((E | _PARALLEL << shift, host, -1))
+                elif mrg:
+                    out.append((E | _MERGED << shift, host, mcls))
+            elif par <= room:
+                out.append((E, host, mcls))
+        return out
 
     def _group_profile(self, g: int) -> tuple[float, float]:
         """(host time, span) of one group issued from host time 0: its commands issue one
@@ -567,7 +772,7 @@ class _PartSearch:
         )
         return self.profiler.measure_stage(frag, [[conv.name, *(sl.name for sl in slices)]])
 
-    def run(self) -> list[tuple[bool, list[list[str]]]]:
+    def run(self) -> list[tuple[bool, list[list[str]]]] | None:
         """The part's best stages in order: (merged?, groups of op names).
 
         Every state (a prefix of ops closed under predecessors) gets its exact cost. Its
@@ -575,9 +780,16 @@ class _PartSearch:
         the chain bound (:meth:`_chain_bound`), then the measured latency — each refined
         only when it is the least in the heap. An ending popped with its measured cost
         is the state's best, so an ending is measured only if its bounds say it could
-        be: the result is the one measuring every ending would give."""
+        be: the result is the one measuring every ending would give.
+
+        Under a memory limit only endings whose stage fits are taken
+        (:meth:`_admissible`), states no fitting stage reaches are not visited, and a
+        state from which no sequence of fitting stages ends costs infinity: None when
+        the whole part has no schedule that fits."""
         t0 = time.perf_counter()
         full = (1 << len(self.units)) - 1
+        limited = self.mem is not None
+        inf = math.inf
         cost: dict[int, float] = {0: 0.0}
         choice: dict[int, tuple[int, tuple[float, bool, tuple[int, ...]]]] = {}
         pending: dict[int, list[tuple[int, float, int]]] = {}
@@ -603,10 +815,13 @@ class _PartSearch:
                 continue
             ends = pending.get(S)
             if ends is None:
-                ends = pending[S] = self._endings(S)
+                ends = self._endings(S)
                 if not ends:
                     raise SchedulerError(f"ios: no ending for a state of {len(self.units)} units")
-                todo = [S ^ e[0] for e in ends if S ^ e[0] not in cost]
+                if limited:
+                    ends = self._admissible(S, ends)
+                pending[S] = ends
+                todo = [S ^ (e[0] & full) for e in ends if S ^ (e[0] & full) not in cost]
                 if todo:
                     stack.extend(todo)
                     continue
@@ -617,27 +832,39 @@ class _PartSearch:
                 rest ^= low
                 if not succ[low.bit_length() - 1] & S:
                     sinks |= low
+            # entries carry the ending's key: E itself, or under a memory limit E with
+            # the one strategy that fits (memo and bounds are kept per key)
             heap: list[tuple[float, int, int, int]] = []
-            for E, host, mcls in ends:
+            for K, host, mcls in ends:
+                E = K & full
                 if not sinks & ~E:
                     paper += 1 if mcls < 0 else merge + par_w
                 before = cost[S ^ E]
-                hit = memo.get(E)
-                if hit is not None:
-                    heap.append((before + hit[0], -2, E, mcls))
+                if before == inf:  # no fitting schedule from there
                     continue
-                lb = chain_memo.get(E)
+                hit = memo.get(K)
+                if hit is not None:
+                    heap.append((before + hit[0], -2, K, mcls))
+                    continue
+                lb = chain_memo.get(K)
                 if lb is not None:
-                    heap.append((before + lb, -1, E, mcls))
+                    heap.append((before + lb, -1, K, mcls))
                     continue
                 if mcls >= 0 and merge:  # a merged stage issues one conv and n views
                     host = min(host, launch + view * E.bit_count())
-                heap.append((before + (host + fixed) * safe, 0, E, mcls))
+                heap.append((before + (host + fixed) * safe, 0, K, mcls))
+            if not heap:
+                cost[S] = inf
+                self.stats.transitions += len(ends)
+                del pending[S]
+                stack.pop()
+                continue
             heapify(heap)
             while True:
-                key, level, E, mcls = heappop(heap)
+                key, level, K, mcls = heappop(heap)
                 if level == -2:  # measured, and no other ending can cost less
                     break
+                E = K & full
                 before = cost[S ^ E]
                 if level == 0:
                     # a mergeable ending may run merged: the host bound is all it has
@@ -646,19 +873,22 @@ class _PartSearch:
                         if mcls >= 0 and merge
                         else self._chain_bound(self._groups(E)) * safe
                     )
-                    chain_memo[E] = lb
-                    heappush(heap, (before + lb, -1, E, mcls))
+                    chain_memo[K] = lb
+                    heappush(heap, (before + lb, -1, K, mcls))
                     continue
-                st = self._stage(E, self._groups(E))
-                heappush(heap, (before + st[0], -2, E, mcls))
+                st = self._stage(E, self._groups(E), K)
+                heappush(heap, (before + st[0], -2, K, mcls))
             cost[S] = key
-            choice[S] = (E, memo[E])
+            choice[S] = (K & full, memo[K])
             self.stats.transitions += len(ends)
             del pending[S]
             stack.pop()
         self.stats.states = len(cost) - 1
         self.stats.paper_stages = paper
         self.stats.latency_us = cost[full]
+        if cost[full] == inf:
+            self.stats.wall_s = time.perf_counter() - t0
+            return None
         stages: list[tuple[bool, list[list[str]]]] = []
         S = full
         while S:
@@ -673,7 +903,7 @@ class _PartSearch:
 # --- the scheduler ----------------------------------------------------------------------
 
 
-@register("ios", runtime="cudnn")
+@register("ios", runtime="cudnn", memory_aware=True)
 @dataclass
 class IOS:
     """IOS: DP over stage endings, parallel groups or merged convs (Ding et al. 2021)."""
@@ -716,9 +946,6 @@ class IOS:
         calls0, distinct0, sim0 = profiler.calls, profiler.distinct, profiler.sim_wall_s
         parallel = self.strategy in ("parallel", "both")
         merge = self.strategy in ("merge", "both")
-        raw: list[tuple[bool, list[list[str]]]] = []
-        stats: list[PartStats] = []
-        position = {o: i for i, o in enumerate(graph.topo_order)}
         parts = plan_parts(graph, self.part_size, self.max_states, self.units, self.state_limit)
         if self.state_limit:
             for i, units in enumerate(parts):
@@ -731,20 +958,38 @@ class IOS:
                         "granularity, ios.max_states=N caps the space, ios.state_limit=0 "
                         "searches anyway"
                     )
-        for units in parts:
-            search = _PartSearch(graph, units, position, profiler, self.r, self.s, parallel, merge)
-            raw.extend(search.run())
-            stats.append(search.stats)
-        merges = [tuple(g[0] for g in groups) for m, groups in raw if m]
-        out_graph = apply_merges(graph, merges) if merges else graph
-        stages: list[list[list[str]]] = []
-        for m, groups in raw:
-            if m:
-                ops = [g[0] for g in groups]
-                stages.append([[merged_name(ops), *ops]])
-            else:
-                stages.append(groups)
-        stages, elided = _drop_redundant_barriers(stages, out_graph)
+        limit = profiler.memory_limit
+        raw, stats, fallback = self._search(graph, profiler, parts, parallel, merge)
+        sched = self._build(graph, raw, keep_order=limit is not None)
+        memory: dict[str, Any] = {}
+        if limit is not None:
+            report = profiler.memory(sched, graph)
+            merges_dropped = False
+            if report.peak_allocated > limit and sched.graph is not None:
+                # a merge keeps its members' outputs alive until the last of their
+                # readers and widens kernels for the whole run: search without merges,
+                # where the stage bound holds for the whole schedule
+                raw, stats, fallback = self._search(graph, profiler, parts, parallel, False)
+                sched = self._build(graph, raw, keep_order=True)
+                report = profiler.memory(sched, graph)
+                merges_dropped = True
+            if report.peak_allocated > limit:  # the stage bound failed: never return it
+                track = max(report.tracks, key=lambda t: t.peak_allocated)
+                raise SchedulerError(
+                    f"ios: the schedule found peaks at {report.peak_memory_mb:.2f} MB (op "
+                    f"'{track.peak_op}' at {track.peak_at_us:.1f} us), above the "
+                    f"{limit / MB:.2f} MB limit its stage bounds allowed"
+                )
+            sched, chosen, peak = _one_stream_if_faster(
+                sched, graph, profiler, report.peak_allocated
+            )
+            memory = {
+                "memory_limit_mb": limit / MB,
+                "peak_memory_mb": peak / MB,
+                "merges_dropped_for_memory": merges_dropped,
+                "sequential_parts": fallback,
+                "memory_schedule": chosen,
+            }
         meta: dict[str, Any] = {
             "r": self.r,
             "s": self.s,
@@ -763,19 +1008,134 @@ class IOS:
             "simulations": profiler.distinct - distinct0,
             "simulate_s": profiler.sim_wall_s - sim0,
             "dp_latency_us": sum(p.latency_us for p in stats),
+            **sched.meta,
+            **memory,
+            "search_s": time.perf_counter() - t0,
+        }
+        sched.meta = meta
+        return sched
+
+    def _search(
+        self,
+        graph: OpGraph,
+        profiler: Profiler,
+        parts: list[list[list[str]]],
+        parallel: bool,
+        merge: bool,
+    ) -> tuple[list[tuple[bool, list[list[str]]]], list[PartStats], int]:
+        """The DP over every part: the stages (merged?, groups), per-part statistics,
+        and how many parts (under a memory limit) fell back to one sequential stage."""
+        limit = profiler.memory_limit
+        tensors = profiler.tensors(graph) if limit is not None else None
+        raw: list[tuple[bool, list[list[str]]]] = []
+        stats: list[PartStats] = []
+        position = {o: i for i, o in enumerate(graph.topo_order)}
+        done: set[str] = set()
+        fallback = 0
+        for i, units in enumerate(parts):
+            mem = None
+            if tensors is not None and limit is not None:
+                mem = _PartMemory(tensors, units, done, limit, profiler)
+            search = _PartSearch(
+                graph, units, position, profiler, self.r, self.s, parallel, merge, mem
+            )
+            stages = search.run()
+            stats.append(search.stats)
+            ops = sorted((o for u in units for o in u), key=position.__getitem__)
+            if stages is None:
+                # units of chains can miss an order of single ops that fits: the part's
+                # ops one at a time, in topological order, is the last resort
+                assert mem is not None and tensors is not None and limit is not None
+                peak = mem.sequential_peak(ops) + tensors.resident()
+                if peak > limit:
+                    raise SchedulerError(
+                        f"ios: no schedule within the {limit / MB:.2f} MB memory limit: "
+                        f"part {i + 1} of {len(parts)} ('{ops[0]}' .. '{ops[-1]}') fits no "
+                        f"stage sequence, and its ops one at a time peak at {peak / MB:.2f} "
+                        f"MB (sequential peak of the graph: "
+                        f"{tensors.sequential_peak() / MB:.2f} MB)"
+                    )
+                stages = [(False, [ops])]
+                fallback += 1
+            raw.extend(stages)
+            done.update(ops)
+        return raw, stats, fallback
+
+    def _build(
+        self,
+        graph: OpGraph,
+        raw: list[tuple[bool, list[list[str]]]],
+        keep_order: bool,
+    ) -> StageSchedule:
+        """The stage schedule of the DP's stages: merges applied to the graph, and runs
+        of one-group stages joined (see :func:`_drop_redundant_barriers`)."""
+        merges = [tuple(g[0] for g in groups) for m, groups in raw if m]
+        out_graph = apply_merges(graph, merges) if merges else graph
+        stages: list[list[list[str]]] = []
+        for m, groups in raw:
+            if m:
+                ops = [g[0] for g in groups]
+                stages.append([[merged_name(ops), *ops]])
+            else:
+                stages.append(groups)
+        stages, elided = _drop_redundant_barriers(stages, out_graph, keep_order)
+        meta: dict[str, Any] = {
             "merges": [list(g) for g in merges],
             "dp_stages": [{"merge": m, "groups": groups} for m, groups in raw],
             "barriers_elided": elided,
-            "search_s": time.perf_counter() - t0,
         }
         return StageSchedule(stages, out_graph if merges else None, "sync", False, meta)
 
 
+def _one_stream_if_faster(
+    sched: StageSchedule, graph: OpGraph, profiler: Profiler, peak: int
+) -> tuple[StageSchedule, str, int]:
+    """Under a memory limit: the fastest of the DP's schedule and one stream running
+    its ops in stage order (which fits wherever the stages did) or in the graph's order
+    (which fits if the limit is at least the sequential peak). Each is simulated once.
+
+    Why: the DP prices a barrier after every stage. A limit pushes it to stages of one
+    group, where that price is paid in the model but not in the run (the barriers are
+    elided, :func:`_drop_redundant_barriers`), so it can prefer a few concurrent stages
+    that run slower than one stream. Without a limit IOS is left as the paper has it."""
+    limit = profiler.memory_limit
+    assert limit is not None
+    g = sched.graph or graph
+    in_stages = [op for stage in sched.stages for group in stage for op in group]
+    cands = [
+        ("dp", sched, peak),
+        ("one stream, stage order", StageSchedule([[in_stages]], sched.graph, "sync", False), -1),
+        (
+            "one stream, graph order",
+            StageSchedule([[list(graph.topo_order)]], None, "sync", False),
+            -1,
+        ),
+    ]
+    best: tuple[float, str, StageSchedule, int] | None = None
+    for what, cand, cpeak in cands:
+        if cpeak < 0:
+            cpeak = profiler.memory(cand, graph).peak_allocated
+            if cpeak > limit:
+                continue
+        lat = profiler.measure(cand, graph)
+        if best is None or lat < best[0]:
+            best = (lat, what, cand, cpeak)
+    assert best is not None and g is not None
+    _, what, chosen, cpeak = best
+    chosen.meta = dict(sched.meta)
+    return chosen, what, cpeak
+
+
 def _drop_redundant_barriers(
-    stages: list[list[list[str]]], graph: OpGraph
+    stages: list[list[list[str]]], graph: OpGraph, keep_order: bool = False
 ) -> tuple[list[list[list[str]]], int]:
     """Join runs of consecutive one-group stages into one group in topological order:
-    the barrier between two stages on the same single stream orders nothing."""
+    the barrier between two stages on the same single stream orders nothing.
+
+    ``keep_order`` (under a memory limit) keeps the stages' order instead: one stream
+    then runs exactly the ops, in the order, the barriers ran them, so every instant
+    holds what it held between barriers and the peak cannot rise. (The graph's order
+    could start a later stage's allocation while an earlier one's tensors are live.)"""
     idx = {n: i for i, n in enumerate(graph.topo_order)}
     out: list[list[list[str]]] = []
     elided = 0
@@ -787,9 +1147,9 @@ def _drop_redundant_barriers(
             run.extend(stage[0])
             continue
         if run:
-            out.append([sorted(run, key=idx.__getitem__)])
+            out.append([run if keep_order else sorted(run, key=idx.__getitem__)])
             run = []
         out.append(stage)
     if run:
-        out.append([sorted(run, key=idx.__getitem__)])
+        out.append([run if keep_order else sorted(run, key=idx.__getitem__)])
     return out, elided
