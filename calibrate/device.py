@@ -66,6 +66,10 @@ class Device(Protocol):
 
     def release(self) -> None: ...
 
+    # optional (the plan measures no memory on a device without them):
+    # op_memory(graph, op) -> calibrate.profile.memory_entry's dict;
+    # program_memory(program, graph) -> {"peak_memory_bytes": int}
+
 
 # --- raw kernels (CuPy) -----------------------------------------------------------------
 
@@ -120,6 +124,7 @@ class TorchDevice:
         self._streams: list[Any] = []
         self._cyc: float | None = None
         self._ops: dict[tuple[int, str], Callable[[], Any]] = {}
+        self._last: tuple[StreamProgram, OpGraph, Any] | None = None
 
     # --- basics ----------------------------------------------------------------------
 
@@ -157,6 +162,7 @@ class TorchDevice:
         """Drop cached op closures and tensors (between models)."""
         self._ops.clear()
         self._launchers.clear()
+        self._last = None
         self.torch.cuda.empty_cache()
 
     # --- microbenchmarks ---------------------------------------------------------------
@@ -303,6 +309,13 @@ class TorchDevice:
     def op_kernels(self, graph: OpGraph, ops: Sequence[str]) -> dict[str, list[KernelConfig]]:
         return self._profile_calls({op: self._op_fn(graph, op) for op in ops})
 
+    def op_memory(self, graph: OpGraph, op: str) -> dict[str, int]:
+        """One call's peak allocation over its inputs, its output and its workspace
+        (:func:`calibrate.profile.op_peak_memory`)."""
+        from calibrate.profile import op_peak_memory
+
+        return op_peak_memory(self.torch, self._op_fn(graph, op), self.dev)
+
     def _profile_calls(self, fns: Mapping[str, Callable[[], Any]]) -> dict[str, list[KernelConfig]]:
         """The kernels each call launches, from one profiler session: each call runs
         once inside ``record_function("simgpu#i")`` followed by a device sync, and a
@@ -340,9 +353,22 @@ class TorchDevice:
         from calibrate.executor import Executor
 
         ex = Executor(program, graph, self.index)
+        self._last = (program, graph, ex)  # program_memory measures the same run next
         if program.graph_mode:
             return ex.time_graph(warmup, repeats)
         return ex.time_eager(warmup, repeats)
+
+    def program_memory(self, program: StreamProgram, graph: OpGraph) -> dict[str, int]:
+        """Peak bytes one run allocates beyond the ops' inputs and weights
+        (:meth:`calibrate.executor.Executor.peak_memory`)."""
+        from calibrate.executor import Executor
+
+        last = self._last
+        if last is not None and last[0] is program and last[1] is graph:
+            ex = last[2]  # the executor time_program made: its tensors, its graph capture
+        else:
+            ex = Executor(program, graph, self.index)
+        return {"peak_memory_bytes": ex.peak_memory()}
 
     def trace_program(self, program: StreamProgram, graph: OpGraph, path: Path) -> Path:
         """A Kineto trace of two eager runs of ``program`` (after warm-up), gzipped."""
