@@ -472,7 +472,7 @@ def plot_memory_pareto(groups: Sequence[tuple[str, Sequence[MemoryPoint]]], path
         ax.set_ylabel("latency (ms)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(linewidth=0.4, alpha=0.5)
-        ax.margins(x=0.15, y=0.12)
+        _span_at_least(ax, [p.peak_mb for p in pts], [p.latency_ms for p in pts])
     for ax in axes[len(groups) :]:
         ax.set_visible(False)
     handles: list[Any] = [
@@ -488,6 +488,16 @@ def plot_memory_pareto(groups: Sequence[tuple[str, Sequence[MemoryPoint]]], path
     fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 6),
                fontsize=7, frameon=False)  # fmt: skip
     save_figure(fig, path, dpi=110)
+
+
+def _span_at_least(ax: Any, xs: Sequence[float], ys: Sequence[float], rel: float = 0.05) -> None:
+    """Axis limits around the points, at least ``rel`` of their size either side and no
+    offset notation: schedules a few bytes apart must not look a panel apart."""
+    for vals, set_lim, axis in ((xs, ax.set_xlim, "x"), (ys, ax.set_ylim, "y")):
+        lo, hi = min(vals), max(vals)
+        pad = max(0.15 * (hi - lo), rel * max(abs(hi), abs(lo)), 1e-9)
+        set_lim(max(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad)
+        ax.ticklabel_format(axis=axis, useOffset=False, style="plain")
 
 
 def resimulate(result: Result, scheduler: str | None = None) -> Any:
@@ -558,8 +568,15 @@ def explain_row(label: str, winner: Result, res: Any) -> list[str]:
         f"{100 * host / span:.0f}%",
         f"{100 * (span - host) / span:.0f}%",
         f"{100 * ex.gpu_busy_us / span:.0f}%",
-        f"`{explain_command(winner)}`",
+        f"`{explain_command(winner)}`" + _unlimited_note(winner),
     ]
+
+
+def _unlimited_note(winner: Result) -> str:
+    """`simgpu explain` takes no memory limit: say so where the row ran under one (a
+    memory-aware scheduler's schedule may differ without it)."""
+    lim = winner.combo.memory_limit_mb
+    return "" if lim is None else f" (runs it without the {lim:g} MB memory limit)"
 
 
 # --- tables ---------------------------------------------------------------------------
