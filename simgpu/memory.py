@@ -75,6 +75,7 @@ class Tensors:
     weights: dict[str, int]
     inputs: list[str]
     outputs: set[str]
+    unmatched: list[str] = field(default_factory=list)  # memory.ops names matching no op
 
     @property
     def weight_bytes(self) -> int:
@@ -153,15 +154,16 @@ def allocator_config(gpu: GPUSpec) -> AllocatorConfig:
     return config_from(gpu.memory) if gpu.memory else AllocatorConfig()
 
 
-def op_override(gpu: GPUSpec, graph: OpGraph, op: str) -> Mapping[str, int]:
-    """A GPU JSON's ``memory.ops`` entry for an op: by its name, else by its signature."""
+def op_override(gpu: GPUSpec, graph: OpGraph, op: str) -> tuple[str | None, Mapping[str, int]]:
+    """A GPU JSON's ``memory.ops`` entry for an op, by its name, else by its signature:
+    (the key that matched or None, the entry)."""
     table = _overrides(gpu)
     if not table:
-        return {}
-    hit = table.get(op)
-    if hit is None:
-        hit = table.get(signature(graph, op))
-    return hit or {}
+        return None, {}
+    if op in table:
+        return op, table[op]
+    sig = signature(graph, op)
+    return (sig, table[sig]) if sig in table else (None, {})
 
 
 def tensors_of(
@@ -186,10 +188,18 @@ def tensors_of(
     workspace: dict[str, int] = {}
     weights: dict[str, int] = {}
     inputs: list[str] = []
+    matched: set[str] = set()
     for name in graph.topo_order:
         op = graph[name]
-        over = op_override(gpu, graph, name)
+        key, over = op_override(gpu, graph, name)
+        if key is not None:
+            matched.add(key)
         if _is_view(graph, name) and op.inputs:
+            if "output_bytes" in over:
+                raise SimGPUError(
+                    f"GPU '{gpu.name}': memory.ops[{key!r}]: output_bytes given for '{name}', "
+                    f"a {op.kind} view: it has no storage of its own"
+                )
             root[name] = root[op.inputs[0]]
         else:
             root[name] = name
@@ -208,7 +218,10 @@ def tensors_of(
     # root's storage: that root is then read by nothing with device work after it)
     read_by_view_output = {root[n] for n in graph.ops if not graph.successors(n)}
     outputs = {r for r, users in readers.items() if not users} | read_by_view_output
-    return Tensors(graph, cfg, root, size, readers, workspace, weights, inputs, outputs)
+    # entries by op name that name no op here: a typo, or another model's names (an
+    # entry keyed by signature applies wherever the shape recurs, so it is not listed)
+    unmatched = sorted(k for k in _overrides(gpu) if k not in matched and not k.startswith("["))
+    return Tensors(graph, cfg, root, size, readers, workspace, weights, inputs, outputs, unmatched)
 
 
 # --- replaying a run's allocations ----------------------------------------------------

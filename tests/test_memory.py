@@ -305,3 +305,13 @@ def test_memory_json_round_trips() -> None:
     spec = V100.replace(memory={"ops": {"c": {"workspace_bytes": 0}}})
     assert spec.to_json()["memory"] == {"ops": {"c": {"workspace_bytes": 0}}}
     assert MB == 1 << 20
+
+
+def test_overrides_that_match_nothing_are_named_and_views_have_no_storage() -> None:
+    g = _chain_graph()
+    t = tensors_of(
+        g, V100.replace(memory={"ops": {"a": {"output_bytes": 8}, "cc": {"output_bytes": 8}}})
+    )
+    assert t.unmatched == ["cc"] and t.size["a"] == 512
+    with pytest.raises(SimGPUError, match=r"output_bytes given for 'b', a reshape view"):
+        tensors_of(g, V100.replace(memory={"ops": {"b": {"output_bytes": 8}}}))
