@@ -480,6 +480,7 @@ class _PartSearch:
         self.graph = graph
         self.units = units
         self.mem = memory  # None: no memory limit
+        self.rejected = 0  # endings, or strategies of one, the limit ruled out
         self.position = position
         self.profiler = profiler
         self.s = s
@@ -709,6 +710,7 @@ class _PartSearch:
         for E, host, mcls in ends:
             room = budget - live(S ^ E)
             if room < 0:
+                self.rejected += 1
                 continue
             par = bound_memo.get(E)
             if par is None:
@@ -718,8 +720,11 @@ class _PartSearch:
                 bound_memo[E] = par
             if mcls >= 0 and self.merge:
                 mrg = mem.merged_peak(E, self.graph, self._ops(E)) <= room
-                par = par <= room and self.parallel
-                if par and mrg:
+                fits = par <= room
+                if not mrg or (self.parallel and not fits):
+                    self.rejected += 1
+                par = fits and self.parallel
+                if mrg and (par or not self.parallel):  # every strategy it has fits
                     out.append((E, host, mcls))
                 elif par:
                     out.append((E | _PARALLEL << shift, host, -1))
@@ -727,6 +732,8 @@ class _PartSearch:
                     out.append((E | _MERGED << shift, host, mcls))
             elif par <= room:
                 out.append((E, host, mcls))
+            else:
+                self.rejected += 1
         return out
 
     def _group_profile(self, g: int) -> tuple[float, float]:
@@ -959,17 +966,26 @@ class IOS:
                         "searches anyway"
                     )
         limit = profiler.memory_limit
-        raw, stats, fallback = self._search(graph, profiler, parts, parallel, merge)
-        sched = self._build(graph, raw, keep_order=limit is not None)
+        raw, stats, fallback, rejected = self._search(graph, profiler, parts, parallel, merge)
+        # a limit that rejected no stage leaves the search as it is without one: then
+        # the schedule is the unconstrained one, if its replay fits
+        binds = limit is not None and (rejected > 0 or fallback > 0)
+        sched = self._build(graph, raw, keep_order=binds)
         memory: dict[str, Any] = {}
         if limit is not None:
             report = profiler.memory(sched, graph)
             merges_dropped = False
+            if report.peak_allocated > limit and not binds:
+                binds = True  # the graph's order joined stages into a higher peak
+                sched = self._build(graph, raw, keep_order=True)
+                report = profiler.memory(sched, graph)
             if report.peak_allocated > limit and sched.graph is not None:
                 # a merge keeps its members' outputs alive until the last of their
                 # readers and widens kernels for the whole run: search without merges,
                 # where the stage bound holds for the whole schedule
-                raw, stats, fallback = self._search(graph, profiler, parts, parallel, False)
+                raw, stats, fallback, rejected = self._search(
+                    graph, profiler, parts, parallel, False
+                )
                 sched = self._build(graph, raw, keep_order=True)
                 report = profiler.memory(sched, graph)
                 merges_dropped = True
@@ -980,12 +996,13 @@ class IOS:
                     f"'{track.peak_op}' at {track.peak_at_us:.1f} us), above the "
                     f"{limit / MB:.2f} MB limit its stage bounds allowed"
                 )
-            sched, chosen, peak = _one_stream_if_faster(
-                sched, graph, profiler, report.peak_allocated
-            )
+            chosen, peak = "dp, limit not binding", report.peak_allocated
+            if binds:
+                sched, chosen, peak = _one_stream_if_faster(sched, graph, profiler, peak)
             memory = {
                 "memory_limit_mb": limit / MB,
                 "peak_memory_mb": peak / MB,
+                "stages_rejected_for_memory": rejected,
                 "merges_dropped_for_memory": merges_dropped,
                 "sequential_parts": fallback,
                 "memory_schedule": chosen,
@@ -1022,16 +1039,17 @@ class IOS:
         parts: list[list[list[str]]],
         parallel: bool,
         merge: bool,
-    ) -> tuple[list[tuple[bool, list[list[str]]]], list[PartStats], int]:
+    ) -> tuple[list[tuple[bool, list[list[str]]]], list[PartStats], int, int]:
         """The DP over every part: the stages (merged?, groups), per-part statistics,
-        and how many parts (under a memory limit) fell back to one sequential stage."""
+        and under a memory limit how many parts fell back to one sequential stage and
+        how many endings (or strategies of one) the limit rejected."""
         limit = profiler.memory_limit
         tensors = profiler.tensors(graph) if limit is not None else None
         raw: list[tuple[bool, list[list[str]]]] = []
         stats: list[PartStats] = []
         position = {o: i for i, o in enumerate(graph.topo_order)}
         done: set[str] = set()
-        fallback = 0
+        fallback = rejected = 0
         for i, units in enumerate(parts):
             mem = None
             if tensors is not None and limit is not None:
@@ -1041,6 +1059,7 @@ class IOS:
             )
             stages = search.run()
             stats.append(search.stats)
+            rejected += search.rejected
             ops = sorted((o for u in units for o in u), key=position.__getitem__)
             if stages is None:
                 # units of chains can miss an order of single ops that fits: the part's
@@ -1059,7 +1078,7 @@ class IOS:
                 fallback += 1
             raw.extend(stages)
             done.update(ops)
-        return raw, stats, fallback
+        return raw, stats, fallback, rejected
 
     def _build(
         self,
