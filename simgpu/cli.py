@@ -254,6 +254,7 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
             "memory_limit_mb": None if limit is None else mb(limit),
             "memory_lower_bound_mb": mb(tensors.lower_bound(len(machine.devices))),
             "sequential_peak_memory_mb": mb(tensors.sequential_peak()),
+            "memory_overrides_unmatched": tensors.unmatched,
             "results": rows,
         }
         print(dumps(out))
@@ -312,6 +313,11 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
     ]
     print(_table(table, header, right=set(range(2, len(header) - 1))))
     print("speedup: over one stream (sequential) under the same runtime")
+    if tensors.unmatched:
+        print(
+            f"note: the GPU's memory.ops entries {', '.join(map(repr, tensors.unmatched[:5]))} "
+            f"name no op of {graph.name}"
+        )
     cap = "" if limit is None else f"; limit {mb(limit):.1f} MB per GPU"
     print(
         f"memory: peak = live tensors at their most, weights included; reserved = what the "
@@ -737,7 +743,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from simgpu.sweep import Grid, load_grid, parse_option_args, run_sweep
+    from simgpu.sweep import (
+        Grid,
+        load_grid,
+        parse_memory_limit_args,
+        parse_option_args,
+        run_sweep,
+    )
 
     grid = load_grid(args.grid) if args.grid else Grid(models=[])
     # Axes given on the command line replace the grid file's.
@@ -755,6 +767,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             setattr(grid, attr, list(value))
     if args.option:
         grid.options = parse_option_args(args.option)
+    if args.memory_limit:
+        grid.memory_limits_mb = parse_memory_limit_args(args.memory_limit)
     if args.dask is not None and args.workers is not None:
         raise SimGPUError("give --workers (local processes) or --dask, not both")
     res = run_sweep(
@@ -790,7 +804,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from simgpu.report import make_report
 
-    rep = make_report(args.results, args.out, max_gantt=args.max_gantt)
+    rep = make_report(
+        args.results, args.out, max_gantt=args.max_gantt, max_memory_plots=args.max_memory_plots
+    )
     print(f"report: {rep.markdown} and {rep.html} ({len(rep.images)} figures)")
     return 0
 
@@ -834,9 +850,9 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
     gpu = load_gpu(args.gpu)
     rt_name = _runtime_arg(args)
     runtime = None if rt_name is None else get_runtime(rt_name)
-    _, ev, results = compare(
+    ctx, ev, results = compare(
         workload, gpu, names, budget=args.budget, seed=args.seed, time_budget_s=args.time_budget,
-        runtime=runtime,
+        runtime=runtime, memory_limit=_limit_bytes(args),
     )  # fmt: skip
     slo = args.slo_ms is not None
     best = max(
@@ -872,7 +888,11 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
         raise SimGPUError(f"cannot write output: {e}") from None
     rows = [r.metrics.to_json() for r in results]
     if args.json:
+        from simgpu.memory import mb
+
         out = {"gpu": gpu.name, "runtime": rt_name or "flat", **workload.describe(),
+               "memory_limit_mb": mb(ctx.limit),
+               "weights_memory_mb": mb(sum(t.weight_bytes for t in ctx.tensors)),
                "results": rows}  # fmt: skip
         print(dumps(out))
         return 0
@@ -899,10 +919,13 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
              f(r["p95_ms"], ".3f"), f(r["p99_ms"], ".3f"),
              f(None if r["slo_attainment"] is None else 100 * r["slo_attainment"], ".1f"),
              str(r["dropped"]), f(100 * r["sm_utilisation"], ".0f"),
-             f(100 * r["dram_utilisation"], ".0f"), str(r["streams"])]
+             f(100 * r["dram_utilisation"], ".0f"), str(r["streams"]),
+             f(r["peak_memory_mb"], ".1f"), f(r["reserved_memory_mb"], ".1f"),
+             str(r["memory_waits"])]
         )  # fmt: skip
     header = ["scheduler", "mode", "req/s", "vs seq", "p50 ms", "p95 ms", "p99 ms", "SLO %",
-              "dropped", "SM %", "DRAM %", "streams"]  # fmt: skip
+              "dropped", "SM %", "DRAM %", "streams", "peak MB", "reserved MB",
+              "mem waits"]  # fmt: skip
     print(_table(table, header, right=set(range(2, len(header)))))
     for r in results:
         if r.search is not None:
@@ -914,6 +937,8 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
                 f"{f(s['gain_over_best_baseline'], '.2f')}x the {s['objective']} of the best "
                 f"baseline ({s['best_baseline']})"
             )
+    tenant_header = ["tenant", "req/s", "p50 ms", "p99 ms", "completed", "dropped",
+                     "weights MB", "request MB", "peak MB", "reserved MB"]  # fmt: skip
     print("per tenant (" + best.name + "):")
     print(
         _table(
@@ -925,12 +950,25 @@ def cmd_multitenant(args: argparse.Namespace) -> int:
                     f(t.p99_ms, ".3f"),
                     str(t.completed),
                     str(t.dropped),
+                    f(t.weights_memory_mb, ".1f"),
+                    f(t.request_memory_mb, ".2f"),
+                    f(t.peak_memory_mb, ".1f"),
+                    f(t.reserved_memory_mb, ".1f"),
                 ]
                 for t in best.metrics.tenants
             ],
-            ["tenant", "req/s", "p50 ms", "p99 ms", "completed", "dropped"],
+            tenant_header,
         )
     )
+    limit_mb = ctx.limit / (1 << 20)
+    print(
+        f"memory: {limit_mb:.0f} MB {'limit' if args.memory_limit else 'on the GPU'}; "
+        "a request is admitted when its reservation (request MB) fits beside the weights "
+        "and the requests in flight"
+    )
+    for r in rows:
+        for note in r["memory_notes"]:
+            print(f"note ({r['scheduler']}): {note}")
     for label, path in written:
         print(f"{label}: {path}")
     return 0
@@ -1184,6 +1222,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCHED.KEY=V[,V...]",
         help="scheduler option; commas sweep several values",
     )
+    w.add_argument(
+        "--memory-limit",
+        action="append",
+        metavar="MB",
+        help="memory per GPU in MB (MiB), repeatable; 'none' adds rows without a limit. "
+        "A schedule that exceeds its limit is a failed row with the reason",
+    )
     w.add_argument("-o", "--out", required=True, help="results CSV (appended to, resumable)")
     w.add_argument("--workers", type=_positive, help="local processes (default: every core)")
     w.add_argument("--dask", metavar="ADDRESS|local:N", help="run on a Dask cluster")
@@ -1204,6 +1249,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output folder (default: RESULTS without .csv, + _report)")
     rp.add_argument(
         "--max-gantt", type=int, default=6, help="Gantt charts of at most N winners (default 6)"
+    )
+    rp.add_argument(
+        "--max-memory-plots",
+        type=int,
+        default=12,
+        metavar="N",
+        help="latency-against-peak-memory panels for at most N configurations (default 12)",
     )
     rp.set_defaults(func=cmd_report)
 
@@ -1256,6 +1308,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         choices=["fp32", "fp16", "bf16"],
         help="element type of built-in models (default fp32)",
+    )
+    mt.add_argument(
+        "--memory-limit",
+        type=_memory_mb,
+        metavar="MB",
+        help="GPU memory in MB (MiB) for admission (default: the GPU's): the tenants' weights "
+        "must fit, and a request starts only when its activations fit beside those in flight",
     )
     mt.add_argument("--json", action="store_true", help="print one JSON object")
     mt.add_argument(

@@ -61,6 +61,7 @@ def test_report_files(results_csv: Path, tmp_path: Path) -> None:
     assert names == [
         "gantt_01.png",
         "gantt_02.png",
+        "memory_pareto.png",
         "pareto.png",
         "speedup.png",
         "summary.html",
@@ -69,7 +70,12 @@ def test_report_files(results_csv: Path, tmp_path: Path) -> None:
     for p in rep.images:
         assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5000
     md = rep.markdown.read_text()
-    for section in ("## Schedulers", "## Pareto front", "## Best schedule per configuration"):
+    for section in (
+        "## Schedulers",
+        "## Pareto front (scheduling time against latency)",
+        "## Pareto front (latency against peak memory)",
+        "## Best schedule per configuration",
+    ):
         assert section in md
     assert "## Failures" in md and "optimal.max_ops must be 1..20" in md
     for sched in ("sequential", "sequential-graph", "greedy"):
@@ -83,7 +89,7 @@ def test_html_is_self_contained(results_csv: Path, tmp_path: Path) -> None:
     rep = make_report(results_csv, tmp_path / "rep", max_gantt=1)
     page = rep.html.read_text()
     srcs = re.findall(r'src="([^"]*)"', page)
-    assert len(srcs) == len(rep.images) == 3
+    assert len(srcs) == len(rep.images) == 4  # speedup, pareto, memory_pareto, one Gantt
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<table>" in page and "optimal[max_ops=0]" in page
     assert "<script" not in page and "http" not in page
@@ -120,7 +126,7 @@ def test_cli_report_default_folder(results_csv: Path, tmp_path: Path, capsys) ->
     out = capsys.readouterr().out
     assert default_out(src) == tmp_path / "r_report"
     assert (tmp_path / "r_report" / "summary.md").exists()
-    assert "summary.html" in out and "3 figures" in out
+    assert "summary.html" in out and "4 figures" in out
 
 
 def test_only_failures_still_reports(results_csv: Path, tmp_path: Path) -> None:
@@ -141,7 +147,8 @@ def test_only_failures_still_reports(results_csv: Path, tmp_path: Path) -> None:
 def test_unknown_model_in_results_is_a_note_not_a_crash(results_csv: Path, tmp_path: Path) -> None:
     ghost = _copy_with(results_csv, tmp_path / "ghost.csv", model="ghost_model")
     rep = make_report(ghost, tmp_path / "rep", max_gantt=2)
-    assert [p.name for p in rep.images] == ["speedup.png", "pareto.png"]
+    # the memory plot is drawn from the CSV: it needs no model
+    assert [p.name for p in rep.images] == ["speedup.png", "pareto.png", "memory_pareto.png"]
     assert len(rep.notes) == 3  # two charts it could not draw, and the cut to 2
     assert "unknown model 'ghost_model'" in rep.markdown.read_text()
 
