@@ -27,6 +27,14 @@ one global topological order: no schedule HIOS builds can deadlock, which
 
 A multi-GPU schedule is a StreamSchedule with ``devices``; stage barriers are not kept
 (only data dependencies order streams), which never orders more than the stages do.
+
+*Memory limit* (``Profiler.memory_limit``, bytes per GPU; both schedulers). Without
+barriers a stream runs ahead into its next stage, and peer copies put buffers on the
+receiving GPU, so no stage bound holds: every schedule HIOS would keep is replayed
+(simulated and its allocations accounted per GPU) and kept only within the limit. The
+window then merges only where the replay fits; the starting point (one stream per GPU)
+falls back from latest-start order to topological order, then to every op on GPU 0,
+whose peak is the graph's sequential peak (:func:`_finish_within`).
 """
 
 from __future__ import annotations
@@ -419,6 +427,9 @@ def _finish_within(
             peaks.append(f"{what} {report.peak_memory_mb:.2f} MB")
             continue
         sched, intra = intra_gpu(c, mp, window, streams, k, fits)
+        cycle = find_cycle(c.graph, [list(s) for s in sched.streams])
+        if cycle is not None:  # pragma: no cover - guarded by construction
+            raise SchedulerError(f"{name}: schedule has a cycle across GPUs around {cycle[:4]}")
         sched.graph_mode = c.graph_mode
         per_gpu = [sum(1 for g in mp.values() if g == q) for q in range(c.n_gpus)]
         sched.meta = {

@@ -55,6 +55,31 @@ One lowering-level step follows the search: consecutive stages of a single group
 run on one stream, so the barriers between them order nothing and are dropped (their
 ops become one group, in topological order). It never slows a schedule, and with
 ``r = s = 1`` it makes IOS's schedule exactly the sequential one.
+
+*Memory limit* (``Profiler.memory_limit``, bytes per GPU; issue 17): "stages whose live
+set fits". An ending E of state S is admitted only if the weights and inputs, the
+tensors live once ``S - E`` is done (kept per prefix, :class:`_PartMemory`), and what
+E's groups allocate fit: per group its own sequential peak of outputs and workspaces
+(groups are connected components, so each frees its own tensors), or for a merged stage
+the merged conv's output, workspace and the weights its padded kernel adds. Endings
+that do not fit are never taken and states only they reach never visited, so the DP is
+exact over the stage schedules its bound admits. Then:
+
+* a part with no admitted sequence (units of chains can miss an order of single ops)
+  runs its ops one at a time in topological order if that fits, else a one-line
+  :class:`SchedulerError` names the part and its peak;
+* the schedule is replayed (:meth:`Profiler.memory`); a merge can keep its members'
+  outputs alive until their last reader and widens weights for the whole run, which no
+  state of the DP sees, so a replay over the limit is searched again without merges
+  (where the bound holds for the whole run), and a replay still over is an error, never
+  a schedule;
+* one-group stages are joined in their own order, not the graph's (a later stage's
+  allocation could otherwise start while an earlier stage's tensors live), and the
+  faster of the DP's schedule and one stream (in stage order, or in the graph's order
+  when that fits) is returned: the DP prices a barrier per stage that the joined run
+  does not pay, and a limit pushes it towards such stages.
+
+A limit that rejects no stage changes nothing: the schedule is the unconstrained one.
 """
 
 from __future__ import annotations
@@ -1116,10 +1141,10 @@ def _one_stream_if_faster(
     Why: the DP prices a barrier after every stage. A limit pushes it to stages of one
     group, where that price is paid in the model but not in the run (the barriers are
     elided, :func:`_drop_redundant_barriers`), so it can prefer a few concurrent stages
-    that run slower than one stream. Without a limit IOS is left as the paper has it."""
+    that run slower than one stream. Without a binding limit IOS is left as the paper has
+    it."""
     limit = profiler.memory_limit
     assert limit is not None
-    g = sched.graph or graph
     in_stages = [op for stage in sched.stages for group in stage for op in group]
     cands = [
         ("dp", sched, peak),
@@ -1139,7 +1164,7 @@ def _one_stream_if_faster(
         lat = profiler.measure(cand, graph)
         if best is None or lat < best[0]:
             best = (lat, what, cand, cpeak)
-    assert best is not None and g is not None
+    assert best is not None
     _, what, chosen, cpeak = best
     chosen.meta = dict(sched.meta)
     return chosen, what, cpeak
