@@ -490,7 +490,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     runtime = _runtime_arg(args)
     for n in names:  # unknown names and bad options stop before anything runs
         runtime_of(make_scheduler(n, options.get(n)), runtime)
-    runs = [run_scheduler(n, graph, machine, options.get(n), runtime) for n in names]
+    limit = _limit_bytes(args)
+    runs = [run_scheduler(n, graph, machine, options.get(n), runtime, limit) for n in names]
     res = runs[0]
     ex = explain(res.timeline, runs[1].timeline if len(runs) > 1 else None)
     title = (
@@ -499,7 +500,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     if args.json:
         out = {"model": graph.name, "format": loaded.format, "scheduler": res.scheduler,
-               "runtime": res.runtime, "latency_ms": res.latency_ms, **ex.to_json()}  # fmt: skip
+               "runtime": res.runtime, "latency_ms": res.latency_ms,
+               "peak_memory_mb": res.memory.peak_memory_mb,
+               "reserved_memory_mb": res.memory.reserved_memory_mb, **ex.to_json()}  # fmt: skip
         if len(runs) > 1:
             out["against"] = {"scheduler": runs[1].scheduler, "runtime": runs[1].runtime,
                               "latency_ms": runs[1].latency_ms}  # fmt: skip
@@ -1008,15 +1011,16 @@ def _non_negative(text: str) -> int:
 
 
 def _memory_mb(text: str) -> float:
-    """--memory-limit: a positive, finite number of MB."""
-    import math
+    """--memory-limit: a positive, finite number of MB (simgpu.memory.parse_limit_mb)."""
+    from simgpu.memory import parse_limit_mb
 
     try:
         v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of MB, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0 or v > 2**30:
-        raise argparse.ArgumentTypeError(f"expected a positive number of MB, got {text!r}")
+        parse_limit_mb(v)
+    except (ValueError, SimGPUError):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of MB, got {text!r}"
+        ) from None
     return v
 
 
@@ -1151,6 +1155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--option", action="append", metavar="SCHED.KEY=VALUE", help=OPTION_HELP)
     x.add_argument("--runtime", help=RUNTIME_HELP)
+    x.add_argument("--memory-limit", type=_memory_mb, metavar="MB", help=MEMORY_HELP)
     x.add_argument("--gpu", default=None, help=GPU_HELP)
     x.add_argument("--machine", help=MACHINE_HELP)
     x.add_argument(

@@ -447,6 +447,16 @@ def account(
     return report
 
 
+def apart(a: int, b: int) -> tuple[str, str]:
+    """Two byte counts in MB with as few decimals (1 to 6) as tell them apart: a limit
+    just below a bound must not print as equal to it."""
+    for d in range(1, 7):
+        x, y = f"{mb(a):.{d}f}", f"{mb(b):.{d}f}"
+        if x != y:
+            break
+    return x, y
+
+
 def _over(op: str, key: str, dev: int, time: float, need: int, live: int, limit: int) -> str:
     what = (
         "workspace"
@@ -455,14 +465,16 @@ def _over(op: str, key: str, dev: int, time: float, need: int, live: int, limit:
         if "@" in key and key.rsplit("@", 1)[0] == op
         else "output"
     )
+    lim, now = apart(limit, live + need)
     return (
-        f"memory limit {mb(limit):.1f} MB exceeded on GPU {dev} at {time:.1f} us: op '{op}' "
-        f"allocates its {mb(need):.2f} MB {what} with {mb(live):.1f} MB live"
+        f"memory limit {lim} MB exceeded on GPU {dev} at {time:.1f} us: op '{op}' "
+        f"allocates its {mb(need):.2f} MB {what}, bringing the live set to {now} MB"
     )
 
 
 def parse_limit_mb(value: float | None, where: str = "--memory-limit") -> int | None:
-    """A memory limit in MB (MiB) as bytes; None stays None."""
+    """A memory limit in MB (MiB) as bytes; None stays None. The one rule every entry
+    point (CLI flags, sweep grids) applies."""
     import math
 
     if value is None:
@@ -480,7 +492,8 @@ def check_limit_feasible(tensors: Tensors, limit_bytes: int, devices: int = 1) -
     else:
         what = f"a {devices}-GPU share of the weights, or the largest op's footprint"
     if limit_bytes < bound:
+        lim, need = apart(limit_bytes, bound)
         raise MemoryLimitError(
-            f"memory limit {mb(limit_bytes):.1f} MB is below the {mb(bound):.1f} MB any schedule "
+            f"memory limit {lim} MB is below the {need} MB any schedule "
             f"of '{tensors.graph.name}' must hold ({what})"
         )

@@ -551,6 +551,8 @@ def explain_command(winner: Result) -> str:
         argv += ["--option", f"{c.scheduler}.{k}={v}"]
     if c.runtime:
         argv += ["--runtime", c.runtime]
+    if c.memory_limit_mb is not None:
+        argv += ["--memory-limit", f"{c.memory_limit_mb:g}"]
     return " ".join(shlex.quote(a) for a in argv)
 
 
@@ -568,15 +570,8 @@ def explain_row(label: str, winner: Result, res: Any) -> list[str]:
         f"{100 * host / span:.0f}%",
         f"{100 * (span - host) / span:.0f}%",
         f"{100 * ex.gpu_busy_us / span:.0f}%",
-        f"`{explain_command(winner)}`" + _unlimited_note(winner),
+        f"`{explain_command(winner)}`",
     ]
-
-
-def _unlimited_note(winner: Result) -> str:
-    """`simgpu explain` takes no memory limit: say so where the row ran under one (a
-    memory-aware scheduler's schedule may differ without it)."""
-    lim = winner.combo.memory_limit_mb
-    return "" if lim is None else f" (runs it without the {lim:g} MB memory limit)"
 
 
 # --- tables ---------------------------------------------------------------------------
