@@ -455,6 +455,10 @@ def run_scheduler(
         if getattr(sched, "memory_aware", False):
             raise
         raise MemoryLimitError(f"{name} does not schedule within a memory limit: {e}") from None
+    if schedule.graph is not None:  # the bounds are the model's, not a rewrite's
+        t = profiler.tensors(graph)
+        memory.lower_bound = t.lower_bound(len(machine.devices))
+        memory.sequential_peak = t.sequential_peak()
     return RunResult(
         name,
         schedule,
