@@ -228,7 +228,8 @@ class Profiler:
         as a profiling run: a real GPU reports its memory on the runs it times."""
         program = self.program(schedule, graph)
         tl = simulate(program, self.machine)
-        return account(tl, program, schedule.graph or graph, self.machine)
+        g = schedule.graph or graph  # the tensor table is made once per graph, not per replay
+        return account(tl, program, g, self.machine, tensors=self.tensors(g))
 
     def fits(self, schedule: Schedule, graph: OpGraph) -> bool:
         """Whether ``schedule`` stays within ``memory_limit`` (always, without one)."""

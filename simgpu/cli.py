@@ -230,6 +230,7 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
                 "bound_gap": r.latency_ms / bound - 1.0 if bound > 0 else None,
                 "peak_memory_mb": r.memory.peak_memory_mb,
                 "reserved_memory_mb": r.memory.reserved_memory_mb,
+                "memory_notes": r.memory.notes,
             }
         )
     best = min(results.values(), key=lambda r: (r.latency_ms, r.scheduler))
@@ -291,7 +292,7 @@ def _compare(args: argparse.Namespace, loaded: Any, asked: list[str]) -> int:
                 "-" if r["bound_gap"] is None else f"{100 * r['bound_gap']:.1f}%",
                 f"{r['peak_memory_mb']:.1f}",
                 f"{r['reserved_memory_mb']:.0f}",
-                "",
+                "; ".join(r["memory_notes"]),
             ]
         )
     header = [

@@ -263,7 +263,6 @@ def test_capture_holds_cross_stream_blocks_for_the_graph() -> None:
     m = Machine.single(V100)
     eager = run_scheduler("nimble", g, m, runtime="pytorch-eager").memory
     graph = run_scheduler("nimble", g, m, runtime="cuda-graph").memory
-    assert graph.peak_allocated == eager.peak_allocated or graph.peak_reserved > 0
     assert graph.peak_reserved > eager.peak_reserved
 
 
